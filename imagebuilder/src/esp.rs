@@ -1,0 +1,120 @@
+//! Building the EFI system partition in userspace (fatfs), directly inside the disk file.
+
+use fatfs::{Date, DateTime, FatType, FormatVolumeOptions, FsOptions, Time, TimeProvider};
+use std::fs::File;
+use std::io::{self, Write};
+
+/// One file to put on the ESP.
+pub struct EspFile {
+    /// Path on the ESP, `/`-separated, no leading slash.
+    pub path: String,
+    pub data: Vec<u8>,
+}
+
+/// Fixed timestamps (SOURCE_DATE_EPOCH) for reproducible FAT directory entries.
+#[derive(Debug)]
+struct FixedTime(DateTime);
+
+impl TimeProvider for FixedTime {
+    fn get_current_date(&self) -> Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> DateTime {
+        self.0
+    }
+}
+
+/// Converts a UNIX time to a FAT date-time (UTC, clamped to FAT's 1980..2107 range).
+pub fn fat_time(epoch: u64) -> DateTime {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u16;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    if year < 1980 {
+        return DateTime { date: Date { year: 1980, month: 1, day: 1 }, time: Time { hour: 0, min: 0, sec: 0, millis: 0 } };
+    }
+    DateTime {
+        date: Date { year: year.min(2107), month, day },
+        time: Time {
+            hour: (secs / 3600) as u16,
+            min: (secs % 3600 / 60) as u16,
+            sec: (secs % 60) as u16,
+            millis: 0,
+        },
+    }
+}
+
+/// Largest cluster size that keeps FAT32 above its minimum cluster count.
+fn cluster_size(size: u64) -> u32 {
+    [4096u32, 2048, 1024, 512]
+        .into_iter()
+        .find(|c| size / u64::from(*c) >= 66_000)
+        .unwrap_or(512)
+}
+
+/// Formats FAT32 over `size` bytes at `offset` of `disk` and writes `files`.
+pub fn build(disk: &mut File, offset: u64, size: u64, volume_id: u32, epoch: u64, files: &[EspFile]) -> io::Result<()> {
+    let mut slice = fscommon::StreamSlice::new(&mut *disk, offset, offset + size)?;
+    fatfs::format_volume(
+        &mut slice,
+        FormatVolumeOptions::new()
+            .fat_type(FatType::Fat32)
+            .bytes_per_cluster(cluster_size(size))
+            .volume_id(volume_id)
+            .volume_label(*b"ESP        "),
+    )?;
+    let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(epoch))));
+    let fs = fatfs::FileSystem::new(slice, FsOptions::new().time_provider(time))?;
+    {
+        let root = fs.root_dir();
+        for f in files {
+            let (dir, name) = match f.path.rsplit_once('/') {
+                Some((d, n)) => (Some(d), n),
+                None => (None, f.path.as_str()),
+            };
+            let d = match dir {
+                Some(d) => {
+                    let mut cur = root.clone();
+                    for comp in d.split('/') {
+                        cur = cur.create_dir(comp)?;
+                    }
+                    cur
+                }
+                None => root.clone(),
+            };
+            let mut file = d.create_file(name)?;
+            file.truncate()?;
+            file.write_all(&f.data)?;
+            file.flush()?;
+        }
+    }
+    fs.unmount()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_to_fat_time() {
+        let t = fat_time(1_700_000_000); // 2023-11-14 22:13:20 UTC
+        assert_eq!((t.date.year, t.date.month, t.date.day), (2023, 11, 14));
+        assert_eq!((t.time.hour, t.time.min, t.time.sec), (22, 13, 20));
+        assert_eq!(fat_time(0).date.year, 1980);
+    }
+
+    #[test]
+    fn cluster_sizes_keep_fat32_valid() {
+        assert_eq!(cluster_size(256 << 20), 2048);
+        assert_eq!(cluster_size(64 << 20), 512);
+        assert_eq!(cluster_size(1 << 30), 4096);
+    }
+}

@@ -1,0 +1,37 @@
+//! kiln, the image builder: `image.toml` → GPT disk with ESP, two root slots and persist.
+//!
+//! Data flow (see docs/architecture.md): [`validate::load`] parses and resolves the spec;
+//! [`pipeline::build`] assembles the root tree, makes the read-only root image, the initramfs,
+//! the ESP and the GPT, and commits the outputs; [`qemu`] boots a disk.
+
+pub mod disk;
+pub mod elf;
+mod error;
+pub mod esp;
+pub mod layout;
+pub mod pipeline;
+pub mod qemu;
+pub mod services;
+pub mod spec;
+pub mod validate;
+
+pub use error::{BuildError, SpecError};
+
+/// Finds the static `kiln-init` binary: `$KILN_INIT`, else
+/// `<ancestor of this executable>/x86_64-unknown-linux-gnu/release/kiln-init` (where
+/// `scripts/build-device` puts it), else `kiln-init` next to this executable.
+pub fn find_device_binary(name: &str) -> Option<std::path::PathBuf> {
+    let env = format!("KILN_{}", name.trim_start_matches("kiln-").to_ascii_uppercase());
+    if let Some(p) = std::env::var_os(env) {
+        return Some(p.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    for dir in exe.ancestors().skip(1) {
+        let p = dir.join("x86_64-unknown-linux-gnu/release").join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    let sibling = exe.parent()?.join(name);
+    sibling.is_file().then_some(sibling)
+}

@@ -1,0 +1,87 @@
+//! `kiln`: thin CLI over the imagebuilder library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use imagebuilder::pipeline::{build, BuildOptions};
+use imagebuilder::qemu::{self, RunOutcome, VmConfig};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Build and run immutable A/B container-OS disk images")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build DIR/disk.raw (and disk.qcow2, root.img, vmlinuz, initrd.img, build.json) from a spec.
+    Build {
+        /// The image spec (image.toml).
+        spec: PathBuf,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// The static kiln-init binary (default: $KILN_INIT, then target/x86_64-unknown-linux-gnu/release).
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Timestamp for every file (default: $SOURCE_DATE_EPOCH, else 0).
+        #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+        source_date_epoch: u64,
+    },
+    /// Boot a disk in QEMU (OVMF, per-disk EFI variables), serial console on stdout.
+    Run {
+        disk: PathBuf,
+        /// Stop the VM after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Stop the VM (exit 0) once this text appears on the console.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "kiln=info,imagebuilder=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!("kiln: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Build { spec, out, init, source_date_epoch } => {
+            let resolved = imagebuilder::validate::load(&spec)?;
+            let init_bin = init
+                .or_else(|| imagebuilder::find_device_binary("kiln-init"))
+                .context("finding kiln-init: build it with scripts/build-device, or pass --init")?;
+            let report = build(&resolved, &BuildOptions { out_dir: out, init_bin, epoch: source_date_epoch })
+                .with_context(|| format!("building {}", spec.display()))?;
+            println!("{}", report.disk.display());
+        }
+        Cmd::Run { disk, timeout, until, memory } => {
+            if !disk.is_file() {
+                bail!("{}: no such disk image", disk.display());
+            }
+            let mut cfg = VmConfig::for_disk(&disk).with_context(|| format!("preparing firmware variables for {}", disk.display()))?;
+            cfg.memory_mb = memory;
+            cfg.serial = "mon:stdio".into();
+            eprintln!("kiln: booting {} ({:?}; quit with Ctrl-A X)", disk.display(), cfg.accel);
+            match qemu::run(&cfg, timeout.map(Duration::from_secs), until.as_deref())? {
+                RunOutcome::Exited(0) | RunOutcome::Matched(_) => {}
+                RunOutcome::Exited(code) => bail!("qemu exited with status {code}"),
+                RunOutcome::TimedOut => bail!("timed out after {} s", timeout.unwrap_or(0)),
+            }
+        }
+    }
+    Ok(())
+}

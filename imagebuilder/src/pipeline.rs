@@ -1,0 +1,332 @@
+//! `kiln build`: from a resolved spec to `disk.raw` (+ `disk.qcow2`), without mounts or loop
+//! devices. Everything is written under a temporary directory inside the output directory and
+//! renamed into place only once complete (`disk.raw` last), so a failed build leaves nothing
+//! under the final names.
+
+use crate::disk::{copy_sparse, write_gpt};
+use crate::error::BuildError;
+use crate::layout::{DiskLayout, Ids};
+use crate::services;
+use crate::spec::{Base, FsFormat, OutputFormat};
+use crate::validate::Resolved;
+use kiln_boot::{systemd_boot, Slot};
+use kiln_initramfs::archive::Contents;
+use kiln_initramfs::config::InitConfig;
+use kiln_initramfs::modules::ModulesDep;
+use kiln_rootfs::mkfs::{self, RootFormat, RootImageOptions};
+use kiln_rootfs::{dircopy, oci, tarball};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File};
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tracing::info;
+
+/// Inputs of a build besides the spec.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out_dir: PathBuf,
+    /// The static `kiln-init` binary.
+    pub init_bin: PathBuf,
+    /// SOURCE_DATE_EPOCH.
+    pub epoch: u64,
+}
+
+/// What a build wrote; also saved as `build.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    pub name: String,
+    pub version: String,
+    pub compatible: String,
+    pub kernel_version: String,
+    pub cmdline: String,
+    pub disk: PathBuf,
+    pub disk_size: u64,
+    pub root_image_size: u64,
+    pub root_image_sha256: String,
+    pub partitions: Vec<PartReport>,
+    pub outputs: Vec<String>,
+    pub timings_ms: Vec<(String, u128)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartReport {
+    pub number: u32,
+    pub label: String,
+    pub type_guid: String,
+    pub guid: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+struct Timer {
+    last: Instant,
+    steps: Vec<(String, u128)>,
+}
+
+impl Timer {
+    fn lap(&mut self, step: &str) {
+        let ms = self.last.elapsed().as_millis();
+        info!(step, ms, "done");
+        self.steps.push((step.to_string(), ms));
+        self.last = Instant::now();
+    }
+}
+
+/// The kernel command line of a slot.
+pub fn cmdline(partuuid: &uuid::Uuid, slot: Slot, extra: &str) -> String {
+    format!("root=PARTUUID={partuuid} ro kiln.slot={slot} {extra}").trim().to_string()
+}
+
+/// Runs the whole build.
+pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
+    let spec = &r.spec;
+    let mut t = Timer { last: Instant::now(), steps: Vec::new() };
+    fs::create_dir_all(&opts.out_dir).map_err(BuildError::io(format!("creating {}", opts.out_dir.display())))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".kiln-build-")
+        .tempdir_in(&opts.out_dir)
+        .map_err(BuildError::io(format!("creating a work directory in {}", opts.out_dir.display())))?;
+    let work = tmp.path();
+    let ids = Ids::new(&spec.name, &spec.version);
+    let layout = DiskLayout::new(&spec.partitions, &ids);
+
+    // 1. Root tree.
+    let tree = work.join("root");
+    fs::create_dir(&tree).map_err(BuildError::io("creating the staging root"))?;
+    assemble_tree(r, &tree)?;
+    t.lap("assemble root tree");
+
+    // 2. Read-only root image.
+    let root_img = work.join("root.img");
+    let format = match spec.rootfs.format {
+        FsFormat::Erofs => RootFormat::Erofs,
+        FsFormat::Ext4 => RootFormat::Ext4,
+    };
+    let root_size = mkfs::make_root_image(
+        &tree,
+        &root_img,
+        &RootImageOptions {
+            format,
+            uuid: ids.uuid("fs:root").to_string(),
+            epoch: opts.epoch,
+            slot_size: layout.root_a.size,
+        },
+    )?;
+    fs::remove_dir_all(&tree).map_err(BuildError::io("removing the staging root"))?;
+    t.lap("make root image");
+
+    // 3. Initramfs.
+    let initrd = build_initramfs(r, opts, format)?;
+    let initrd_path = work.join("initrd.img");
+    fs::write(&initrd_path, &initrd).map_err(BuildError::io("writing initrd.img"))?;
+    t.lap("build initramfs");
+
+    // 4. Disk: GPT, ESP, root-a, persist.
+    let disk_path = work.join("disk.raw");
+    let mut disk = File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&disk_path)
+        .map_err(BuildError::io("creating disk.raw"))?;
+    disk.set_len(layout.size).map_err(BuildError::io("sizing disk.raw"))?;
+    write_gpt(&mut disk, &layout).map_err(BuildError::io("writing the GPT"))?;
+    let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!("reading {}", r.kernel_image.display())))?;
+    let line = cmdline(&layout.root_a.guid, Slot::A, &spec.boot.cmdline);
+    let esp_files = esp_files(r, &kernel, &initrd, &line)?;
+    let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
+    // Room for the other slot's kernel and initrd too, plus FAT overhead.
+    if esp_need * 2 + (8 << 20) > layout.esp.size {
+        return Err(crate::SpecError {
+            file: r.spec_path.display().to_string(),
+            field: "partitions.esp".into(),
+            message: format!("{} bytes is too small for two slots of {esp_need} bytes of boot files", layout.esp.size),
+        }
+        .into());
+    }
+    crate::esp::build(&mut disk, layout.esp.offset, layout.esp.size, ids.u32("esp"), opts.epoch, &esp_files)
+        .map_err(BuildError::io("building the ESP"))?;
+    let mut root_reader = BufReader::new(File::open(&root_img).map_err(BuildError::io("opening root.img"))?);
+    copy_sparse(&mut root_reader, &disk, layout.root_a.offset).map_err(BuildError::io("writing root-a"))?;
+    mkfs::format_ext4_at(
+        &disk_path,
+        layout.persist.offset,
+        layout.persist.size,
+        &ids.uuid("fs:persist").to_string(),
+        "persist",
+        opts.epoch,
+    )?;
+    disk.sync_all().map_err(BuildError::io("syncing disk.raw"))?;
+    drop(disk);
+    t.lap("write disk");
+
+    // 5. Other formats, checksums, report.
+    let mut outputs = vec!["disk.raw".to_string(), "root.img".into(), "vmlinuz".into(), "initrd.img".into(), "build.json".into()];
+    if spec.output.formats.contains(&OutputFormat::Qcow2) {
+        mkfs::run_tool(
+            std::process::Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&disk_path)
+                .arg(work.join("disk.qcow2")),
+            "qemu-utils",
+        )?;
+        outputs.push("disk.qcow2".into());
+        t.lap("convert qcow2");
+    }
+    fs::write(work.join("vmlinuz"), &kernel).map_err(BuildError::io("writing vmlinuz"))?;
+    let root_image_sha256 = sha256_file(&root_img)?;
+    t.lap("checksums");
+    let report = BuildReport {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        compatible: spec.compatible.clone(),
+        kernel_version: r.kernel_version.clone(),
+        cmdline: line,
+        disk: opts.out_dir.join("disk.raw"),
+        disk_size: layout.size,
+        root_image_size: root_size,
+        root_image_sha256,
+        partitions: layout
+            .parts()
+            .iter()
+            .map(|p| PartReport {
+                number: p.number,
+                label: p.label.to_string(),
+                type_guid: p.type_guid.to_ascii_lowercase(),
+                guid: p.guid.to_string(),
+                offset: p.offset,
+                size: p.size,
+            })
+            .collect(),
+        outputs: outputs.clone(),
+        timings_ms: t.steps.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| BuildError::Other(e.to_string()))?;
+    fs::write(work.join("build.json"), json).map_err(BuildError::io("writing build.json"))?;
+
+    // 6. Commit: rename into place, disk.raw last; drop the stale firmware vars of an old disk.
+    outputs.sort_by_key(|o| o == "disk.raw");
+    for o in &outputs {
+        fs::rename(work.join(o), opts.out_dir.join(o)).map_err(BuildError::io(format!("renaming {o} into place")))?;
+    }
+    let _ = fs::remove_file(crate::qemu::vars_path(&opts.out_dir.join("disk.raw")));
+    Ok(report)
+}
+
+fn sha256_file(p: &Path) -> Result<String, BuildError> {
+    let mut f = File::open(p).map_err(BuildError::io(format!("opening {}", p.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(BuildError::io(format!("reading {}", p.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Base, overlays, baked files, generated files, mount points.
+fn assemble_tree(r: &Resolved, tree: &Path) -> Result<(), BuildError> {
+    let spec = &r.spec;
+    match &r.base {
+        Base::Tarball(p) => {
+            tarball::extract_file(p, tree)?;
+        }
+        Base::Oci(p) => {
+            oci::apply_layout(p, tree)?;
+        }
+        Base::Dir(p) => {
+            dircopy::copy_tree(p, tree)?;
+        }
+    }
+    for o in &r.overlays {
+        dircopy::copy_tree(o, tree)?;
+    }
+    for f in &r.files {
+        dircopy::install_file(&f.source, tree, &f.dest, f.mode)?;
+    }
+    for g in services::generated(spec) {
+        dircopy::write_file(tree, Path::new(g.path), g.content.as_bytes(), g.mode)?;
+    }
+    let mut dirs: Vec<(String, u32)> = ["/proc", "/sys", "/dev"].iter().map(|d| (d.to_string(), 0o755)).collect();
+    dirs.extend(spec.persist.mount_points().map(|d| (d.to_string(), if d == "/tmp" { 0o1777 } else { 0o755 })));
+    for (d, mode) in dirs {
+        dircopy::ensure_dir(tree, Path::new(d.trim_start_matches('/')), mode)?;
+    }
+    let init = tree.join("sbin/init");
+    if fs::symlink_metadata(&init).is_err() {
+        return Err(crate::SpecError {
+            file: r.spec_path.display().to_string(),
+            field: "base".into(),
+            message: "the root has no /sbin/init".into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn build_initramfs(r: &Resolved, opts: &BuildOptions, format: RootFormat) -> Result<Vec<u8>, BuildError> {
+    let init = fs::read(&opts.init_bin).map_err(BuildError::io(format!("reading {}", opts.init_bin.display())))?;
+    if !crate::elf::is_static_elf64(&init) {
+        return Err(BuildError::Other(format!(
+            "{} is not a static x86-64 ELF binary (build it with scripts/build-device)",
+            opts.init_bin.display()
+        )));
+    }
+    let dep_path = r.modules_dir.join("modules.dep");
+    let dep = fs::read_to_string(&dep_path).map_err(BuildError::io(format!("reading {}", dep_path.display())))?;
+    let spec_err = |message: String| crate::SpecError {
+        file: r.spec_path.display().to_string(),
+        field: "kernel.modules".into(),
+        message,
+    };
+    let closure = ModulesDep::parse(&dep)
+        .and_then(|m| m.closure(&r.spec.kernel.modules))
+        .map_err(|e| spec_err(e.to_string()))?;
+    let in_initrd = |m: &str| format!("/lib/modules/{}/{m}", r.kernel_version);
+    let config = InitConfig {
+        name: r.spec.name.clone(),
+        version: r.spec.version.clone(),
+        modules: closure.iter().map(|m| in_initrd(m)).collect(),
+        root_fstype: format.fstype().to_string(),
+        persist_label: "persist".into(),
+        layout: r.spec.persist.clone(),
+        init: "/sbin/init".into(),
+        root_wait_secs: 30,
+    };
+    let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
+    for m in &closure {
+        let p = r.modules_dir.join(m);
+        let data = fs::read(&p).map_err(BuildError::io(format!("reading module {}", p.display())))?;
+        c.add_file(&in_initrd(m), data, 0o644);
+    }
+    let mut out = Vec::new();
+    c.write(&mut out, opts.epoch.min(u64::from(u32::MAX)) as u32)
+        .map_err(BuildError::io("writing the initramfs"))?;
+    Ok(out)
+}
+
+fn esp_files(r: &Resolved, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vec<crate::esp::EspFile>, BuildError> {
+    use crate::esp::EspFile;
+    let loader = fs::read(&r.loader_efi).map_err(BuildError::io(format!("reading {}", r.loader_efi.display())))?;
+    let entry = systemd_boot::Entry {
+        slot: Slot::A,
+        title: r.spec.name.clone(),
+        version: r.spec.version.clone(),
+        options: cmdline.to_string(),
+    };
+    Ok(vec![
+        EspFile { path: systemd_boot::LOADER_PATH.into(), data: loader },
+        EspFile { path: "loader/loader.conf".into(), data: systemd_boot::loader_conf().into_bytes() },
+        EspFile {
+            path: format!("loader/entries/{}", systemd_boot::entry_file_name(Slot::A)),
+            data: systemd_boot::render_entry(&entry).into_bytes(),
+        },
+        EspFile { path: kiln_boot::esp_kernel(Slot::A), data: kernel.to_vec() },
+        EspFile { path: kiln_boot::esp_initrd(Slot::A), data: initrd.to_vec() },
+    ])
+}

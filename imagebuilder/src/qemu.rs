@@ -1,0 +1,239 @@
+//! Booting a disk in QEMU: OVMF firmware with a per-disk copy of its variables (so EFI
+//! variables and boot counters persist between runs), virtio disk and user-mode network,
+//! serial console on stdio. KVM only when a real probe boots a guest with it.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Per-disk firmware variables: `<disk>.vars`.
+pub fn vars_path(disk: &Path) -> PathBuf {
+    let mut s = disk.as_os_str().to_owned();
+    s.push(".vars");
+    PathBuf::from(s)
+}
+
+/// Creates the per-disk vars file from the pristine template if missing.
+pub fn ensure_vars(disk: &Path) -> io::Result<PathBuf> {
+    let vars = vars_path(disk);
+    if !vars.exists() {
+        let template = std::env::var_os("KILN_OVMF_VARS").map(PathBuf::from).unwrap_or(OVMF_VARS.into());
+        let tmp = vars.with_extension("vars.tmp");
+        std::fs::copy(&template, &tmp)
+            .map_err(|e| io::Error::new(e.kind(), format!("copying {} (install ovmf): {e}", template.display())))?;
+        std::fs::rename(&tmp, &vars)?;
+    }
+    Ok(vars)
+}
+
+/// Accelerator QEMU is started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// A 512-byte boot sector that runs a few x87 instructions (the first thing OVMF does that a
+/// broken nested KVM fails to emulate here), then writes 0x2a to the isa-debug-exit port: QEMU
+/// then exits with status (0x2a << 1) | 1 = 85. If that happens under `-accel kvm`, KVM really
+/// runs guests; a broken KVM stops the guest with an emulation failure and the probe times out.
+fn probe_sector() -> [u8; 512] {
+    let mut s = [0u8; 512];
+    // wait; fninit ; fld1 ; fstp st0 ; mov al, 0x2a ; out 0xf4, al ; hlt ; jmp $
+    let code = [0x9b, 0xdb, 0xe3, 0xd9, 0xe8, 0xdd, 0xd8, 0xb0, 0x2a, 0xe6, 0xf4, 0xf4, 0xeb, 0xfe];
+    s[..code.len()].copy_from_slice(&code);
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s
+}
+
+/// Boots the probe sector with `accel` and reports whether it reached the exit port in time.
+pub fn probe(accel: Accel, timeout: Duration) -> bool {
+    let Ok(dir) = tempfile::tempdir() else { return false };
+    let img = dir.path().join("probe.img");
+    if std::fs::write(&img, probe_sector()).is_err() {
+        return false;
+    }
+    let accel_arg = match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    };
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "pc", "-accel", accel_arg, "-m", "32", "-nodefaults", "-display", "none", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=ide", img.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code() == Some(85),
+            Ok(None) if start.elapsed() < timeout => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+/// KVM if a guest really runs with it (probed once per process), else TCG.
+/// `KILN_ACCEL=tcg|kvm` overrides the probe.
+pub fn accel() -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| match std::env::var("KILN_ACCEL").as_deref() {
+        Ok("tcg") => Accel::Tcg,
+        Ok("kvm") => Accel::Kvm,
+        _ => {
+            if Path::new("/dev/kvm").exists() && probe(Accel::Kvm, Duration::from_secs(3)) {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            }
+        }
+    })
+}
+
+/// How to start a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub disk: PathBuf,
+    pub vars: PathBuf,
+    pub memory_mb: u32,
+    pub cpus: u32,
+    pub accel: Accel,
+    /// `-serial` argument: `mon:stdio` interactively, `stdio` for tests.
+    pub serial: String,
+}
+
+impl VmConfig {
+    /// Defaults for `disk`: its own vars file, 1 GiB, one CPU, probed accelerator.
+    pub fn for_disk(disk: &Path) -> io::Result<VmConfig> {
+        Ok(VmConfig {
+            disk: disk.to_path_buf(),
+            vars: ensure_vars(disk)?,
+            memory_mb: 1024,
+            cpus: 1,
+            accel: accel(),
+            serial: "stdio".into(),
+        })
+    }
+
+    /// The QEMU command line.
+    pub fn command(&self) -> Command {
+        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
+        let code = std::env::var_os("KILN_OVMF_CODE").map(PathBuf::from).unwrap_or(OVMF_CODE.into());
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-machine", "q35", "-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-accel", if self.accel == Accel::Kvm { "kvm" } else { "tcg" }])
+            .args(["-m", &self.memory_mb.to_string(), "-smp", &self.cpus.to_string()])
+            .args(["-serial", &self.serial])
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()))
+            .arg("-drive")
+            .arg(format!("file={},format={format},if=none,id=disk0", self.disk.display()))
+            .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
+            .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="]);
+        c
+    }
+}
+
+/// `kiln run`: boots `disk` with the console on stdout. With `until`, returns once that text
+/// appears on the console (and stops the VM); with `timeout`, stops the VM then.
+pub fn run(cfg: &VmConfig, timeout: Option<Duration>, until: Option<&str>) -> io::Result<RunOutcome> {
+    let mut cmd = cfg.command();
+    if until.is_some() {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    }
+    let mut child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("starting qemu-system-x86_64 (install qemu-system-x86): {e}")))?;
+    let start = Instant::now();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let (Some(pat), Some(mut out)) = (until, child.stdout.take()) {
+        let pat = pat.to_string();
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            let mut tail = String::new();
+            let mut stdout = io::stdout();
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let _ = stdout.write_all(&buf[..n]);
+                let _ = stdout.flush();
+                tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if tail.contains(&pat) {
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                if tail.len() > 8192 {
+                    tail.drain(..tail.len() - 4096);
+                }
+            }
+        });
+    }
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(RunOutcome::Exited(status.code().unwrap_or(-1)));
+        }
+        if seen.load(std::sync::atomic::Ordering::SeqCst) {
+            child.kill()?;
+            child.wait()?;
+            return Ok(RunOutcome::Matched(start.elapsed()));
+        }
+        if timeout.is_some_and(|t| start.elapsed() > t) {
+            child.kill()?;
+            child.wait()?;
+            return Ok(RunOutcome::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How `kiln run` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    Exited(i32),
+    Matched(Duration),
+    TimedOut,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sector_runs_under_tcg() {
+        // The probe guest itself must be right: under TCG it always reaches the exit port.
+        assert!(probe(Accel::Tcg, Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn command_uses_per_disk_vars_and_virtio() {
+        let cfg = VmConfig {
+            disk: "/x/disk.qcow2".into(),
+            vars: vars_path(Path::new("/x/disk.qcow2")),
+            memory_mb: 512,
+            cpus: 1,
+            accel: Accel::Tcg,
+            serial: "stdio".into(),
+        };
+        let args: Vec<String> = cfg.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let line = args.join(" ");
+        assert!(line.contains("unit=1,file=/x/disk.qcow2.vars"), "{line}");
+        assert!(line.contains("file=/x/disk.qcow2,format=qcow2"), "{line}");
+        assert!(line.contains("-accel tcg"), "{line}");
+    }
+}

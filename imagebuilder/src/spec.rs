@@ -1,0 +1,340 @@
+//! `image.toml`: the declarative image spec. Parsing only (no I/O); [`crate::validate`] checks
+//! it against the filesystem.
+
+use kiln_overlays::Layout;
+use serde::{Deserialize, Deserializer};
+use std::path::PathBuf;
+
+/// A whole image spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Image name (also the hostname and the root of all derived GUIDs).
+    pub name: String,
+    /// Image version, shown by `kiln-ready` and compared by updates.
+    pub version: String,
+    /// Compatible string: an update is only installed on an image with the same one.
+    pub compatible: String,
+    pub kernel: KernelSpec,
+    pub base: BaseSpec,
+    /// Directories copied over the base, in order.
+    #[serde(default)]
+    pub overlays: Vec<PathBuf>,
+    /// Files baked into the root (`[[file]]`).
+    #[serde(default, rename = "file")]
+    pub files: Vec<BakedFile>,
+    /// Services started on boot (`[[service]]`).
+    #[serde(default, rename = "service")]
+    pub services: Vec<Service>,
+    /// The writable layout over the read-only root.
+    #[serde(default)]
+    pub persist: Layout,
+    #[serde(default)]
+    pub partitions: Partitions,
+    #[serde(default)]
+    pub rootfs: RootfsSpec,
+    #[serde(default)]
+    pub boot: BootSpec,
+    #[serde(default)]
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub dev: DevSpec,
+}
+
+/// An extracted Debian kernel package: `boot/vmlinuz-<ver>` and `lib/modules/<ver>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    pub dir: PathBuf,
+    /// Kernel version; detected from `lib/modules/` when there is exactly one.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Modules the initramfs loads (their dependencies are added).
+    #[serde(default = "default_modules")]
+    pub modules: Vec<String>,
+}
+
+fn default_modules() -> Vec<String> {
+    ["virtio_pci", "virtio_blk", "virtio_net", "erofs", "overlay", "vfat", "nls_cp437", "nls_ascii", "efivarfs"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The base root: exactly one of `tarball`, `oci` or `dir`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseSpec {
+    #[serde(default)]
+    pub tarball: Option<PathBuf>,
+    #[serde(default)]
+    pub oci: Option<PathBuf>,
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Where a base comes from, once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Base {
+    Tarball(PathBuf),
+    Oci(PathBuf),
+    Dir(PathBuf),
+}
+
+/// A file baked into the read-only root.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BakedFile {
+    pub source: PathBuf,
+    /// Absolute path in the image.
+    pub dest: String,
+    /// Octal mode, e.g. "0755".
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+fn default_mode() -> String {
+    "0644".into()
+}
+
+/// A service started by the image's init.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    /// Command line (run by /bin/sh).
+    pub command: String,
+    #[serde(default)]
+    pub restart: Restart,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// Restarted whenever it exits; counted for `kiln-ready`.
+    #[default]
+    Always,
+    /// Run once.
+    Never,
+}
+
+/// Partition sizes (`"256M"`, `"1G"` or a byte count; whole MiB).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partitions {
+    #[serde(default = "default_esp", deserialize_with = "de_size")]
+    pub esp: u64,
+    /// Size of each root slot.
+    #[serde(default = "default_root", deserialize_with = "de_size")]
+    pub root: u64,
+    #[serde(default = "default_persist", deserialize_with = "de_size")]
+    pub persist: u64,
+    /// Total disk size; when set, the partitions must fit in it and persist is unchanged.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub disk: Option<u64>,
+}
+
+const MIB: u64 = 1 << 20;
+fn default_esp() -> u64 {
+    256 * MIB
+}
+fn default_root() -> u64 {
+    512 * MIB
+}
+fn default_persist() -> u64 {
+    256 * MIB
+}
+
+impl Default for Partitions {
+    fn default() -> Self {
+        Partitions {
+            esp: default_esp(),
+            root: default_root(),
+            persist: default_persist(),
+            disk: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsSpec {
+    #[serde(default)]
+    pub format: FsFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsFormat {
+    #[default]
+    Erofs,
+    Ext4,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSpec {
+    #[serde(default)]
+    pub loader: Loader,
+    /// The loader's EFI binary; defaults to Debian's package path for the loader.
+    #[serde(default)]
+    pub efi: Option<PathBuf>,
+    /// Extra kernel command line (root, slot and init are added by Kiln).
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+}
+
+fn default_cmdline() -> String {
+    "console=ttyS0,115200 quiet panic=5".into()
+}
+
+impl Default for BootSpec {
+    fn default() -> Self {
+        BootSpec {
+            loader: Loader::default(),
+            efi: None,
+            cmdline: default_cmdline(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loader {
+    #[default]
+    SystemdBoot,
+    Grub,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    #[serde(default = "default_formats")]
+    pub formats: Vec<OutputFormat>,
+}
+
+fn default_formats() -> Vec<OutputFormat> {
+    vec![OutputFormat::Raw, OutputFormat::Qcow2]
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        OutputSpec {
+            formats: default_formats(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    Raw,
+    Qcow2,
+}
+
+/// Development settings; off in production images.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevSpec {
+    /// A root shell on the serial console.
+    #[serde(default)]
+    pub serial_shell: bool,
+}
+
+/// Parses `"256M"`, `"256MiB"`, `"1G"`, `"1GiB"` or a plain byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mul = match unit.trim() {
+        "" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => MIB,
+        "G" | "GiB" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {s:?} (use K, M or G)")),
+    };
+    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Int(u64),
+    Str(String),
+}
+
+fn to_size(r: SizeRepr) -> Result<u64, String> {
+    let n = match r {
+        SizeRepr::Int(n) => n,
+        SizeRepr::Str(s) => parse_size(&s)?,
+    };
+    if n == 0 || n % MIB != 0 {
+        return Err(format!("size {n} must be a positive whole number of MiB"));
+    }
+    Ok(n)
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    to_size(SizeRepr::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<SizeRepr>::deserialize(d)?
+        .map(to_size)
+        .transpose()
+        .map_err(serde::de::Error::custom)
+}
+
+impl Spec {
+    /// Parses a spec from TOML text. `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Spec, crate::SpecError> {
+        toml::from_str(text).map_err(|e| crate::SpecError {
+            file: origin.to_string(),
+            field: String::new(),
+            message: e.to_string().trim().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+name = "t"
+version = "1"
+compatible = "t-x86_64"
+[kernel]
+dir = "k"
+[base]
+dir = "b"
+"#;
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let s = Spec::parse(MIN, "image.toml").unwrap();
+        assert_eq!(s.partitions.esp, 256 * MIB);
+        assert_eq!(s.rootfs.format, FsFormat::Erofs);
+        assert_eq!(s.boot.loader, Loader::SystemdBoot);
+        assert_eq!(s.persist, Layout::default());
+        assert_eq!(s.output.formats, [OutputFormat::Raw, OutputFormat::Qcow2]);
+        assert!(!s.dev.serial_shell);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M"), Ok(256 * MIB));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12X").is_err());
+        let e = Spec::parse(&format!("{MIN}[partitions]\nroot = \"1000K\"\n"), "image.toml").unwrap_err();
+        assert!(e.to_string().contains("whole number of MiB"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = Spec::parse(&format!("{MIN}colour = \"red\"\n"), "x/image.toml").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("x/image.toml") && msg.contains("colour"), "{msg}");
+    }
+}

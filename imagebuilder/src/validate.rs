@@ -1,0 +1,239 @@
+//! Checking a parsed spec against the filesystem and resolving its paths (relative to the
+//! spec's directory). Every error names the spec file and the field.
+
+use crate::spec::{Base, Loader, OutputFormat, Spec};
+use crate::SpecError;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const MIB: u64 = 1 << 20;
+/// Debian's systemd-boot (package systemd-boot-efi).
+pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// A baked file, resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedFile {
+    pub source: PathBuf,
+    /// Relative path inside the root.
+    pub dest: PathBuf,
+    pub mode: u32,
+}
+
+/// A validated spec with absolute paths.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub spec: Spec,
+    pub spec_path: PathBuf,
+    pub kernel_image: PathBuf,
+    pub kernel_version: String,
+    /// `lib/modules/<version>` of the kernel tree.
+    pub modules_dir: PathBuf,
+    pub base: Base,
+    pub overlays: Vec<PathBuf>,
+    pub files: Vec<ResolvedFile>,
+    pub loader_efi: PathBuf,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, field: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            file: self.file.to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+    fn existing(&self, field: &str, p: &Path, want_dir: bool) -> Result<PathBuf, SpecError> {
+        let full = self.path(p);
+        match std::fs::metadata(&full) {
+            Ok(m) if m.is_dir() == want_dir => Ok(full),
+            Ok(_) => Err(self.err(
+                field,
+                format!("{} is not a {}", full.display(), if want_dir { "directory" } else { "file" }),
+            )),
+            Err(e) => Err(self.err(field, format!("{}: {e}", full.display()))),
+        }
+    }
+}
+
+fn check_name(ctx: &Ctx, field: &str, v: &str, allow_dots: bool) -> Result<(), SpecError> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (allow_dots && c == '.' || c == '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ctx.err(field, format!("{v:?} must be 1-64 characters of [A-Za-z0-9-_{}]", if allow_dots { ".+" } else { "" })))
+    }
+}
+
+/// Parses and resolves the spec file at `spec_path`.
+pub fn load(spec_path: &Path) -> Result<Resolved, SpecError> {
+    let origin = spec_path.display().to_string();
+    let text = std::fs::read_to_string(spec_path).map_err(|e| SpecError {
+        file: origin.clone(),
+        field: String::new(),
+        message: format!("reading the spec: {e}"),
+    })?;
+    let spec = Spec::parse(&text, &origin)?;
+    resolve(spec, spec_path)
+}
+
+/// Validates `spec` (read from `spec_path`) and resolves its paths.
+pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
+    let file = spec_path.display().to_string();
+    let dir = spec_path.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let ctx = Ctx { file: &file, dir };
+
+    check_name(&ctx, "name", &spec.name, false)?;
+    check_name(&ctx, "version", &spec.version, true)?;
+    check_name(&ctx, "compatible", &spec.compatible, true)?;
+
+    // Kernel tree.
+    let kdir = ctx.existing("kernel.dir", &spec.kernel.dir, true)?;
+    let kernel_version = match &spec.kernel.version {
+        Some(v) => v.clone(),
+        None => {
+            let mods = kdir.join("lib/modules");
+            let mut vs: Vec<String> = std::fs::read_dir(&mods)
+                .map_err(|e| ctx.err("kernel.dir", format!("{}: {e}", mods.display())))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            vs.sort();
+            match vs.as_slice() {
+                [one] => one.clone(),
+                [] => return Err(ctx.err("kernel.dir", format!("{} holds no kernel", mods.display()))),
+                many => return Err(ctx.err("kernel.version", format!("several kernels in {}: {many:?}; name one", mods.display()))),
+            }
+        }
+    };
+    let kernel_image = kdir.join(format!("boot/vmlinuz-{kernel_version}"));
+    if !kernel_image.is_file() {
+        return Err(ctx.err("kernel.dir", format!("{} is missing", kernel_image.display())));
+    }
+    let modules_dir = kdir.join("lib/modules").join(&kernel_version);
+    if !modules_dir.join("modules.dep").is_file() {
+        return Err(ctx.err(
+            "kernel.dir",
+            format!("{}/modules.dep is missing (run `depmod -b {} {kernel_version}`)", modules_dir.display(), kdir.display()),
+        ));
+    }
+
+    // Base.
+    let b = &spec.base;
+    let base = match (&b.tarball, &b.oci, &b.dir) {
+        (Some(t), None, None) => Base::Tarball(ctx.existing("base.tarball", t, false)?),
+        (None, Some(o), None) => Base::Oci(ctx.existing("base.oci", o, true)?),
+        (None, None, Some(d)) => Base::Dir(ctx.existing("base.dir", d, true)?),
+        _ => return Err(ctx.err("base", "give exactly one of tarball, oci or dir")),
+    };
+
+    let overlays = spec
+        .overlays
+        .iter()
+        .enumerate()
+        .map(|(i, o)| ctx.existing(&format!("overlays[{i}]"), o, true))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Baked files.
+    let mut dests = BTreeSet::new();
+    let mut files = Vec::new();
+    for (i, f) in spec.files.iter().enumerate() {
+        let source = ctx.existing(&format!("file[{i}].source"), &f.source, false)?;
+        let field = format!("file[{i}].dest");
+        let rel = f
+            .dest
+            .strip_prefix('/')
+            .filter(|r| !r.is_empty() && r.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+            .ok_or_else(|| ctx.err(&field, format!("{:?} must be an absolute, normalised path", f.dest)))?;
+        if !dests.insert(rel.to_string()) {
+            return Err(ctx.err(&field, format!("duplicate destination {:?}", f.dest)));
+        }
+        let mode = u32::from_str_radix(f.mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| ctx.err(format!("file[{i}].mode"), format!("{:?} is not an octal mode", f.mode)))?;
+        files.push(ResolvedFile {
+            source,
+            dest: PathBuf::from(rel),
+            mode,
+        });
+    }
+
+    // Services.
+    let mut names = BTreeSet::new();
+    for (i, s) in spec.services.iter().enumerate() {
+        check_name(&ctx, &format!("service[{i}].name"), &s.name, false)?;
+        if !names.insert(s.name.clone()) {
+            return Err(ctx.err(format!("service[{i}].name"), format!("duplicate service {:?}", s.name)));
+        }
+        if s.command.trim().is_empty() || s.command.contains('\n') {
+            return Err(ctx.err(format!("service[{i}].command"), "must be one non-empty line"));
+        }
+    }
+
+    spec.persist
+        .validate()
+        .map_err(|e| ctx.err("persist", e.to_string()))?;
+
+    // Boot.
+    let loader_efi = match (spec.boot.loader, &spec.boot.efi) {
+        (Loader::Grub, _) => return Err(ctx.err("boot.loader", "grub is not supported yet; use systemd-boot")),
+        (Loader::SystemdBoot, Some(p)) => ctx.existing("boot.efi", p, false)?,
+        (Loader::SystemdBoot, None) => ctx.existing("boot.efi", Path::new(SYSTEMD_BOOT_EFI), false).map_err(|e| {
+            ctx.err("boot.efi", format!("{} (install systemd-boot-efi)", e.message))
+        })?,
+    };
+    if spec.boot.cmdline.contains('\n') {
+        return Err(ctx.err("boot.cmdline", "must be one line"));
+    }
+
+    // Partitions.
+    let p = &spec.partitions;
+    if p.esp < 64 * MIB {
+        return Err(ctx.err("partitions.esp", "must be at least 64M (two kernels and initrds, FAT32)"));
+    }
+    if p.persist < 64 * MIB {
+        return Err(ctx.err("partitions.persist", "must be at least 64M"));
+    }
+    if p.root < 16 * MIB {
+        return Err(ctx.err("partitions.root", "must be at least 16M"));
+    }
+    if let Some(disk) = p.disk {
+        let need = crate::layout::DiskLayout::required_size(p);
+        if need > disk {
+            return Err(ctx.err(
+                "partitions.disk",
+                format!("partitions do not fit: esp + 2 × root + persist + GPT need {need} bytes, disk is {disk}"),
+            ));
+        }
+    }
+    if !spec.output.formats.contains(&OutputFormat::Raw) {
+        return Err(ctx.err("output.formats", "must include \"raw\" (disk.raw is always written)"));
+    }
+
+    Ok(Resolved {
+        spec_path: spec_path.to_path_buf(),
+        kernel_image,
+        kernel_version,
+        modules_dir,
+        base,
+        overlays,
+        files,
+        loader_efi,
+        spec,
+    })
+}

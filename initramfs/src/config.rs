@@ -1,0 +1,27 @@
+//! What the image builder tells `kiln-init`: written as JSON at [`CONFIG_PATH`] in the initramfs.
+
+use kiln_overlays::Layout;
+use serde::{Deserialize, Serialize};
+
+/// Path of the config inside the initramfs.
+pub const CONFIG_PATH: &str = "etc/kiln/init.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    /// Image name and version, for console messages.
+    pub name: String,
+    pub version: String,
+    /// Kernel modules to load, as paths inside the initramfs, dependencies first.
+    pub modules: Vec<String>,
+    /// Filesystem type of the root slots (`erofs` or `ext4`).
+    pub root_fstype: String,
+    /// GPT partition label of the persist partition (on the same disk as the root).
+    pub persist_label: String,
+    /// Writable layout applied on top of the read-only root.
+    pub layout: Layout,
+    /// Program executed in the new root.
+    pub init: String,
+    /// How long to wait for the root device to appear.
+    pub root_wait_secs: u64,
+}

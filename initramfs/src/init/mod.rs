@@ -1,0 +1,90 @@
+//! The body of `kiln-init`, PID 1 of the initramfs.
+//!
+//! Steps (see docs/architecture.md): early mounts → modules → find root by PARTUUID → mount it
+//! read-only → mount persist (creating the layout on first boot) → overlay/bind/tmpfs layout →
+//! `switch_root` into the root's init. Any failure prints one `kiln-init: FATAL:` line and
+//! reboots after a pause, so a boot counter sees a failed try instead of a silent hang.
+
+mod disk;
+mod layout;
+mod sys;
+
+use crate::cmdline;
+use crate::config::{InitConfig, CONFIG_PATH};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Where the root is mounted before `switch_root`.
+pub const SYSROOT: &str = "/sysroot";
+
+/// An error with the step it happened in.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct InitError {
+    pub step: &'static str,
+    pub message: String,
+}
+
+pub(crate) fn err(step: &'static str, message: impl std::fmt::Display) -> InitError {
+    InitError {
+        step,
+        message: message.to_string(),
+    }
+}
+
+/// Prints a console line prefixed with `kiln-init:`.
+pub fn say(msg: impl std::fmt::Display) {
+    println!("kiln-init: {msg}");
+}
+
+/// Runs PID 1; never returns.
+pub fn main() -> ! {
+    let started = Instant::now();
+    let e = match run(started) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    say(format!("FATAL: {e}"));
+    say("rebooting in 10 s; the boot counter will count this as a failed try");
+    sys::fatal_reboot(Duration::from_secs(10))
+}
+
+enum Never {}
+
+fn run(started: Instant) -> Result<Never, InitError> {
+    sys::early_mounts()?;
+    let cfg: InitConfig = serde_json::from_slice(
+        &std::fs::read(Path::new("/").join(CONFIG_PATH)).map_err(|e| err("reading config", e))?,
+    )
+    .map_err(|e| err("parsing config", e))?;
+    let cmd = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").map_err(|e| err("reading /proc/cmdline", e))?);
+    say(format!(
+        "{} {} slot {}",
+        cfg.name,
+        cfg.version,
+        cmd.slot.as_deref().unwrap_or("?")
+    ));
+
+    for m in &cfg.modules {
+        sys::load_module(m)?;
+    }
+    say(format!("loaded {} modules", cfg.modules.len()));
+
+    let partuuid = cmd
+        .root_partuuid
+        .clone()
+        .ok_or_else(|| err("kernel command line", "no root=PARTUUID=… given"))?;
+    let found = disk::wait_for_root(&partuuid, &cfg.persist_label, Duration::from_secs(cfg.root_wait_secs))?;
+    say(format!("root {} ({}), persist {}", found.root, partuuid, found.persist));
+
+    sys::mount_root(&found.root, &cfg.root_fstype)?;
+    let persist = format!("{SYSROOT}{}", kiln_overlays::PERSIST_MOUNT);
+    sys::mount_persist(&found.persist, &persist)?;
+    layout::apply(&cfg.layout, &persist)?;
+    say(format!(
+        "switching root after {} ms",
+        started.elapsed().as_millis()
+    ));
+    let init = cmd.init.clone().unwrap_or(cfg.init.clone());
+    sys::switch_root(&init)
+}
