@@ -1,0 +1,8 @@
+//! Harness for Kiln's end-to-end tests: builds images, boots them in QEMU (OVMF, per-disk
+//! firmware variables) and talks to the serial console with expect-style waits. Every wait has
+//! its own timeout; a failed wait reports what it waited for and the last console lines.
+
+mod console;
+pub mod fixtures;
+
+pub use console::{Console, ConsoleError};
