@@ -79,7 +79,13 @@ mod tests {
     #[test]
     fn sparse_copy_keeps_holes_and_content() {
         let d = tempfile::tempdir().unwrap();
-        let disk = File::options().create(true).read(true).write(true).open(d.path().join("d")).unwrap();
+        let disk = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(d.path().join("d"))
+            .unwrap();
         disk.set_len(8 << 20).unwrap();
         let mut src = vec![0u8; 4 << 20];
         src[100] = 7;

@@ -39,10 +39,26 @@ pub fn fat_time(epoch: u64) -> DateTime {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u16;
     let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
     if year < 1980 {
-        return DateTime { date: Date { year: 1980, month: 1, day: 1 }, time: Time { hour: 0, min: 0, sec: 0, millis: 0 } };
+        return DateTime {
+            date: Date {
+                year: 1980,
+                month: 1,
+                day: 1,
+            },
+            time: Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        };
     }
     DateTime {
-        date: Date { year: year.min(2107), month, day },
+        date: Date {
+            year: year.min(2107),
+            month,
+            day,
+        },
         time: Time {
             hour: (secs / 3600) as u16,
             min: (secs % 3600 / 60) as u16,
@@ -61,7 +77,14 @@ fn cluster_size(size: u64) -> u32 {
 }
 
 /// Formats FAT32 over `size` bytes at `offset` of `disk` and writes `files`.
-pub fn build(disk: &mut File, offset: u64, size: u64, volume_id: u32, epoch: u64, files: &[EspFile]) -> io::Result<()> {
+pub fn build(
+    disk: &mut File,
+    offset: u64,
+    size: u64,
+    volume_id: u32,
+    epoch: u64,
+    files: &[EspFile],
+) -> io::Result<()> {
     let mut slice = fscommon::StreamSlice::new(&mut *disk, offset, offset + size)?;
     fatfs::format_volume(
         &mut slice,
@@ -96,7 +119,9 @@ pub fn build(disk: &mut File, offset: u64, size: u64, volume_id: u32, epoch: u64
             file.flush()?;
         }
     }
-    fs.unmount()
+    fs.unmount()?;
+    let mut slice = fscommon::StreamSlice::new(&mut *disk, offset, offset + size)?;
+    crate::esp_fixup::repair(&mut slice)
 }
 
 #[cfg(test)]
@@ -116,5 +141,52 @@ mod tests {
         assert_eq!(cluster_size(256 << 20), 2048);
         assert_eq!(cluster_size(64 << 20), 512);
         assert_eq!(cluster_size(1 << 30), 4096);
+    }
+}
+
+#[cfg(test)]
+mod fsck_tests {
+    use super::*;
+
+    #[test]
+    fn esp_is_fsck_clean() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("esp.img");
+        let mut f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        let size = 256u64 << 20;
+        f.set_len(size).unwrap();
+        let files = vec![
+            EspFile {
+                path: "EFI/BOOT/BOOTX64.EFI".into(),
+                data: vec![1; 1000],
+            },
+            EspFile {
+                path: "loader/loader.conf".into(),
+                data: b"timeout 0\n".to_vec(),
+            },
+            EspFile {
+                path: "loader/entries/kiln-a.conf".into(),
+                data: b"x\n".to_vec(),
+            },
+            EspFile {
+                path: "kiln/a/vmlinuz".into(),
+                data: vec![2; 100_000],
+            },
+        ];
+        build(&mut f, 0, size, 0x1234, 1_700_000_000, &files).unwrap();
+        drop(f);
+        let o = std::process::Command::new("fsck.fat")
+            .arg("-n")
+            .arg(&p)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && out.lines().count() == 2, "{out}");
     }
 }

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod elf;
 mod error;
 pub mod esp;
+mod esp_fixup;
 pub mod layout;
 pub mod pipeline;
 pub mod qemu;
@@ -21,7 +22,10 @@ pub use error::{BuildError, SpecError};
 /// `<ancestor of this executable>/x86_64-unknown-linux-gnu/release/kiln-init` (where
 /// `scripts/build-device` puts it), else `kiln-init` next to this executable.
 pub fn find_device_binary(name: &str) -> Option<std::path::PathBuf> {
-    let env = format!("KILN_{}", name.trim_start_matches("kiln-").to_ascii_uppercase());
+    let env = format!(
+        "KILN_{}",
+        name.trim_start_matches("kiln-").to_ascii_uppercase()
+    );
     if let Some(p) = std::env::var_os(env) {
         return Some(p.into());
     }

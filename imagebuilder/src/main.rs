@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Build and run immutable A/B container-OS disk images")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build and run immutable A/B container-OS disk images"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -47,7 +51,8 @@ enum Cmd {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "kiln=info,imagebuilder=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "kiln=info,imagebuilder=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -59,23 +64,45 @@ fn main() {
 
 fn real_main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Build { spec, out, init, source_date_epoch } => {
+        Cmd::Build {
+            spec,
+            out,
+            init,
+            source_date_epoch,
+        } => {
             let resolved = imagebuilder::validate::load(&spec)?;
             let init_bin = init
                 .or_else(|| imagebuilder::find_device_binary("kiln-init"))
                 .context("finding kiln-init: build it with scripts/build-device, or pass --init")?;
-            let report = build(&resolved, &BuildOptions { out_dir: out, init_bin, epoch: source_date_epoch })
-                .with_context(|| format!("building {}", spec.display()))?;
+            let report = build(
+                &resolved,
+                &BuildOptions {
+                    out_dir: out,
+                    init_bin,
+                    epoch: source_date_epoch,
+                },
+            )
+            .with_context(|| format!("building {}", spec.display()))?;
             println!("{}", report.disk.display());
         }
-        Cmd::Run { disk, timeout, until, memory } => {
+        Cmd::Run {
+            disk,
+            timeout,
+            until,
+            memory,
+        } => {
             if !disk.is_file() {
                 bail!("{}: no such disk image", disk.display());
             }
-            let mut cfg = VmConfig::for_disk(&disk).with_context(|| format!("preparing firmware variables for {}", disk.display()))?;
+            let mut cfg = VmConfig::for_disk(&disk)
+                .with_context(|| format!("preparing firmware variables for {}", disk.display()))?;
             cfg.memory_mb = memory;
             cfg.serial = "mon:stdio".into();
-            eprintln!("kiln: booting {} ({:?}; quit with Ctrl-A X)", disk.display(), cfg.accel);
+            eprintln!(
+                "kiln: booting {} ({:?}; quit with Ctrl-A X)",
+                disk.display(),
+                cfg.accel
+            );
             match qemu::run(&cfg, timeout.map(Duration::from_secs), until.as_deref())? {
                 RunOutcome::Exited(0) | RunOutcome::Matched(_) => {}
                 RunOutcome::Exited(code) => bail!("qemu exited with status {code}"),

@@ -76,18 +76,29 @@ impl Timer {
 
 /// The kernel command line of a slot.
 pub fn cmdline(partuuid: &uuid::Uuid, slot: Slot, extra: &str) -> String {
-    format!("root=PARTUUID={partuuid} ro kiln.slot={slot} {extra}").trim().to_string()
+    format!("root=PARTUUID={partuuid} ro kiln.slot={slot} {extra}")
+        .trim()
+        .to_string()
 }
 
 /// Runs the whole build.
 pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let spec = &r.spec;
-    let mut t = Timer { last: Instant::now(), steps: Vec::new() };
-    fs::create_dir_all(&opts.out_dir).map_err(BuildError::io(format!("creating {}", opts.out_dir.display())))?;
+    let mut t = Timer {
+        last: Instant::now(),
+        steps: Vec::new(),
+    };
+    fs::create_dir_all(&opts.out_dir).map_err(BuildError::io(format!(
+        "creating {}",
+        opts.out_dir.display()
+    )))?;
     let tmp = tempfile::Builder::new()
         .prefix(".kiln-build-")
         .tempdir_in(&opts.out_dir)
-        .map_err(BuildError::io(format!("creating a work directory in {}", opts.out_dir.display())))?;
+        .map_err(BuildError::io(format!(
+            "creating a work directory in {}",
+            opts.out_dir.display()
+        )))?;
     let work = tmp.path();
     let ids = Ids::new(&spec.name, &spec.version);
     let layout = DiskLayout::new(&spec.partitions, &ids);
@@ -131,9 +142,13 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         .write(true)
         .open(&disk_path)
         .map_err(BuildError::io("creating disk.raw"))?;
-    disk.set_len(layout.size).map_err(BuildError::io("sizing disk.raw"))?;
+    disk.set_len(layout.size)
+        .map_err(BuildError::io("sizing disk.raw"))?;
     write_gpt(&mut disk, &layout).map_err(BuildError::io("writing the GPT"))?;
-    let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!("reading {}", r.kernel_image.display())))?;
+    let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
+        "reading {}",
+        r.kernel_image.display()
+    )))?;
     let line = cmdline(&layout.root_a.guid, Slot::A, &spec.boot.cmdline);
     let esp_files = esp_files(r, &kernel, &initrd, &line)?;
     let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
@@ -142,14 +157,26 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         return Err(crate::SpecError {
             file: r.spec_path.display().to_string(),
             field: "partitions.esp".into(),
-            message: format!("{} bytes is too small for two slots of {esp_need} bytes of boot files", layout.esp.size),
+            message: format!(
+                "{} bytes is too small for two slots of {esp_need} bytes of boot files",
+                layout.esp.size
+            ),
         }
         .into());
     }
-    crate::esp::build(&mut disk, layout.esp.offset, layout.esp.size, ids.u32("esp"), opts.epoch, &esp_files)
-        .map_err(BuildError::io("building the ESP"))?;
-    let mut root_reader = BufReader::new(File::open(&root_img).map_err(BuildError::io("opening root.img"))?);
-    copy_sparse(&mut root_reader, &disk, layout.root_a.offset).map_err(BuildError::io("writing root-a"))?;
+    crate::esp::build(
+        &mut disk,
+        layout.esp.offset,
+        layout.esp.size,
+        ids.u32("esp"),
+        opts.epoch,
+        &esp_files,
+    )
+    .map_err(BuildError::io("building the ESP"))?;
+    let mut root_reader =
+        BufReader::new(File::open(&root_img).map_err(BuildError::io("opening root.img"))?);
+    copy_sparse(&mut root_reader, &disk, layout.root_a.offset)
+        .map_err(BuildError::io("writing root-a"))?;
     mkfs::format_ext4_at(
         &disk_path,
         layout.persist.offset,
@@ -158,12 +185,19 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         "persist",
         opts.epoch,
     )?;
-    disk.sync_all().map_err(BuildError::io("syncing disk.raw"))?;
+    disk.sync_all()
+        .map_err(BuildError::io("syncing disk.raw"))?;
     drop(disk);
     t.lap("write disk");
 
     // 5. Other formats, checksums, report.
-    let mut outputs = vec!["disk.raw".to_string(), "root.img".into(), "vmlinuz".into(), "initrd.img".into(), "build.json".into()];
+    let mut outputs = vec![
+        "disk.raw".to_string(),
+        "root.img".into(),
+        "vmlinuz".into(),
+        "initrd.img".into(),
+        "build.json".into(),
+    ];
     if spec.output.formats.contains(&OutputFormat::Qcow2) {
         mkfs::run_tool(
             std::process::Command::new("qemu-img")
@@ -209,7 +243,8 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
     // 6. Commit: rename into place, disk.raw last; drop the stale firmware vars of an old disk.
     outputs.sort_by_key(|o| o == "disk.raw");
     for o in &outputs {
-        fs::rename(work.join(o), opts.out_dir.join(o)).map_err(BuildError::io(format!("renaming {o} into place")))?;
+        fs::rename(work.join(o), opts.out_dir.join(o))
+            .map_err(BuildError::io(format!("renaming {o} into place")))?;
     }
     let _ = fs::remove_file(crate::qemu::vars_path(&opts.out_dir.join("disk.raw")));
     Ok(report)
@@ -220,7 +255,9 @@ fn sha256_file(p: &Path) -> Result<String, BuildError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(BuildError::io(format!("reading {}", p.display())))?;
+        let n = f
+            .read(&mut buf)
+            .map_err(BuildError::io(format!("reading {}", p.display())))?;
         if n == 0 {
             break;
         }
@@ -252,8 +289,15 @@ fn assemble_tree(r: &Resolved, tree: &Path) -> Result<(), BuildError> {
     for g in services::generated(spec) {
         dircopy::write_file(tree, Path::new(g.path), g.content.as_bytes(), g.mode)?;
     }
-    let mut dirs: Vec<(String, u32)> = ["/proc", "/sys", "/dev"].iter().map(|d| (d.to_string(), 0o755)).collect();
-    dirs.extend(spec.persist.mount_points().map(|d| (d.to_string(), if d == "/tmp" { 0o1777 } else { 0o755 })));
+    let mut dirs: Vec<(String, u32)> = ["/proc", "/sys", "/dev"]
+        .iter()
+        .map(|d| (d.to_string(), 0o755))
+        .collect();
+    dirs.extend(
+        spec.persist
+            .mount_points()
+            .map(|d| (d.to_string(), if d == "/tmp" { 0o1777 } else { 0o755 })),
+    );
     for (d, mode) in dirs {
         dircopy::ensure_dir(tree, Path::new(d.trim_start_matches('/')), mode)?;
     }
@@ -269,8 +313,15 @@ fn assemble_tree(r: &Resolved, tree: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn build_initramfs(r: &Resolved, opts: &BuildOptions, format: RootFormat) -> Result<Vec<u8>, BuildError> {
-    let init = fs::read(&opts.init_bin).map_err(BuildError::io(format!("reading {}", opts.init_bin.display())))?;
+fn build_initramfs(
+    r: &Resolved,
+    opts: &BuildOptions,
+    format: RootFormat,
+) -> Result<Vec<u8>, BuildError> {
+    let init = fs::read(&opts.init_bin).map_err(BuildError::io(format!(
+        "reading {}",
+        opts.init_bin.display()
+    )))?;
     if !crate::elf::is_static_elf64(&init) {
         return Err(BuildError::Other(format!(
             "{} is not a static x86-64 ELF binary (build it with scripts/build-device)",
@@ -278,7 +329,8 @@ fn build_initramfs(r: &Resolved, opts: &BuildOptions, format: RootFormat) -> Res
         )));
     }
     let dep_path = r.modules_dir.join("modules.dep");
-    let dep = fs::read_to_string(&dep_path).map_err(BuildError::io(format!("reading {}", dep_path.display())))?;
+    let dep = fs::read_to_string(&dep_path)
+        .map_err(BuildError::io(format!("reading {}", dep_path.display())))?;
     let spec_err = |message: String| crate::SpecError {
         file: r.spec_path.display().to_string(),
         field: "kernel.modules".into(),
@@ -301,7 +353,8 @@ fn build_initramfs(r: &Resolved, opts: &BuildOptions, format: RootFormat) -> Res
     let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
     for m in &closure {
         let p = r.modules_dir.join(m);
-        let data = fs::read(&p).map_err(BuildError::io(format!("reading module {}", p.display())))?;
+        let data =
+            fs::read(&p).map_err(BuildError::io(format!("reading module {}", p.display())))?;
         c.add_file(&in_initrd(m), data, 0o644);
     }
     let mut out = Vec::new();
@@ -310,9 +363,17 @@ fn build_initramfs(r: &Resolved, opts: &BuildOptions, format: RootFormat) -> Res
     Ok(out)
 }
 
-fn esp_files(r: &Resolved, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Vec<crate::esp::EspFile>, BuildError> {
+fn esp_files(
+    r: &Resolved,
+    kernel: &[u8],
+    initrd: &[u8],
+    cmdline: &str,
+) -> Result<Vec<crate::esp::EspFile>, BuildError> {
     use crate::esp::EspFile;
-    let loader = fs::read(&r.loader_efi).map_err(BuildError::io(format!("reading {}", r.loader_efi.display())))?;
+    let loader = fs::read(&r.loader_efi).map_err(BuildError::io(format!(
+        "reading {}",
+        r.loader_efi.display()
+    )))?;
     let entry = systemd_boot::Entry {
         slot: Slot::A,
         title: r.spec.name.clone(),
@@ -320,13 +381,25 @@ fn esp_files(r: &Resolved, kernel: &[u8], initrd: &[u8], cmdline: &str) -> Resul
         options: cmdline.to_string(),
     };
     Ok(vec![
-        EspFile { path: systemd_boot::LOADER_PATH.into(), data: loader },
-        EspFile { path: "loader/loader.conf".into(), data: systemd_boot::loader_conf().into_bytes() },
+        EspFile {
+            path: systemd_boot::LOADER_PATH.into(),
+            data: loader,
+        },
+        EspFile {
+            path: "loader/loader.conf".into(),
+            data: systemd_boot::loader_conf().into_bytes(),
+        },
         EspFile {
             path: format!("loader/entries/{}", systemd_boot::entry_file_name(Slot::A)),
             data: systemd_boot::render_entry(&entry).into_bytes(),
         },
-        EspFile { path: kiln_boot::esp_kernel(Slot::A), data: kernel.to_vec() },
-        EspFile { path: kiln_boot::esp_initrd(Slot::A), data: initrd.to_vec() },
+        EspFile {
+            path: kiln_boot::esp_kernel(Slot::A),
+            data: kernel.to_vec(),
+        },
+        EspFile {
+            path: kiln_boot::esp_initrd(Slot::A),
+            data: initrd.to_vec(),
+        },
     ])
 }

@@ -22,10 +22,16 @@ pub fn vars_path(disk: &Path) -> PathBuf {
 pub fn ensure_vars(disk: &Path) -> io::Result<PathBuf> {
     let vars = vars_path(disk);
     if !vars.exists() {
-        let template = std::env::var_os("KILN_OVMF_VARS").map(PathBuf::from).unwrap_or(OVMF_VARS.into());
+        let template = std::env::var_os("KILN_OVMF_VARS")
+            .map(PathBuf::from)
+            .unwrap_or(OVMF_VARS.into());
         let tmp = vars.with_extension("vars.tmp");
-        std::fs::copy(&template, &tmp)
-            .map_err(|e| io::Error::new(e.kind(), format!("copying {} (install ovmf): {e}", template.display())))?;
+        std::fs::copy(&template, &tmp).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("copying {} (install ovmf): {e}", template.display()),
+            )
+        })?;
         std::fs::rename(&tmp, &vars)?;
     }
     Ok(vars)
@@ -45,7 +51,9 @@ pub enum Accel {
 fn probe_sector() -> [u8; 512] {
     let mut s = [0u8; 512];
     // wait; fninit ; fld1 ; fstp st0 ; mov al, 0x2a ; out 0xf4, al ; hlt ; jmp $
-    let code = [0x9b, 0xdb, 0xe3, 0xd9, 0xe8, 0xdd, 0xd8, 0xb0, 0x2a, 0xe6, 0xf4, 0xf4, 0xeb, 0xfe];
+    let code = [
+        0x9b, 0xdb, 0xe3, 0xd9, 0xe8, 0xdd, 0xd8, 0xb0, 0x2a, 0xe6, 0xf4, 0xf4, 0xeb, 0xfe,
+    ];
     s[..code.len()].copy_from_slice(&code);
     s[510] = 0x55;
     s[511] = 0xaa;
@@ -54,7 +62,9 @@ fn probe_sector() -> [u8; 512] {
 
 /// Boots the probe sector with `accel` and reports whether it reached the exit port in time.
 pub fn probe(accel: Accel, timeout: Duration) -> bool {
-    let Ok(dir) = tempfile::tempdir() else { return false };
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
     let img = dir.path().join("probe.img");
     if std::fs::write(&img, probe_sector()).is_err() {
         return false;
@@ -64,7 +74,18 @@ pub fn probe(accel: Accel, timeout: Duration) -> bool {
         Accel::Tcg => "tcg",
     };
     let child = Command::new("qemu-system-x86_64")
-        .args(["-machine", "pc", "-accel", accel_arg, "-m", "32", "-nodefaults", "-display", "none", "-no-reboot"])
+        .args([
+            "-machine",
+            "pc",
+            "-accel",
+            accel_arg,
+            "-m",
+            "32",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .arg("-drive")
         .arg(format!("file={},format=raw,if=ide", img.display()))
@@ -131,33 +152,81 @@ impl VmConfig {
 
     /// The QEMU command line.
     pub fn command(&self) -> Command {
-        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
-        let code = std::env::var_os("KILN_OVMF_CODE").map(PathBuf::from).unwrap_or(OVMF_CODE.into());
+        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        let code = std::env::var_os("KILN_OVMF_CODE")
+            .map(PathBuf::from)
+            .unwrap_or(OVMF_CODE.into());
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-machine", "q35", "-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-accel", if self.accel == Accel::Kvm { "kvm" } else { "tcg" }])
-            .args(["-m", &self.memory_mb.to_string(), "-smp", &self.cpus.to_string()])
-            .args(["-serial", &self.serial])
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", self.vars.display()))
-            .arg("-drive")
-            .arg(format!("file={},format={format},if=none,id=disk0", self.disk.display()))
-            .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
-            .args(["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="]);
+        c.args([
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ])
+        .args([
+            "-accel",
+            if self.accel == Accel::Kvm {
+                "kvm"
+            } else {
+                "tcg"
+            },
+        ])
+        .args([
+            "-m",
+            &self.memory_mb.to_string(),
+            "-smp",
+            &self.cpus.to_string(),
+        ])
+        .args(["-serial", &self.serial])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            code.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            self.vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format={format},if=none,id=disk0",
+            self.disk.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
         c
     }
 }
 
 /// `kiln run`: boots `disk` with the console on stdout. With `until`, returns once that text
 /// appears on the console (and stops the VM); with `timeout`, stops the VM then.
-pub fn run(cfg: &VmConfig, timeout: Option<Duration>, until: Option<&str>) -> io::Result<RunOutcome> {
+pub fn run(
+    cfg: &VmConfig,
+    timeout: Option<Duration>,
+    until: Option<&str>,
+) -> io::Result<RunOutcome> {
     let mut cmd = cfg.command();
     if until.is_some() {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
     }
-    let mut child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("starting qemu-system-x86_64 (install qemu-system-x86): {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("starting qemu-system-x86_64 (install qemu-system-x86): {e}"),
+        )
+    })?;
     let start = Instant::now();
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let (Some(pat), Some(mut out)) = (until, child.stdout.take()) {
@@ -230,7 +299,11 @@ mod tests {
             accel: Accel::Tcg,
             serial: "stdio".into(),
         };
-        let args: Vec<String> = cfg.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = cfg
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let line = args.join(" ");
         assert!(line.contains("unit=1,file=/x/disk.qcow2.vars"), "{line}");
         assert!(line.contains("file=/x/disk.qcow2,format=qcow2"), "{line}");

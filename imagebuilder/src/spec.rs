@@ -55,9 +55,19 @@ pub struct KernelSpec {
 }
 
 fn default_modules() -> Vec<String> {
-    ["virtio_pci", "virtio_blk", "virtio_net", "erofs", "overlay", "vfat", "nls_cp437", "nls_ascii", "efivarfs"]
-        .map(String::from)
-        .to_vec()
+    [
+        "virtio_pci",
+        "virtio_blk",
+        "virtio_net",
+        "erofs",
+        "overlay",
+        "vfat",
+        "nls_cp437",
+        "nls_ascii",
+        "efivarfs",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// The base root: exactly one of `tarball`, `oci` or `dir`.
@@ -253,7 +263,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "G" | "GiB" => 1 << 30,
         _ => return Err(format!("invalid size unit in {s:?} (use K, M or G)")),
     };
-    n.checked_mul(mul).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[derive(Deserialize)]
@@ -327,7 +338,11 @@ dir = "b"
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12X").is_err());
-        let e = Spec::parse(&format!("{MIN}[partitions]\nroot = \"1000K\"\n"), "image.toml").unwrap_err();
+        let e = Spec::parse(
+            &format!("{MIN}[partitions]\nroot = \"1000K\"\n"),
+            "image.toml",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("whole number of MiB"), "{e}");
     }
 
@@ -335,6 +350,9 @@ dir = "b"
     fn unknown_field_is_named() {
         let e = Spec::parse(&format!("{MIN}colour = \"red\"\n"), "x/image.toml").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("x/image.toml") && msg.contains("colour"), "{msg}");
+        assert!(
+            msg.contains("x/image.toml") && msg.contains("colour"),
+            "{msg}"
+        );
     }
 }

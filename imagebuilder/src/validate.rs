@@ -60,7 +60,11 @@ impl Ctx<'_> {
             Ok(m) if m.is_dir() == want_dir => Ok(full),
             Ok(_) => Err(self.err(
                 field,
-                format!("{} is not a {}", full.display(), if want_dir { "directory" } else { "file" }),
+                format!(
+                    "{} is not a {}",
+                    full.display(),
+                    if want_dir { "directory" } else { "file" }
+                ),
             )),
             Err(e) => Err(self.err(field, format!("{}: {e}", full.display()))),
         }
@@ -70,11 +74,22 @@ impl Ctx<'_> {
 fn check_name(ctx: &Ctx, field: &str, v: &str, allow_dots: bool) -> Result<(), SpecError> {
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (allow_dots && c == '.' || c == '+'));
+        && v.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || c == '-'
+                || c == '_'
+                || (allow_dots && c == '.' || c == '+')
+        });
     if ok {
         Ok(())
     } else {
-        Err(ctx.err(field, format!("{v:?} must be 1-64 characters of [A-Za-z0-9-_{}]", if allow_dots { ".+" } else { "" })))
+        Err(ctx.err(
+            field,
+            format!(
+                "{v:?} must be 1-64 characters of [A-Za-z0-9-_{}]",
+                if allow_dots { ".+" } else { "" }
+            ),
+        ))
     }
 }
 
@@ -94,7 +109,11 @@ pub fn load(spec_path: &Path) -> Result<Resolved, SpecError> {
 pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
     let file = spec_path.display().to_string();
     let dir = spec_path.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let ctx = Ctx { file: &file, dir };
 
     check_name(&ctx, "name", &spec.name, false)?;
@@ -115,20 +134,34 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
             vs.sort();
             match vs.as_slice() {
                 [one] => one.clone(),
-                [] => return Err(ctx.err("kernel.dir", format!("{} holds no kernel", mods.display()))),
-                many => return Err(ctx.err("kernel.version", format!("several kernels in {}: {many:?}; name one", mods.display()))),
+                [] => {
+                    return Err(ctx.err("kernel.dir", format!("{} holds no kernel", mods.display())))
+                }
+                many => {
+                    return Err(ctx.err(
+                        "kernel.version",
+                        format!("several kernels in {}: {many:?}; name one", mods.display()),
+                    ))
+                }
             }
         }
     };
     let kernel_image = kdir.join(format!("boot/vmlinuz-{kernel_version}"));
     if !kernel_image.is_file() {
-        return Err(ctx.err("kernel.dir", format!("{} is missing", kernel_image.display())));
+        return Err(ctx.err(
+            "kernel.dir",
+            format!("{} is missing", kernel_image.display()),
+        ));
     }
     let modules_dir = kdir.join("lib/modules").join(&kernel_version);
     if !modules_dir.join("modules.dep").is_file() {
         return Err(ctx.err(
             "kernel.dir",
-            format!("{}/modules.dep is missing (run `depmod -b {} {kernel_version}`)", modules_dir.display(), kdir.display()),
+            format!(
+                "{}/modules.dep is missing (run `depmod -b {} {kernel_version}`)",
+                modules_dir.display(),
+                kdir.display()
+            ),
         ));
     }
 
@@ -157,15 +190,27 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
         let rel = f
             .dest
             .strip_prefix('/')
-            .filter(|r| !r.is_empty() && r.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
-            .ok_or_else(|| ctx.err(&field, format!("{:?} must be an absolute, normalised path", f.dest)))?;
+            .filter(|r| {
+                !r.is_empty() && r.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+            })
+            .ok_or_else(|| {
+                ctx.err(
+                    &field,
+                    format!("{:?} must be an absolute, normalised path", f.dest),
+                )
+            })?;
         if !dests.insert(rel.to_string()) {
             return Err(ctx.err(&field, format!("duplicate destination {:?}", f.dest)));
         }
         let mode = u32::from_str_radix(f.mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o7777)
-            .ok_or_else(|| ctx.err(format!("file[{i}].mode"), format!("{:?} is not an octal mode", f.mode)))?;
+            .ok_or_else(|| {
+                ctx.err(
+                    format!("file[{i}].mode"),
+                    format!("{:?} is not an octal mode", f.mode),
+                )
+            })?;
         files.push(ResolvedFile {
             source,
             dest: PathBuf::from(rel),
@@ -178,10 +223,16 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
     for (i, s) in spec.services.iter().enumerate() {
         check_name(&ctx, &format!("service[{i}].name"), &s.name, false)?;
         if !names.insert(s.name.clone()) {
-            return Err(ctx.err(format!("service[{i}].name"), format!("duplicate service {:?}", s.name)));
+            return Err(ctx.err(
+                format!("service[{i}].name"),
+                format!("duplicate service {:?}", s.name),
+            ));
         }
         if s.command.trim().is_empty() || s.command.contains('\n') {
-            return Err(ctx.err(format!("service[{i}].command"), "must be one non-empty line"));
+            return Err(ctx.err(
+                format!("service[{i}].command"),
+                "must be one non-empty line",
+            ));
         }
     }
 
@@ -191,11 +242,18 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
 
     // Boot.
     let loader_efi = match (spec.boot.loader, &spec.boot.efi) {
-        (Loader::Grub, _) => return Err(ctx.err("boot.loader", "grub is not supported yet; use systemd-boot")),
+        (Loader::Grub, _) => {
+            return Err(ctx.err("boot.loader", "grub is not supported yet; use systemd-boot"))
+        }
         (Loader::SystemdBoot, Some(p)) => ctx.existing("boot.efi", p, false)?,
-        (Loader::SystemdBoot, None) => ctx.existing("boot.efi", Path::new(SYSTEMD_BOOT_EFI), false).map_err(|e| {
-            ctx.err("boot.efi", format!("{} (install systemd-boot-efi)", e.message))
-        })?,
+        (Loader::SystemdBoot, None) => ctx
+            .existing("boot.efi", Path::new(SYSTEMD_BOOT_EFI), false)
+            .map_err(|e| {
+                ctx.err(
+                    "boot.efi",
+                    format!("{} (install systemd-boot-efi)", e.message),
+                )
+            })?,
     };
     if spec.boot.cmdline.contains('\n') {
         return Err(ctx.err("boot.cmdline", "must be one line"));
@@ -204,7 +262,10 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
     // Partitions.
     let p = &spec.partitions;
     if p.esp < 64 * MIB {
-        return Err(ctx.err("partitions.esp", "must be at least 64M (two kernels and initrds, FAT32)"));
+        return Err(ctx.err(
+            "partitions.esp",
+            "must be at least 64M (two kernels and initrds, FAT32)",
+        ));
     }
     if p.persist < 64 * MIB {
         return Err(ctx.err("partitions.persist", "must be at least 64M"));
@@ -222,7 +283,10 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
         }
     }
     if !spec.output.formats.contains(&OutputFormat::Raw) {
-        return Err(ctx.err("output.formats", "must include \"raw\" (disk.raw is always written)"));
+        return Err(ctx.err(
+            "output.formats",
+            "must include \"raw\" (disk.raw is always written)",
+        ));
     }
 
     Ok(Resolved {

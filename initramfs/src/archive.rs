@@ -44,7 +44,13 @@ impl Contents {
             },
         );
         let json = serde_json::to_vec_pretty(config).map_err(io::Error::other)?;
-        c.add(CONFIG_PATH, Member::File { data: json, mode: 0o644 });
+        c.add(
+            CONFIG_PATH,
+            Member::File {
+                data: json,
+                mode: 0o644,
+            },
+        );
         Ok(c)
     }
 
@@ -59,7 +65,10 @@ impl Contents {
     }
 
     fn add(&mut self, path: &str, m: Member) {
-        if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             self.add_dir(&parent.to_string_lossy());
         }
         self.members.insert(path.to_string(), m);
@@ -129,7 +138,11 @@ mod tests {
     #[test]
     fn archive_is_reproducible_and_readable() {
         let mut c = Contents::new(b"\x7fELF fake".to_vec(), &config()).unwrap();
-        c.add_file("/lib/modules/6.1/kernel/fs/erofs/erofs.ko", vec![1, 2, 3], 0o644);
+        c.add_file(
+            "/lib/modules/6.1/kernel/fs/erofs/erofs.ko",
+            vec![1, 2, 3],
+            0o644,
+        );
         let mut a = Vec::new();
         let mut b = Vec::new();
         c.write(&mut a, 1000).unwrap();

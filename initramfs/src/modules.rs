@@ -87,7 +87,13 @@ kernel/fs/erofs/erofs.ko:\n";
         let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
         assert_eq!(
             names,
-            ["virtio_pci_modern_dev", "virtio", "virtio_ring", "virtio_pci", "virtio_blk"]
+            [
+                "virtio_pci_modern_dev",
+                "virtio",
+                "virtio_ring",
+                "virtio_pci",
+                "virtio_blk"
+            ]
         );
     }
 

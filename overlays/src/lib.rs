@@ -133,7 +133,10 @@ fn is_clean_abs(p: &str) -> bool {
     let Some(rest) = p.strip_prefix('/') else {
         return false;
     };
-    !rest.is_empty() && rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    !rest.is_empty()
+        && rest
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// Directory on persist holding the overlay upper/work for `path`.
@@ -304,13 +307,22 @@ mod tests {
             bind: vec!["/etc".into()],
             tmpfs: vec![],
         };
-        assert!(matches!(dup.validate(), Err(LayoutError::Duplicate { field: "persist.bind", .. })));
+        assert!(matches!(
+            dup.validate(),
+            Err(LayoutError::Duplicate {
+                field: "persist.bind",
+                ..
+            })
+        ));
         let reserved = Layout {
             overlay: vec![],
             bind: vec!["/persist/x".into()],
             tmpfs: vec![],
         };
-        assert!(matches!(reserved.validate(), Err(LayoutError::Reserved { .. })));
+        assert!(matches!(
+            reserved.validate(),
+            Err(LayoutError::Reserved { .. })
+        ));
     }
 
     #[test]

@@ -64,7 +64,13 @@ impl Console {
                 cv.notify_all();
             }
         });
-        Ok(Console { child, stdin, shared, cursor: 0, seq: 0 })
+        Ok(Console {
+            child,
+            stdin,
+            shared,
+            cursor: 0,
+            seq: 0,
+        })
     }
 
     /// The whole transcript so far.
@@ -79,7 +85,10 @@ impl Console {
     }
 
     fn fail(&self, what: String) -> ConsoleError {
-        ConsoleError { what, tail: self.tail() }
+        ConsoleError {
+            what,
+            tail: self.tail(),
+        }
     }
 
     /// Waits until `pat` appears after the cursor; returns the text from the cursor through the
@@ -102,7 +111,10 @@ impl Console {
             let now = Instant::now();
             if now >= deadline {
                 drop(g);
-                return Err(self.fail(format!("timed out after {} s waiting for {pat:?}", timeout.as_secs())));
+                return Err(self.fail(format!(
+                    "timed out after {} s waiting for {pat:?}",
+                    timeout.as_secs()
+                )));
             }
             g = cv.wait_timeout(g, deadline - now).expect("console lock").0;
         }
@@ -110,7 +122,10 @@ impl Console {
 
     /// Types a line on the console.
     pub fn send_line(&mut self, line: &str) -> Result<(), ConsoleError> {
-        let r = self.stdin.write_all(format!("{line}\n").as_bytes()).and_then(|_| self.stdin.flush());
+        let r = self
+            .stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| self.stdin.flush());
         r.map_err(|e| self.fail(format!("writing to the console: {e}")))
     }
 
@@ -120,12 +135,17 @@ impl Console {
     pub fn sh(&mut self, cmd: &str, timeout: Duration) -> Result<(i32, String), ConsoleError> {
         self.seq += 1;
         let n = self.seq;
-        self.send_line(&format!("echo \"@@KI\"\"LN-S{n}\"; {cmd}; echo \"@@KI\"\"LN-E{n} rc=$?\""))?;
+        self.send_line(&format!(
+            "echo \"@@KI\"\"LN-S{n}\"; {cmd}; echo \"@@KI\"\"LN-E{n} rc=$?\""
+        ))?;
         self.expect(&format!("@@KILN-S{n}\n"), timeout)?;
         let end = format!("@@KILN-E{n} rc=");
         let out = self.expect(&end, timeout)?;
         let rest = self.expect("\n", Duration::from_secs(5))?;
-        let rc: i32 = rest.trim().parse().map_err(|_| self.fail(format!("bad status line {rest:?}")))?;
+        let rc: i32 = rest
+            .trim()
+            .parse()
+            .map_err(|_| self.fail(format!("bad status line {rest:?}")))?;
         Ok((rc, out[..out.len() - end.len()].to_string()))
     }
 

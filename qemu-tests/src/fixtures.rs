@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The static kiln-init, or a panic saying how to build it.
@@ -19,8 +22,15 @@ pub fn build_spec(spec: &Path, out: &Path, epoch: u64) -> BuildReport {
     let spec = workspace().join(spec);
     let resolved = imagebuilder::validate::load(&spec)
         .unwrap_or_else(|e| panic!("{e} (did scripts/deps.sh run?)"));
-    build(&resolved, &BuildOptions { out_dir: out.to_path_buf(), init_bin: init_bin(), epoch })
-        .unwrap_or_else(|e| panic!("building {}: {e}", spec.display()))
+    build(
+        &resolved,
+        &BuildOptions {
+            out_dir: out.to_path_buf(),
+            init_bin: init_bin(),
+            epoch,
+        },
+    )
+    .unwrap_or_else(|e| panic!("building {}: {e}", spec.display()))
 }
 
 /// Builds the default example image into `out`.

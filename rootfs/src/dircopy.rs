@@ -32,21 +32,25 @@ fn copy_dir(src_root: &Path, root: &Path, rel: &Path, count: &mut u64) -> Result
             member: r.display().to_string(),
             why: why.why(),
         })?;
-        let meta = fs::symlink_metadata(&src).map_err(RootfsError::io(format!("reading {}", src.display())))?;
+        let meta = fs::symlink_metadata(&src)
+            .map_err(RootfsError::io(format!("reading {}", src.display())))?;
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         let existing = fs::symlink_metadata(&dest).ok();
         if ft.is_dir() {
             if !existing.as_ref().is_some_and(|m| m.is_dir()) {
                 remove_any(&dest)?;
-                fs::create_dir(&dest).map_err(RootfsError::io(format!("creating {}", dest.display())))?;
+                fs::create_dir(&dest)
+                    .map_err(RootfsError::io(format!("creating {}", dest.display())))?;
             }
             set_owner_mode(&dest, 0, 0, mode, false)?;
             copy_dir(src_root, root, &r, count)?;
         } else if ft.is_symlink() {
             remove_any(&dest)?;
-            let target = fs::read_link(&src).map_err(RootfsError::io(format!("reading {}", src.display())))?;
-            std::os::unix::fs::symlink(target, &dest).map_err(RootfsError::io(format!("creating {}", dest.display())))?;
+            let target = fs::read_link(&src)
+                .map_err(RootfsError::io(format!("reading {}", src.display())))?;
+            std::os::unix::fs::symlink(target, &dest)
+                .map_err(RootfsError::io(format!("creating {}", dest.display())))?;
             set_owner_mode(&dest, 0, 0, 0, true)?;
         } else if ft.is_file() {
             install_file(&src, root, &r, mode)?;
@@ -71,10 +75,15 @@ pub fn install_file(src: &Path, root: &Path, rel: &Path, mode: u32) -> Result<()
     })?;
     let dest = root.join(rel);
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(RootfsError::io(format!("creating {}", parent.display())))?;
+        fs::create_dir_all(parent)
+            .map_err(RootfsError::io(format!("creating {}", parent.display())))?;
     }
     remove_any(&dest)?;
-    fs::copy(src, &dest).map_err(RootfsError::io(format!("copying {} to {}", src.display(), dest.display())))?;
+    fs::copy(src, &dest).map_err(RootfsError::io(format!(
+        "copying {} to {}",
+        src.display(),
+        dest.display()
+    )))?;
     set_owner_mode(&dest, 0, 0, mode, false)
 }
 
@@ -87,7 +96,8 @@ pub fn write_file(root: &Path, rel: &Path, content: &[u8], mode: u32) -> Result<
     })?;
     let dest = root.join(rel);
     if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).map_err(RootfsError::io(format!("creating {}", parent.display())))?;
+        fs::create_dir_all(parent)
+            .map_err(RootfsError::io(format!("creating {}", parent.display())))?;
     }
     remove_any(&dest)?;
     fs::write(&dest, content).map_err(RootfsError::io(format!("writing {}", dest.display())))?;
@@ -106,10 +116,14 @@ pub fn ensure_dir(root: &Path, rel: &Path, mode: u32) -> Result<(), RootfsError>
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(RootfsError::Invalid {
             source_name: "root tree".into(),
-            message: format!("/{} must be a directory (it is a mount point)", rel.display()),
+            message: format!(
+                "/{} must be a directory (it is a mount point)",
+                rel.display()
+            ),
         }),
         Err(_) => {
-            fs::create_dir_all(&dest).map_err(RootfsError::io(format!("creating {}", dest.display())))?;
+            fs::create_dir_all(&dest)
+                .map_err(RootfsError::io(format!("creating {}", dest.display())))?;
             set_owner_mode(&dest, 0, 0, mode, false)
         }
     }

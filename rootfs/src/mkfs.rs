@@ -57,7 +57,11 @@ pub fn run_tool(cmd: &mut Command, package: &str) -> Result<(), RootfsError> {
 }
 
 /// Makes the read-only root image of `tree` at `out`; returns its size in bytes.
-pub fn make_root_image(tree: &Path, out: &Path, opts: &RootImageOptions) -> Result<u64, RootfsError> {
+pub fn make_root_image(
+    tree: &Path,
+    out: &Path,
+    opts: &RootImageOptions,
+) -> Result<u64, RootfsError> {
     match opts.format {
         RootFormat::Erofs => {
             // -x-1: no xattrs (host labels must not leak in); -T: every inode gets the epoch.
@@ -78,7 +82,18 @@ pub fn make_root_image(tree: &Path, out: &Path, opts: &RootImageOptions) -> Resu
             run_tool(
                 Command::new("mke2fs")
                     .env("E2FSPROGS_FAKE_TIME", opts.epoch.to_string())
-                    .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-O", "^has_journal", "-m", "0"])
+                    .args([
+                        "-q",
+                        "-F",
+                        "-t",
+                        "ext4",
+                        "-b",
+                        "4096",
+                        "-O",
+                        "^has_journal",
+                        "-m",
+                        "0",
+                    ])
                     .arg("-U")
                     .arg(&opts.uuid)
                     .arg("-E")
@@ -104,7 +119,14 @@ pub fn make_root_image(tree: &Path, out: &Path, opts: &RootImageOptions) -> Resu
 }
 
 /// Formats an empty ext4 filesystem of `size` bytes at `offset` inside the file `disk`.
-pub fn format_ext4_at(disk: &Path, offset: u64, size: u64, uuid: &str, label: &str, epoch: u64) -> Result<(), RootfsError> {
+pub fn format_ext4_at(
+    disk: &Path,
+    offset: u64,
+    size: u64,
+    uuid: &str,
+    label: &str,
+    epoch: u64,
+) -> Result<(), RootfsError> {
     run_tool(
         Command::new("mke2fs")
             .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
@@ -114,7 +136,7 @@ pub fn format_ext4_at(disk: &Path, offset: u64, size: u64, uuid: &str, label: &s
             .arg("-L")
             .arg(label)
             .arg("-E")
-            .arg(format!("offset={offset},hash_seed={uuid},lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0"))
+            .arg(format!("offset={offset},hash_seed={uuid},lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0"))
             .arg(disk)
             .arg((size / 4096).to_string()),
         "e2fsprogs",
@@ -126,10 +148,16 @@ pub fn normalise_times(tree: &Path, epoch: u64) -> Result<(), RootfsError> {
     let ts = TimeSpec::new(epoch as i64, 0);
     let mut stack = vec![tree.to_path_buf()];
     while let Some(p) = stack.pop() {
-        let meta = std::fs::symlink_metadata(&p).map_err(RootfsError::io(format!("reading {}", p.display())))?;
+        let meta = std::fs::symlink_metadata(&p)
+            .map_err(RootfsError::io(format!("reading {}", p.display())))?;
         if meta.is_dir() {
-            for e in std::fs::read_dir(&p).map_err(RootfsError::io(format!("reading {}", p.display())))? {
-                stack.push(e.map_err(RootfsError::io(format!("reading {}", p.display())))?.path());
+            for e in std::fs::read_dir(&p)
+                .map_err(RootfsError::io(format!("reading {}", p.display())))?
+            {
+                stack.push(
+                    e.map_err(RootfsError::io(format!("reading {}", p.display())))?
+                        .path(),
+                );
             }
         }
         utimensat(None, &p, &ts, &ts, UtimensatFlags::NoFollowSymlink)

@@ -60,40 +60,66 @@ fn open_blob(layout: &Path, digest: &str) -> Result<fs::File, RootfsError> {
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or_else(|| bad(layout, format!("unsupported digest {digest:?}")))?;
     let path: PathBuf = layout.join("blobs/sha256").join(hex);
-    let mut f = fs::File::open(&path).map_err(RootfsError::io(format!("opening blob {}", path.display())))?;
+    let mut f = fs::File::open(&path)
+        .map_err(RootfsError::io(format!("opening blob {}", path.display())))?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(RootfsError::io(format!("reading blob {}", path.display())))?;
+    std::io::copy(&mut f, &mut h)
+        .map_err(RootfsError::io(format!("reading blob {}", path.display())))?;
     if hex::encode(h.finalize()) != hex.to_ascii_lowercase() {
-        return Err(bad(layout, format!("blob {digest} does not match its digest")));
+        return Err(bad(
+            layout,
+            format!("blob {digest} does not match its digest"),
+        ));
     }
-    f.rewind().map_err(RootfsError::io(format!("rewinding blob {}", path.display())))?;
+    f.rewind().map_err(RootfsError::io(format!(
+        "rewinding blob {}",
+        path.display()
+    )))?;
     Ok(f)
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(layout: &Path, f: impl Read, what: &str) -> Result<T, RootfsError> {
+fn read_json<T: for<'de> Deserialize<'de>>(
+    layout: &Path,
+    f: impl Read,
+    what: &str,
+) -> Result<T, RootfsError> {
     serde_json::from_reader(f).map_err(|e| bad(layout, format!("parsing {what}: {e}")))
 }
 
 /// Applies the layers of the first manifest of the layout at `layout` onto `root`.
 pub fn apply_layout(layout: &Path, root: &Path) -> Result<ExtractStats, RootfsError> {
     if !layout.join("oci-layout").is_file() {
-        return Err(bad(layout, "not an OCI image layout (no oci-layout file)".into()));
+        return Err(bad(
+            layout,
+            "not an OCI image layout (no oci-layout file)".into(),
+        ));
     }
     let index_path = layout.join("index.json");
     let index: Index = read_json(
         layout,
-        fs::File::open(&index_path).map_err(RootfsError::io(format!("opening {}", index_path.display())))?,
+        fs::File::open(&index_path)
+            .map_err(RootfsError::io(format!("opening {}", index_path.display())))?,
         "index.json",
     )?;
     let desc = index
         .manifests
         .first()
         .ok_or_else(|| bad(layout, "index.json lists no manifest".into()))?;
-    let manifest: Manifest = read_json(layout, open_blob(layout, &desc.digest)?, "the image manifest")?;
+    let manifest: Manifest = read_json(
+        layout,
+        open_blob(layout, &desc.digest)?,
+        "the image manifest",
+    )?;
     let mut total = ExtractStats::default();
     for (i, layer) in manifest.layers.iter().enumerate() {
         let comp = layer_compression(&layer.media_type).ok_or_else(|| {
-            bad(layout, format!("layer {i} has unsupported media type {:?}", layer.media_type))
+            bad(
+                layout,
+                format!(
+                    "layer {i} has unsupported media type {:?}",
+                    layer.media_type
+                ),
+            )
         })?;
         let blob = std::io::BufReader::new(open_blob(layout, &layer.digest)?);
         let name = format!("{} layer {i} ({})", layout.display(), layer.digest);
@@ -101,7 +127,8 @@ pub fn apply_layout(layout: &Path, root: &Path) -> Result<ExtractStats, RootfsEr
             Compression::None => extract(blob, root, &name, true)?,
             Compression::Gzip => extract(flate2::read::GzDecoder::new(blob), root, &name, true)?,
             Compression::Zstd => extract(
-                zstd::stream::read::Decoder::new(blob).map_err(RootfsError::io(format!("opening {name}")))?,
+                zstd::stream::read::Decoder::new(blob)
+                    .map_err(RootfsError::io(format!("opening {name}")))?,
                 root,
                 &name,
                 true,

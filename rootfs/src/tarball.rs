@@ -47,7 +47,9 @@ pub fn extract(
         let mut entry = entry.map_err(RootfsError::io(format!("reading {source_name}")))?;
         let raw = entry
             .path()
-            .map_err(RootfsError::io(format!("reading a member name in {source_name}")))?
+            .map_err(RootfsError::io(format!(
+                "reading a member name in {source_name}"
+            )))?
             .into_owned();
         let escape = |why: Refusal| RootfsError::Escape {
             source_name: source_name.to_string(),
@@ -87,7 +89,8 @@ pub fn extract(
             header.gid().unwrap_or(0) as u32,
         );
         let existing = fs::symlink_metadata(&dest).ok();
-        let keep_dir = kind == EntryType::Directory && existing.as_ref().is_some_and(|m| m.is_dir());
+        let keep_dir =
+            kind == EntryType::Directory && existing.as_ref().is_some_and(|m| m.is_dir());
         if existing.is_some() && !keep_dir {
             remove_any(&dest)?;
         }
@@ -108,7 +111,12 @@ pub fn extract(
                 let target = header
                     .link_name()
                     .map_err(RootfsError::io(ctx("reading link target of")))?
-                    .ok_or_else(|| invalid(source_name, format!("symlink {} has no target", raw.display())))?;
+                    .ok_or_else(|| {
+                        invalid(
+                            source_name,
+                            format!("symlink {} has no target", raw.display()),
+                        )
+                    })?;
                 std::os::unix::fs::symlink(&target, &dest)
                     .map_err(RootfsError::io(ctx("creating symlink")))?;
                 stats.symlinks += 1;
@@ -117,10 +125,18 @@ pub fn extract(
                 let target = header
                     .link_name()
                     .map_err(RootfsError::io(ctx("reading link target of")))?
-                    .ok_or_else(|| invalid(source_name, format!("hard link {} has no target", raw.display())))?;
-                let target_rel = normalise(&target)
-                    .map_err(escape)?
-                    .ok_or_else(|| invalid(source_name, format!("hard link {} to the root", raw.display())))?;
+                    .ok_or_else(|| {
+                        invalid(
+                            source_name,
+                            format!("hard link {} has no target", raw.display()),
+                        )
+                    })?;
+                let target_rel = normalise(&target).map_err(escape)?.ok_or_else(|| {
+                    invalid(
+                        source_name,
+                        format!("hard link {} to the root", raw.display()),
+                    )
+                })?;
                 check_parents(root, &target_rel).map_err(escape)?;
                 fs::hard_link(root.join(&target_rel), &dest)
                     .map_err(RootfsError::io(ctx("creating hard link")))?;
@@ -142,7 +158,10 @@ pub fn extract(
                     .map_err(|e| RootfsError::io(ctx("creating device node"))(e.into()))?;
                 stats.specials += 1;
             }
-            EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink => continue,
+            EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink => continue,
             other => {
                 return Err(invalid(
                     source_name,
@@ -171,11 +190,14 @@ pub(crate) fn set_owner_mode(
     mode: u32,
     is_symlink: bool,
 ) -> Result<(), RootfsError> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .map_err(RootfsError::io(format!("setting owner of {}", path.display())))?;
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(RootfsError::io(format!(
+        "setting owner of {}",
+        path.display()
+    )))?;
     if !is_symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .map_err(RootfsError::io(format!("setting mode of {}", path.display())))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(RootfsError::io(
+            format!("setting mode of {}", path.display()),
+        ))?;
     }
     Ok(())
 }
@@ -210,13 +232,18 @@ pub fn extract_file(path: &Path, root: &Path) -> Result<ExtractStats, RootfsErro
     let name = path.display().to_string();
     let mut f = fs::File::open(path).map_err(RootfsError::io(format!("opening {name}")))?;
     let mut head = [0u8; 4];
-    let n = f.read(&mut head).map_err(RootfsError::io(format!("reading {name}")))?;
+    let n = f
+        .read(&mut head)
+        .map_err(RootfsError::io(format!("reading {name}")))?;
     drop(f);
-    let reader = std::io::BufReader::new(fs::File::open(path).map_err(RootfsError::io(format!("opening {name}")))?);
+    let reader = std::io::BufReader::new(
+        fs::File::open(path).map_err(RootfsError::io(format!("opening {name}")))?,
+    );
     if n >= 2 && head[..2] == [0x1f, 0x8b] {
         extract(flate2::read::GzDecoder::new(reader), root, &name, false)
     } else if n == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
-        let d = zstd::stream::read::Decoder::with_buffer(reader).map_err(RootfsError::io(format!("opening {name}")))?;
+        let d = zstd::stream::read::Decoder::with_buffer(reader)
+            .map_err(RootfsError::io(format!("opening {name}")))?;
         extract(d, root, &name, false)
     } else {
         extract(reader, root, &name, false)

@@ -14,7 +14,11 @@ pub struct Found {
 }
 
 /// Polls the block devices until the root partition shows up, or `timeout`.
-pub fn wait_for_root(partuuid: &str, persist_label: &str, timeout: Duration) -> Result<Found, InitError> {
+pub fn wait_for_root(
+    partuuid: &str,
+    persist_label: &str,
+    timeout: Duration,
+) -> Result<Found, InitError> {
     let start = Instant::now();
     let mut last = String::from("no disks seen");
     loop {
@@ -26,7 +30,10 @@ pub fn wait_for_root(partuuid: &str, persist_label: &str, timeout: Duration) -> 
         if start.elapsed() > timeout {
             return Err(err(
                 "waiting for root",
-                format!("no partition with PARTUUID {partuuid} after {} s ({last})", timeout.as_secs()),
+                format!(
+                    "no partition with PARTUUID {partuuid} after {} s ({last})",
+                    timeout.as_secs()
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -52,10 +59,16 @@ fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
             .iter()
             .find(|p| p.name == persist_label)
             .ok_or_else(|| format!("/dev/{disk} has no partition labelled {persist_label}"))?;
-        let (Some(r), Some(p)) = (part_node(&disk, root.number), part_node(&disk, persist.number)) else {
+        let (Some(r), Some(p)) = (
+            part_node(&disk, root.number),
+            part_node(&disk, persist.number),
+        ) else {
             return Ok(None); // partition nodes not there yet
         };
-        return Ok(Some(Found { root: r, persist: p }));
+        return Ok(Some(Found {
+            root: r,
+            persist: p,
+        }));
     }
     Ok(None)
 }
@@ -68,7 +81,8 @@ fn read_table(dev: &str) -> Result<Vec<PartEntry>, String> {
     f.read_exact(&mut lba1).map_err(|e| e.to_string())?;
     let hdr = parse_header(&lba1).map_err(|e| format!("{dev}: {e}"))?;
     let mut entries = vec![0u8; hdr.entries_len()];
-    f.seek(SeekFrom::Start(hdr.entries_lba * 512)).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(hdr.entries_lba * 512))
+        .map_err(|e| e.to_string())?;
     f.read_exact(&mut entries).map_err(|e| e.to_string())?;
     parse_entries(&hdr, &entries).map_err(|e| format!("{dev}: {e}"))
 }

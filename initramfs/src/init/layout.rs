@@ -17,16 +17,23 @@ pub fn apply(layout: &Layout, persist: &str) -> Result<(), InitError> {
         match op {
             MountOp::PersistDir { path } => {
                 let p = Path::new(persist).join(&path);
-                fs::create_dir_all(&p).map_err(|e| err("creating persist layout", format!("{}: {e}", p.display())))?;
+                fs::create_dir_all(&p)
+                    .map_err(|e| err("creating persist layout", format!("{}: {e}", p.display())))?;
             }
             MountOp::Seed { from, to } => {
                 let src = format!("{SYSROOT}{from}");
                 copy_tree(Path::new(&src), &Path::new(persist).join(&to))
                     .map_err(|e| err("seeding persist", format!("{src}: {e}")))?;
             }
-            MountOp::Overlay { target, upper, work } => {
-                sys::overlay(&format!("{SYSROOT}{target}"), &format!("{SYSROOT}{upper}"), &format!("{SYSROOT}{work}"))?
-            }
+            MountOp::Overlay {
+                target,
+                upper,
+                work,
+            } => sys::overlay(
+                &format!("{SYSROOT}{target}"),
+                &format!("{SYSROOT}{upper}"),
+                &format!("{SYSROOT}{work}"),
+            )?,
             MountOp::Bind { source, target } => {
                 sys::bind(&format!("{SYSROOT}{source}"), &format!("{SYSROOT}{target}"))?
             }
@@ -38,7 +45,8 @@ pub fn apply(layout: &Layout, persist: &str) -> Result<(), InitError> {
     }
     if first_boot {
         let f = fs::File::create(&marker).map_err(|e| err("creating persist layout", e))?;
-        f.sync_all().map_err(|e| err("creating persist layout", e))?;
+        f.sync_all()
+            .map_err(|e| err("creating persist layout", e))?;
         nix::unistd::sync();
     }
     Ok(())

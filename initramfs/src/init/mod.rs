@@ -57,7 +57,9 @@ fn run(started: Instant) -> Result<Never, InitError> {
         &std::fs::read(Path::new("/").join(CONFIG_PATH)).map_err(|e| err("reading config", e))?,
     )
     .map_err(|e| err("parsing config", e))?;
-    let cmd = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").map_err(|e| err("reading /proc/cmdline", e))?);
+    let cmd = cmdline::parse(
+        &std::fs::read_to_string("/proc/cmdline").map_err(|e| err("reading /proc/cmdline", e))?,
+    );
     say(format!(
         "{} {} slot {}",
         cfg.name,
@@ -74,8 +76,15 @@ fn run(started: Instant) -> Result<Never, InitError> {
         .root_partuuid
         .clone()
         .ok_or_else(|| err("kernel command line", "no root=PARTUUID=… given"))?;
-    let found = disk::wait_for_root(&partuuid, &cfg.persist_label, Duration::from_secs(cfg.root_wait_secs))?;
-    say(format!("root {} ({}), persist {}", found.root, partuuid, found.persist));
+    let found = disk::wait_for_root(
+        &partuuid,
+        &cfg.persist_label,
+        Duration::from_secs(cfg.root_wait_secs),
+    )?;
+    say(format!(
+        "root {} ({}), persist {}",
+        found.root, partuuid, found.persist
+    ));
 
     sys::mount_root(&found.root, &cfg.root_fstype)?;
     let persist = format!("{SYSROOT}{}", kiln_overlays::PERSIST_MOUNT);

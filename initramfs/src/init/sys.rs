@@ -5,8 +5,15 @@ use nix::mount::{mount, MsFlags};
 use std::path::Path;
 use std::time::Duration;
 
-fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), InitError> {
-    std::fs::create_dir_all(target).map_err(|e| err("creating mount point", format!("{target}: {e}")))?;
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    std::fs::create_dir_all(target)
+        .map_err(|e| err("creating mount point", format!("{target}: {e}")))?;
     mount(Some(src), target, Some(fstype), flags, data)
         .map_err(|e| err("mounting", format!("{fstype} {src} on {target}: {e}")))
 }
@@ -16,13 +23,20 @@ pub fn early_mounts() -> Result<(), InitError> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     mount_fs("proc", "/proc", "proc", nodev, None)?;
     mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
     Ok(())
 }
 
 /// Loads one module file; a module already loaded (or built in) is fine.
 pub fn load_module(path: &str) -> Result<(), InitError> {
-    let f = std::fs::File::open(path).map_err(|e| err("loading modules", format!("{path}: {e}")))?;
+    let f =
+        std::fs::File::open(path).map_err(|e| err("loading modules", format!("{path}: {e}")))?;
     match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
         Err(e) => Err(err("loading modules", format!("{path}: {e}"))),
@@ -42,19 +56,42 @@ pub fn mount_persist(dev: &str, target: &str) -> Result<(), InitError> {
             format!("{target} is missing in the root image"),
         ));
     }
-    mount(Some(dev), target, Some("ext4"), MsFlags::MS_NOATIME, None::<&str>)
-        .map_err(|e| err("mounting persist", format!("ext4 {dev} on {target}: {e}")))
+    mount(
+        Some(dev),
+        target,
+        Some("ext4"),
+        MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .map_err(|e| err("mounting persist", format!("ext4 {dev} on {target}: {e}")))
 }
 
 pub fn bind(src: &str, target: &str) -> Result<(), InitError> {
-    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| err("applying layout", format!("bind {src} on {target}: {e}")))
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| err("applying layout", format!("bind {src} on {target}: {e}")))
 }
 
 pub fn overlay(target: &str, upper: &str, work: &str) -> Result<(), InitError> {
     let data = format!("lowerdir={target},upperdir={upper},workdir={work}");
-    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(data.as_str()))
-        .map_err(|e| err("applying layout", format!("overlay on {target} ({data}): {e}")))
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        err(
+            "applying layout",
+            format!("overlay on {target} ({data}): {e}"),
+        )
+    })
 }
 
 pub fn tmpfs(target: &str, mode: &str) -> Result<(), InitError> {
@@ -72,8 +109,14 @@ pub fn tmpfs(target: &str, mode: &str) -> Result<(), InitError> {
 pub fn switch_root(init: &str) -> Result<super::Never, InitError> {
     for m in ["/dev", "/proc", "/sys"] {
         let target = format!("{SYSROOT}{m}");
-        mount(Some(m), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|e| err("switching root", format!("moving {m}: {e}")))?;
+        mount(
+            Some(m),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| err("switching root", format!("moving {m}: {e}")))?;
     }
     nix::unistd::chdir(SYSROOT).map_err(|e| err("switching root", e))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)

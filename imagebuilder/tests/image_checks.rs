@@ -1,0 +1,213 @@
+//! The default image checked with the standard tools: sgdisk, fsck.fat, fsck.erofs, e2fsck,
+//! mtools; reproducibility; sparseness; the ext4 root option.
+
+mod common;
+
+use common::*;
+use imagebuilder::pipeline::{build, BuildOptions, BuildReport};
+use imagebuilder::spec::FsFormat;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+fn default_spec() -> std::path::PathBuf {
+    workspace().join("examples/default/image.toml")
+}
+
+/// Builds the default spec, optionally changed, into `out`.
+fn build_default(out: &Path, change: impl FnOnce(&mut imagebuilder::spec::Spec)) -> BuildReport {
+    let path = default_spec();
+    let mut spec = imagebuilder::validate::load(&path).unwrap().spec;
+    change(&mut spec);
+    let resolved = imagebuilder::validate::resolve(spec, &path).unwrap();
+    build(
+        &resolved,
+        &BuildOptions {
+            out_dir: out.to_path_buf(),
+            init_bin: init_bin(),
+            epoch: EPOCH,
+        },
+    )
+    .unwrap()
+}
+
+fn sha256(p: &Path) -> String {
+    let mut f = File::open(p).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Copies one partition out of the disk into its own file.
+fn extract_part(disk: &Path, offset: u64, size: u64, to: &Path) {
+    let mut f = File::open(disk).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut out = File::create(to).unwrap();
+    let mut left = size;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = (left as usize).min(buf.len());
+        f.read_exact(&mut buf[..n]).unwrap();
+        out.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+#[test]
+fn disk_passes_sgdisk_and_fsck_with_the_design_layout() {
+    let d = tempfile::tempdir().unwrap();
+    let r = build_default(d.path(), |_| {});
+    let disk = r.disk.to_str().unwrap();
+
+    let (ok, out) = tool("sgdisk", &["-v", disk]);
+    assert!(ok && out.contains("No problems found"), "sgdisk -v:\n{out}");
+
+    let expected = [
+        (1, "esp", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        (2, "root-a", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
+        (3, "root-b", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
+        (4, "persist", "4D21B016-B534-45C2-A9FB-5C16E091FD2D"),
+    ];
+    let mut root_a_guid = String::new();
+    for (n, label, type_guid) in expected {
+        let (ok, info) = tool("sgdisk", &["-i", &n.to_string(), disk]);
+        assert!(ok, "{info}");
+        assert!(
+            info.contains(&format!("Partition GUID code: {type_guid}")),
+            "partition {n}:\n{info}"
+        );
+        assert!(
+            info.contains(&format!("Partition name: '{label}'")),
+            "partition {n}:\n{info}"
+        );
+        let unique = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Partition unique GUID: "))
+            .unwrap()
+            .trim()
+            .to_ascii_lowercase();
+        let reported = &r.partitions[n - 1];
+        assert_eq!(unique, reported.guid, "build.json disagrees with the GPT");
+        if label == "root-a" {
+            root_a_guid = unique;
+        }
+    }
+
+    // Our own GPT reader (used by kiln-init) agrees with sgdisk.
+    let mut f = File::open(&r.disk).unwrap();
+    let mut lba1 = vec![0u8; 512];
+    f.seek(SeekFrom::Start(512)).unwrap();
+    f.read_exact(&mut lba1).unwrap();
+    let hdr = kiln_initramfs::gpt::parse_header(&lba1).unwrap();
+    let mut entries = vec![0u8; hdr.entries_len()];
+    f.seek(SeekFrom::Start(hdr.entries_lba * 512)).unwrap();
+    f.read_exact(&mut entries).unwrap();
+    let parts = kiln_initramfs::gpt::parse_entries(&hdr, &entries).unwrap();
+    assert_eq!(
+        parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["esp", "root-a", "root-b", "persist"]
+    );
+    assert_eq!(parts[1].part_guid, root_a_guid);
+
+    let esp = d.path().join("esp.img");
+    let root = d.path().join("root-a.img");
+    let persist = d.path().join("persist.img");
+    for (p, path) in [
+        (&r.partitions[0], &esp),
+        (&r.partitions[1], &root),
+        (&r.partitions[3], &persist),
+    ] {
+        extract_part(&r.disk, p.offset, p.size, path);
+    }
+    let (ok, out) = tool("fsck.fat", &["-n", esp.to_str().unwrap()]);
+    // A clean run prints only the version line and the summary line.
+    assert!(ok && out.lines().count() == 2, "fsck.fat -n:\n{out}");
+    let (ok, out) = tool("fsck.erofs", &[root.to_str().unwrap()]);
+    assert!(ok, "fsck.erofs:\n{out}");
+    let (ok, out) = tool("e2fsck", &["-fn", persist.to_str().unwrap()]);
+    assert!(ok, "e2fsck -fn persist:\n{out}");
+
+    // ESP content, read with mtools: loader, entry for slot A pointing at root-a, slot files.
+    let img = esp.to_str().unwrap();
+    let (ok, listing) = tool("mdir", &["-i", img, "-/", "-b", "::"]);
+    assert!(ok, "{listing}");
+    for f in [
+        "::/EFI/BOOT/BOOTX64.EFI",
+        "::/loader/loader.conf",
+        "::/loader/entries/kiln-a.conf",
+        "::/kiln/a/vmlinuz",
+        "::/kiln/a/initrd.img",
+    ] {
+        assert!(listing.contains(f), "{f} missing from the ESP:\n{listing}");
+    }
+    let (ok, entry) = tool("mtype", &["-i", img, "::/loader/entries/kiln-a.conf"]);
+    assert!(ok, "{entry}");
+    assert!(
+        entry.contains(&format!("root=PARTUUID={root_a_guid}")),
+        "{entry}"
+    );
+    assert!(entry.contains("kiln.slot=a"), "{entry}");
+    let (ok, dir) = tool("mdir", &["-i", img, "::/kiln/a"]);
+    assert!(ok && dir.contains("vmlinuz"), "{dir}");
+}
+
+#[test]
+fn builds_are_reproducible_and_the_version_changes_the_disk() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let c = tempfile::tempdir().unwrap();
+    let ra = build_default(a.path(), |_| {});
+    let rb = build_default(b.path(), |_| {});
+    let rc = build_default(c.path(), |s| s.version = "1.0.1".into());
+    let (ha, hb, hc) = (sha256(&ra.disk), sha256(&rb.disk), sha256(&rc.disk));
+    assert_eq!(ha, hb, "two builds of the same spec differ");
+    assert_ne!(ha, hc, "changing the version did not change the disk");
+    assert_eq!(
+        sha256(&a.path().join("disk.qcow2")),
+        sha256(&b.path().join("disk.qcow2"))
+    );
+    assert_eq!(
+        sha256(&a.path().join("initrd.img")),
+        sha256(&b.path().join("initrd.img"))
+    );
+}
+
+#[test]
+fn disk_is_sparse() {
+    let d = tempfile::tempdir().unwrap();
+    let r = build_default(d.path(), |_| {});
+    let meta = std::fs::metadata(&r.disk).unwrap();
+    let allocated = meta.blocks() * 512;
+    let content: u64 = ["root.img", "vmlinuz", "initrd.img"]
+        .iter()
+        .map(|f| std::fs::metadata(d.path().join(f)).unwrap().len())
+        .sum::<u64>()
+        + (4 << 20); // the ESP holds vmlinuz + initrd once; FAT, ext4 and GPT metadata < 4 MiB
+    assert_eq!(meta.len(), r.disk_size);
+    assert!(
+        allocated <= content,
+        "allocated {allocated} bytes for {content} bytes of content"
+    );
+    assert!(
+        allocated * 20 < meta.len(),
+        "allocated {allocated} of nominal {}",
+        meta.len()
+    );
+}
+
+#[test]
+fn ext4_root_option_builds_a_clean_filesystem() {
+    let d = tempfile::tempdir().unwrap();
+    let r = build_default(d.path(), |s| s.rootfs.format = FsFormat::Ext4);
+    let root = d.path().join("root-a.img");
+    extract_part(&r.disk, r.partitions[1].offset, r.partitions[1].size, &root);
+    let (ok, out) = tool("e2fsck", &["-fn", root.to_str().unwrap()]);
+    assert!(ok, "e2fsck -fn root-a (ext4):\n{out}");
+    let (ok, out) = tool(
+        "debugfs",
+        &["-R", "stat /sbin/init", root.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("symlink"), "{out}");
+}
