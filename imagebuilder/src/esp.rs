@@ -76,7 +76,61 @@ fn cluster_size(size: u64) -> u32 {
         .unwrap_or(512)
 }
 
-/// Formats FAT32 over `size` bytes at `offset` of `disk` and writes `files`.
+/// An in-memory volume that remembers how far it was written. `fatfs` issues tens of thousands
+/// of tiny reads, writes and seeks (FAT cells, one cluster at a time); doing them in memory and
+/// writing the result once is much faster than doing them on the disk file.
+struct MemVolume {
+    buf: Vec<u8>,
+    pos: usize,
+    high: usize,
+}
+
+impl io::Read for MemVolume {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = out.len().min(self.buf.len().saturating_sub(self.pos));
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl io::Write for MemVolume {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(self.buf.len().saturating_sub(self.pos));
+        if n == 0 && !data.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "ESP is full"));
+        }
+        self.buf[self.pos..self.pos + n].copy_from_slice(&data[..n]);
+        self.pos += n;
+        self.high = self.high.max(self.pos);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl io::Seek for MemVolume {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            io::SeekFrom::Start(n) => n as i64,
+            io::SeekFrom::Current(d) => self.pos as i64 + d,
+            io::SeekFrom::End(d) => self.buf.len() as i64 + d,
+        };
+        if new < 0 || new as usize > self.buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek outside the ESP",
+            ));
+        }
+        self.pos = new as usize;
+        Ok(self.pos as u64)
+    }
+}
+
+/// Formats FAT32 over `size` bytes at `offset` of `disk` and writes `files`. The region of
+/// `disk` must read as zeros (a freshly created sparse disk file): only written blocks are
+/// copied.
 pub fn build(
     disk: &mut File,
     offset: u64,
@@ -85,9 +139,13 @@ pub fn build(
     epoch: u64,
     files: &[EspFile],
 ) -> io::Result<()> {
-    let mut slice = fscommon::StreamSlice::new(&mut *disk, offset, offset + size)?;
+    let mut vol = MemVolume {
+        buf: vec![0u8; usize::try_from(size).map_err(io::Error::other)?],
+        pos: 0,
+        high: 0,
+    };
     fatfs::format_volume(
-        &mut slice,
+        &mut vol,
         FormatVolumeOptions::new()
             .fat_type(FatType::Fat32)
             .bytes_per_cluster(cluster_size(size))
@@ -95,7 +153,7 @@ pub fn build(
             .volume_label(*b"ESP        "),
     )?;
     let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(epoch))));
-    let fs = fatfs::FileSystem::new(slice, FsOptions::new().time_provider(time))?;
+    let fs = fatfs::FileSystem::new(&mut vol, FsOptions::new().time_provider(time))?;
     {
         let root = fs.root_dir();
         for f in files {
@@ -103,16 +161,10 @@ pub fn build(
                 Some((d, n)) => (Some(d), n),
                 None => (None, f.path.as_str()),
             };
-            let d = match dir {
-                Some(d) => {
-                    let mut cur = root.clone();
-                    for comp in d.split('/') {
-                        cur = cur.create_dir(comp)?;
-                    }
-                    cur
-                }
-                None => root.clone(),
-            };
+            let mut d = root.clone();
+            for comp in dir.into_iter().flat_map(|d| d.split('/')) {
+                d = d.create_dir(comp)?;
+            }
             let mut file = d.create_file(name)?;
             file.truncate()?;
             file.write_all(&f.data)?;
@@ -120,8 +172,9 @@ pub fn build(
         }
     }
     fs.unmount()?;
-    let mut slice = fscommon::StreamSlice::new(&mut *disk, offset, offset + size)?;
-    crate::esp_fixup::repair(&mut slice)
+    crate::esp_fixup::repair(&mut vol)?;
+    crate::disk::copy_sparse(&mut &vol.buf[..vol.high], disk, offset)?;
+    Ok(())
 }
 
 #[cfg(test)]

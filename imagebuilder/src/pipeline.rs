@@ -145,6 +145,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
     disk.set_len(layout.size)
         .map_err(BuildError::io("sizing disk.raw"))?;
     write_gpt(&mut disk, &layout).map_err(BuildError::io("writing the GPT"))?;
+    t.lap("write GPT");
     let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
         "reading {}",
         r.kernel_image.display()
@@ -173,10 +174,12 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         &esp_files,
     )
     .map_err(BuildError::io("building the ESP"))?;
+    t.lap("write ESP");
     let mut root_reader =
         BufReader::new(File::open(&root_img).map_err(BuildError::io("opening root.img"))?);
     copy_sparse(&mut root_reader, &disk, layout.root_a.offset)
         .map_err(BuildError::io("writing root-a"))?;
+    t.lap("write root-a");
     mkfs::format_ext4_at(
         &disk_path,
         layout.persist.offset,
@@ -185,10 +188,11 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         "persist",
         opts.epoch,
     )?;
+    t.lap("format persist");
     disk.sync_all()
         .map_err(BuildError::io("syncing disk.raw"))?;
     drop(disk);
-    t.lap("write disk");
+    t.lap("sync disk");
 
     // 5. Other formats, checksums, report.
     let mut outputs = vec![

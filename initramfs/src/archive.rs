@@ -1,4 +1,4 @@
-//! Writing the initramfs: a gzip-compressed newc cpio archive, reproducible (fixed times,
+//! Writing the initramfs: a gzip-compressed (fastest level) newc cpio archive, reproducible (fixed times,
 //! owners and inode numbers, sorted entries, no gzip timestamp).
 
 use crate::config::{InitConfig, CONFIG_PATH};
@@ -83,7 +83,7 @@ impl Contents {
     pub fn write(&self, out: impl Write, mtime: u32) -> io::Result<()> {
         let gz = flate2::GzBuilder::new()
             .mtime(0)
-            .write(out, flate2::Compression::new(6));
+            .write(out, flate2::Compression::fast());
         let mut w = gz;
         for (ino, (name, m)) in self.members.iter().enumerate() {
             let b = cpio::newc::Builder::new(name)
