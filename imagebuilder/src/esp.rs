@@ -132,7 +132,7 @@ impl io::Seek for MemVolume {
 /// `disk` must read as zeros (a freshly created sparse disk file): only written blocks are
 /// copied.
 pub fn build(
-    disk: &mut File,
+    disk: &File,
     offset: u64,
     size: u64,
     volume_id: u32,
@@ -205,7 +205,7 @@ mod fsck_tests {
     fn esp_is_fsck_clean() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("esp.img");
-        let mut f = File::options()
+        let f = File::options()
             .create(true)
             .truncate(true)
             .read(true)
@@ -232,7 +232,7 @@ mod fsck_tests {
                 data: vec![2; 100_000],
             },
         ];
-        build(&mut f, 0, size, 0x1234, 1_700_000_000, &files).unwrap();
+        build(&f, 0, size, 0x1234, 1_700_000_000, &files).unwrap();
         drop(f);
         let o = std::process::Command::new("fsck.fat")
             .arg("-n")

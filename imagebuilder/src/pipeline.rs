@@ -60,17 +60,28 @@ pub struct PartReport {
     pub size: u64,
 }
 
+/// Step durations, recorded from several threads.
+#[derive(Default)]
 struct Timer {
-    last: Instant,
-    steps: Vec<(String, u128)>,
+    steps: std::sync::Mutex<Vec<(String, u128)>>,
 }
 
 impl Timer {
-    fn lap(&mut self, step: &str) {
-        let ms = self.last.elapsed().as_millis();
+    /// Runs `f` and records how long it took under `step`.
+    fn step<T>(&self, step: &str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        let ms = start.elapsed().as_millis();
         info!(step, ms, "done");
-        self.steps.push((step.to_string(), ms));
-        self.last = Instant::now();
+        self.steps
+            .lock()
+            .expect("timer lock")
+            .push((step.to_string(), ms));
+        out
+    }
+
+    fn steps(&self) -> Vec<(String, u128)> {
+        self.steps.lock().expect("timer lock").clone()
     }
 }
 
@@ -84,10 +95,7 @@ pub fn cmdline(partuuid: &uuid::Uuid, slot: Slot, extra: &str) -> String {
 /// Runs the whole build.
 pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let spec = &r.spec;
-    let mut t = Timer {
-        last: Instant::now(),
-        steps: Vec::new(),
-    };
+    let t = Timer::default();
     fs::create_dir_all(&opts.out_dir).map_err(BuildError::io(format!(
         "creating {}",
         opts.out_dir.display()
@@ -103,38 +111,11 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
     let ids = Ids::new(&spec.name, &spec.version);
     let layout = DiskLayout::new(&spec.partitions, &ids);
 
-    // 1. Root tree.
-    let tree = work.join("root");
-    fs::create_dir(&tree).map_err(BuildError::io("creating the staging root"))?;
-    assemble_tree(r, &tree)?;
-    t.lap("assemble root tree");
-
-    // 2. Read-only root image.
-    let root_img = work.join("root.img");
     let format = match spec.rootfs.format {
         FsFormat::Erofs => RootFormat::Erofs,
         FsFormat::Ext4 => RootFormat::Ext4,
     };
-    let root_size = mkfs::make_root_image(
-        &tree,
-        &root_img,
-        &RootImageOptions {
-            format,
-            uuid: ids.uuid("fs:root").to_string(),
-            epoch: opts.epoch,
-            slot_size: layout.root_a.size,
-        },
-    )?;
-    fs::remove_dir_all(&tree).map_err(BuildError::io("removing the staging root"))?;
-    t.lap("make root image");
-
-    // 3. Initramfs.
-    let initrd = build_initramfs(r, opts, format)?;
-    let initrd_path = work.join("initrd.img");
-    fs::write(&initrd_path, &initrd).map_err(BuildError::io("writing initrd.img"))?;
-    t.lap("build initramfs");
-
-    // 4. Disk: GPT, ESP, root-a, persist.
+    let root_img = work.join("root.img");
     let disk_path = work.join("disk.raw");
     let mut disk = File::options()
         .create_new(true)
@@ -144,55 +125,92 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         .map_err(BuildError::io("creating disk.raw"))?;
     disk.set_len(layout.size)
         .map_err(BuildError::io("sizing disk.raw"))?;
-    write_gpt(&mut disk, &layout).map_err(BuildError::io("writing the GPT"))?;
-    t.lap("write GPT");
+    t.step("write GPT", || write_gpt(&mut disk, &layout))
+        .map_err(BuildError::io("writing the GPT"))?;
     let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
         "reading {}",
         r.kernel_image.display()
     )))?;
     let line = cmdline(&layout.root_a.guid, Slot::A, &spec.boot.cmdline);
-    let esp_files = esp_files(r, &kernel, &initrd, &line)?;
-    let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
-    // Room for the other slot's kernel and initrd too, plus FAT overhead.
-    if esp_need * 2 + (8 << 20) > layout.esp.size {
-        return Err(crate::SpecError {
-            file: r.spec_path.display().to_string(),
-            field: "partitions.esp".into(),
-            message: format!(
-                "{} bytes is too small for two slots of {esp_need} bytes of boot files",
-                layout.esp.size
-            ),
-        }
-        .into());
-    }
-    crate::esp::build(
-        &mut disk,
-        layout.esp.offset,
-        layout.esp.size,
-        ids.u32("esp"),
-        opts.epoch,
-        &esp_files,
-    )
-    .map_err(BuildError::io("building the ESP"))?;
-    t.lap("write ESP");
-    let mut root_reader =
-        BufReader::new(File::open(&root_img).map_err(BuildError::io("opening root.img"))?);
-    copy_sparse(&mut root_reader, &disk, layout.root_a.offset)
-        .map_err(BuildError::io("writing root-a"))?;
-    t.lap("write root-a");
-    mkfs::format_ext4_at(
-        &disk_path,
-        layout.persist.offset,
-        layout.persist.size,
-        &ids.uuid("fs:persist").to_string(),
-        "persist",
-        opts.epoch,
-    )?;
-    t.lap("format persist");
-    disk.sync_all()
+
+    // Three independent jobs write disjoint parts of the disk: the root (tree, image, copy into
+    // root-a), persist (mke2fs in place), and the boot files (initramfs, ESP).
+    let disk_ref = &disk;
+    let (root, persist, initrd) = std::thread::scope(|s| {
+        let root = s.spawn(|| -> Result<u64, BuildError> {
+            let tree = work.join("root");
+            fs::create_dir(&tree).map_err(BuildError::io("creating the staging root"))?;
+            t.step("assemble root tree", || assemble_tree(r, &tree))?;
+            let size = t.step("make root image", || {
+                mkfs::make_root_image(
+                    &tree,
+                    &root_img,
+                    &RootImageOptions {
+                        format,
+                        uuid: ids.uuid("fs:root").to_string(),
+                        epoch: opts.epoch,
+                        slot_size: layout.root_a.size,
+                    },
+                )
+            })?;
+            fs::remove_dir_all(&tree).map_err(BuildError::io("removing the staging root"))?;
+            t.step("write root-a", || {
+                let mut rd = BufReader::new(File::open(&root_img)?);
+                copy_sparse(&mut rd, disk_ref, layout.root_a.offset)
+            })
+            .map_err(BuildError::io("writing root-a"))?;
+            Ok(size)
+        });
+        let persist = s.spawn(|| -> Result<(), BuildError> {
+            Ok(t.step("format persist", || {
+                mkfs::format_ext4_at(
+                    &disk_path,
+                    layout.persist.offset,
+                    layout.persist.size,
+                    &ids.uuid("fs:persist").to_string(),
+                    "persist",
+                    opts.epoch,
+                )
+            })?)
+        });
+        let initrd = (|| -> Result<Vec<u8>, BuildError> {
+            let initrd = t.step("build initramfs", || build_initramfs(r, opts, format))?;
+            let esp_files = esp_files(r, &kernel, &initrd, &line)?;
+            let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
+            // Room for the other slot's kernel and initrd too, plus FAT overhead.
+            if esp_need * 2 + (8 << 20) > layout.esp.size {
+                return Err(crate::SpecError {
+                    file: r.spec_path.display().to_string(),
+                    field: "partitions.esp".into(),
+                    message: format!(
+                        "{} bytes is too small for two slots of {esp_need} bytes of boot files",
+                        layout.esp.size
+                    ),
+                }
+                .into());
+            }
+            t.step("write ESP", || {
+                crate::esp::build(
+                    disk_ref,
+                    layout.esp.offset,
+                    layout.esp.size,
+                    ids.u32("esp"),
+                    opts.epoch,
+                    &esp_files,
+                )
+            })
+            .map_err(BuildError::io("building the ESP"))?;
+            Ok(initrd)
+        })();
+        (joined(root), joined(persist), initrd)
+    });
+    let root_size = root?;
+    persist?;
+    let initrd = initrd?;
+    fs::write(work.join("initrd.img"), &initrd).map_err(BuildError::io("writing initrd.img"))?;
+    t.step("sync disk", || disk.sync_all())
         .map_err(BuildError::io("syncing disk.raw"))?;
     drop(disk);
-    t.lap("sync disk");
 
     // 5. Other formats, checksums, report.
     let mut outputs = vec![
@@ -202,20 +220,40 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         "initrd.img".into(),
         "build.json".into(),
     ];
-    if spec.output.formats.contains(&OutputFormat::Qcow2) {
-        mkfs::run_tool(
-            std::process::Command::new("qemu-img")
-                .args(["convert", "-f", "raw", "-O", "qcow2"])
-                .arg(&disk_path)
-                .arg(work.join("disk.qcow2")),
-            "qemu-utils",
-        )?;
+    let (qcow2, rest) = std::thread::scope(|s| {
+        let qcow2 = s.spawn(|| -> Result<bool, BuildError> {
+            if !spec.output.formats.contains(&OutputFormat::Qcow2) {
+                return Ok(false);
+            }
+            t.step("convert qcow2", || {
+                mkfs::run_tool(
+                    std::process::Command::new("qemu-img")
+                        .args(["convert", "-f", "raw", "-O", "qcow2"])
+                        .arg(&disk_path)
+                        .arg(work.join("disk.qcow2")),
+                    "qemu-utils",
+                )
+            })
+            .map(|()| true)
+            .map_err(BuildError::from)
+        });
+        let rest = t.step(
+            "copy kernel, checksum root",
+            || -> Result<String, BuildError> {
+                // A hard link when the kernel tree is on the same filesystem, else a copy.
+                let out = work.join("vmlinuz");
+                if fs::hard_link(&r.kernel_image, &out).is_err() {
+                    fs::write(&out, &kernel).map_err(BuildError::io("writing vmlinuz"))?;
+                }
+                sha256_file(&root_img)
+            },
+        );
+        (joined(qcow2), rest)
+    });
+    if qcow2? {
         outputs.push("disk.qcow2".into());
-        t.lap("convert qcow2");
     }
-    fs::write(work.join("vmlinuz"), &kernel).map_err(BuildError::io("writing vmlinuz"))?;
-    let root_image_sha256 = sha256_file(&root_img)?;
-    t.lap("checksums");
+    let root_image_sha256 = rest?;
     let report = BuildReport {
         name: spec.name.clone(),
         version: spec.version.clone(),
@@ -239,7 +277,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
             })
             .collect(),
         outputs: outputs.clone(),
-        timings_ms: t.steps.clone(),
+        timings_ms: t.steps(),
     };
     let json = serde_json::to_vec_pretty(&report).map_err(|e| BuildError::Other(e.to_string()))?;
     fs::write(work.join("build.json"), json).map_err(BuildError::io("writing build.json"))?;
@@ -252,6 +290,12 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
     }
     let _ = fs::remove_file(crate::qemu::vars_path(&opts.out_dir.join("disk.raw")));
     Ok(report)
+}
+
+/// Joins a build thread, turning a panic into an error.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, BuildError>>) -> Result<T, BuildError> {
+    h.join()
+        .unwrap_or_else(|_| Err(BuildError::Other("a build thread panicked".into())))
 }
 
 fn sha256_file(p: &Path) -> Result<String, BuildError> {
