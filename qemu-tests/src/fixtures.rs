@@ -37,3 +37,25 @@ pub fn build_spec(spec: &Path, out: &Path, epoch: u64) -> BuildReport {
 pub fn build_default(out: &Path) -> BuildReport {
     build_spec(Path::new("examples/default/image.toml"), out, 1_700_000_000)
 }
+
+/// Builds the default example image, changed by `change`, into `out`.
+pub fn build_default_with(
+    out: &Path,
+    change: impl FnOnce(&mut imagebuilder::spec::Spec),
+) -> BuildReport {
+    let path = workspace().join("examples/default/image.toml");
+    let mut spec = imagebuilder::validate::load(&path)
+        .unwrap_or_else(|e| panic!("{e} (did scripts/deps.sh run?)"))
+        .spec;
+    change(&mut spec);
+    let resolved = imagebuilder::validate::resolve(spec, &path).unwrap_or_else(|e| panic!("{e}"));
+    build(
+        &resolved,
+        &BuildOptions {
+            out_dir: out.to_path_buf(),
+            init_bin: init_bin(),
+            epoch: 1_700_000_000,
+        },
+    )
+    .unwrap_or_else(|e| panic!("building the changed default image: {e}"))
+}
