@@ -4,6 +4,7 @@
 //! [`pipeline::build`] assembles the root tree, makes the read-only root image, the initramfs,
 //! the ESP and the GPT, and commits the outputs; [`qemu`] boots a disk.
 
+pub mod bundle;
 pub mod disk;
 pub mod elf;
 mod error;

@@ -34,6 +34,32 @@ enum Cmd {
         #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
         source_date_epoch: u64,
     },
+    /// Make an ed25519 signing key: PREFIX.key (private, mode 0600) and PREFIX.pub.
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a signed update bundle from a build directory (root.img, vmlinuz, initrd.img, build.json).
+    Bundle {
+        /// A `kiln build` output directory.
+        build: PathBuf,
+        /// Private key file(s) to sign with.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Output bundle directory (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Monotonic sequence number; devices refuse one not above what they run.
+        #[arg(long)]
+        sequence: u64,
+        /// Days until the bundle expires.
+        #[arg(long, default_value_t = 90)]
+        expires_in_days: u64,
+        /// Also pack the bundle into this single `.kbundle` file.
+        #[arg(long)]
+        kbundle: Option<PathBuf>,
+    },
     /// Boot a disk in QEMU (OVMF, per-disk EFI variables), serial console on stdout.
     Run {
         disk: PathBuf,
@@ -84,6 +110,31 @@ fn real_main() -> Result<()> {
             )
             .with_context(|| format!("building {}", spec.display()))?;
             println!("{}", report.disk.display());
+        }
+        Cmd::Keygen { out } => imagebuilder::bundle::keygen(&out)?,
+        Cmd::Bundle {
+            build,
+            keys,
+            out,
+            sequence,
+            expires_in_days,
+            kbundle,
+        } => {
+            let m = imagebuilder::bundle::bundle(&imagebuilder::bundle::BundleArgs {
+                build: &build,
+                keys: &keys,
+                out: &out,
+                sequence,
+                expires_in: Duration::from_secs(expires_in_days * 86_400),
+                kbundle: kbundle.as_deref(),
+            })?;
+            let chunks: usize = m.payloads.named().iter().map(|(_, p)| p.chunks.len()).sum();
+            println!(
+                "{} (version {}, sequence {}, {chunks} chunks)",
+                out.display(),
+                m.version,
+                m.sequence
+            );
         }
         Cmd::Run {
             disk,

@@ -334,6 +334,10 @@ fn assemble_tree(r: &Resolved, tree: &Path) -> Result<(), BuildError> {
     for f in &r.files {
         dircopy::install_file(&f.source, tree, &f.dest, f.mode)?;
     }
+    for (id, text) in &r.update_keys {
+        let rel = format!("{}/{id}.pub", services::KEYS_DIR);
+        dircopy::write_file(tree, Path::new(&rel), text.as_bytes(), 0o644)?;
+    }
     for g in services::generated(spec) {
         dircopy::write_file(tree, Path::new(g.path), g.content.as_bytes(), g.mode)?;
     }

@@ -9,6 +9,8 @@ pub const SVC: &str = "usr/lib/kiln/svc";
 pub const READY: &str = "usr/lib/kiln/ready";
 /// Path of the early boot script.
 pub const SYSINIT: &str = "usr/lib/kiln/sysinit";
+/// Directory (in the read-only root) of the public keys trusted to sign update bundles.
+pub const KEYS_DIR: &str = "usr/lib/kiln/keys";
 /// Image identity, sourced by shell scripts and read by the updater.
 pub const RELEASE: &str = "etc/kiln/release";
 
@@ -25,10 +27,11 @@ fn shell_quote(s: &str) -> String {
 
 pub fn release(spec: &Spec) -> String {
     format!(
-        "KILN_NAME={}\nKILN_VERSION={}\nKILN_COMPATIBLE={}\n",
+        "KILN_NAME={}\nKILN_VERSION={}\nKILN_COMPATIBLE={}\nKILN_UPDATE_THRESHOLD={}\n",
         shell_quote(&spec.name),
         shell_quote(&spec.version),
-        shell_quote(&spec.compatible)
+        shell_quote(&spec.compatible),
+        spec.update.threshold
     )
 }
 
@@ -192,7 +195,7 @@ restart = "never"
         assert!(r.contains("kiln-ready slot=$slot version=$KILN_VERSION"));
         assert_eq!(
             release(&spec(false)),
-            "KILN_NAME='n'\nKILN_VERSION='1.2'\nKILN_COMPATIBLE='c'\n"
+            "KILN_NAME='n'\nKILN_VERSION='1.2'\nKILN_COMPATIBLE='c'\nKILN_UPDATE_THRESHOLD=1\n"
         );
     }
 }

@@ -39,6 +39,33 @@ pub struct Spec {
     pub output: OutputSpec,
     #[serde(default)]
     pub dev: DevSpec,
+    #[serde(default)]
+    pub update: UpdateSpec,
+}
+
+/// Signed updates: the public keys baked into the read-only root.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// Public key files (`kiln keygen`) trusted to sign bundles for this image.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+    /// Signatures from distinct trusted keys a bundle needs.
+    #[serde(default = "default_threshold")]
+    pub threshold: usize,
+}
+
+fn default_threshold() -> usize {
+    1
+}
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec {
+            keys: Vec::new(),
+            threshold: default_threshold(),
+        }
+    }
 }
 
 /// An extracted Debian kernel package: `boot/vmlinuz-<ver>` and `lib/modules/<ver>`.

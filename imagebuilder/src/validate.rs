@@ -32,6 +32,8 @@ pub struct Resolved {
     pub overlays: Vec<PathBuf>,
     pub files: Vec<ResolvedFile>,
     pub loader_efi: PathBuf,
+    /// Trusted update keys: (key id, public key file text).
+    pub update_keys: Vec<(String, String)>,
 }
 
 struct Ctx<'a> {
@@ -289,7 +291,30 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
         ));
     }
 
+    let mut update_keys = Vec::new();
+    for (i, k) in spec.update.keys.iter().enumerate() {
+        let field = format!("update.keys[{i}]");
+        let path = ctx.existing(&field, k, false)?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ctx.err(&field, format!("{}: {e}", path.display())))?;
+        let key = kiln_updater::bundle::keys::PublicKey::from_file(&text)
+            .map_err(|e| ctx.err(&field, format!("{}: {e}", path.display())))?;
+        update_keys.push((key.key_id(), key.to_file()));
+    }
+    if spec.update.threshold == 0
+        || (!update_keys.is_empty() && spec.update.threshold > update_keys.len())
+    {
+        return Err(ctx.err(
+            "update.threshold",
+            format!(
+                "must be between 1 and the number of keys ({})",
+                update_keys.len()
+            ),
+        ));
+    }
+
     Ok(Resolved {
+        update_keys,
         spec_path: spec_path.to_path_buf(),
         kernel_image,
         kernel_version,

@@ -259,3 +259,13 @@ fn success_is_the_control_case() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(Path::new(&d.path().join("out/disk.raw")).is_file());
 }
+
+#[test]
+fn update_key_that_is_not_a_public_key() {
+    let s = spec_text("", "[update]\nkeys = [\"keys/dev.pub\"]\n");
+    assert_refused(
+        &s,
+        &[("keys/dev.pub", b"not a key".to_vec())],
+        &["update.keys[0]", "keys/dev.pub"],
+    );
+}

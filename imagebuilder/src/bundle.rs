@@ -1,0 +1,97 @@
+//! `kiln keygen` and `kiln bundle`: keys and signed update bundles from a build's outputs.
+
+use anyhow::{bail, Context, Result};
+use kiln_updater::bundle::keys::SecretKey;
+use kiln_updater::bundle::manifest::Manifest;
+use kiln_updater::bundle::writer::{pack, write_bundle, BundleInfo, PayloadFiles};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Writes `PREFIX.key` (0600, created exclusively) and `PREFIX.pub`.
+pub fn keygen(prefix: &Path) -> Result<()> {
+    let key = SecretKey::generate()?;
+    let secret = prefix.with_extension("key");
+    let public = prefix.with_extension("pub");
+    let mut f = fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret)
+        .with_context(|| format!("creating {}", secret.display()))?;
+    f.write_all(key.to_file().as_bytes())?;
+    f.sync_all()?;
+    fs::write(&public, key.public().to_file())
+        .with_context(|| format!("writing {}", public.display()))?;
+    println!("{} (key id {})", public.display(), key.public().key_id());
+    Ok(())
+}
+
+/// Inputs of `kiln bundle`.
+pub struct BundleArgs<'a> {
+    pub build: &'a Path,
+    pub keys: &'a [std::path::PathBuf],
+    pub out: &'a Path,
+    pub sequence: u64,
+    pub expires_in: Duration,
+    pub kbundle: Option<&'a Path>,
+}
+
+#[derive(serde::Deserialize)]
+struct BuildInfo {
+    compatible: String,
+    version: String,
+}
+
+pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
+    let info_path = a.build.join("build.json");
+    let info: BuildInfo = serde_json::from_slice(&fs::read(&info_path).with_context(|| {
+        format!(
+            "reading {} (is this a kiln build directory?)",
+            info_path.display()
+        )
+    })?)
+    .with_context(|| format!("parsing {}", info_path.display()))?;
+    let keys = a
+        .keys
+        .iter()
+        .map(|k| {
+            let text = fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?;
+            SecretKey::from_file(&text)
+                .with_context(|| format!("{}: not a kiln private key", k.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        bail!("no signing key given");
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let files = PayloadFiles {
+        root: &a.build.join("root.img"),
+        kernel: &a.build.join("vmlinuz"),
+        initrd: &a.build.join("initrd.img"),
+    };
+    for p in [files.root, files.kernel, files.initrd] {
+        if !p.is_file() {
+            bail!("{} is missing from the build directory", p.display());
+        }
+    }
+    let manifest = write_bundle(
+        files,
+        &BundleInfo {
+            compatible: info.compatible,
+            version: info.version,
+            sequence: a.sequence,
+            created: now,
+            expires: now + a.expires_in.as_secs(),
+        },
+        &keys.iter().collect::<Vec<_>>(),
+        a.out,
+    )
+    .with_context(|| format!("writing the bundle {}", a.out.display()))?;
+    if let Some(k) = a.kbundle {
+        pack(a.out, k).with_context(|| format!("packing {}", k.display()))?;
+    }
+    Ok(manifest)
+}

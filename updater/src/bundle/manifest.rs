@@ -1,0 +1,200 @@
+//! The manifest: what a bundle installs, and the structural checks that make a verified
+//! manifest safe to act on (chunks contiguous and bounded, digests well-formed).
+
+use serde::{Deserialize, Serialize};
+
+/// Manifest format understood by this code.
+pub const FORMAT: u32 = 1;
+/// Largest manifest accepted (bytes), before anything else is looked at.
+pub const MANIFEST_CAP: u64 = 8 << 20;
+/// Largest signature file accepted (bytes).
+pub const SIGNATURES_CAP: u64 = 64 << 10;
+/// Largest chunk (uncompressed) a manifest may declare.
+pub const MAX_CHUNK: u32 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    /// Must equal the device's compatible string.
+    pub compatible: String,
+    pub version: String,
+    /// Monotonic: a device refuses a sequence not above the one it installed.
+    pub sequence: u64,
+    /// Creation and expiry times (UNIX seconds).
+    pub created: u64,
+    pub expires: u64,
+    pub payloads: Payloads,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payloads {
+    pub root: Payload,
+    pub kernel: Payload,
+    pub initrd: Payload,
+}
+
+impl Payloads {
+    /// `(name, payload)` pairs in install order.
+    pub fn named(&self) -> [(&'static str, &Payload); 3] {
+        [
+            ("root", &self.root),
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+        ]
+    }
+}
+
+/// One payload: an image split into content-defined chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    pub size: u64,
+    pub sha256: String,
+    pub chunks: Vec<Chunk>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chunk {
+    /// Offset of the chunk in the payload.
+    pub offset: u64,
+    /// Uncompressed length.
+    pub length: u32,
+    /// sha256 of the uncompressed bytes (also the chunk's name in the store).
+    pub sha256: String,
+    /// Compressed size in the store.
+    pub stored: u64,
+}
+
+/// A manifest whose structure cannot be trusted even with a good signature.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StructureError {
+    #[error("manifest format {0} is not supported (expected {FORMAT})")]
+    Format(u32),
+    #[error("manifest field {0} is empty")]
+    Empty(&'static str),
+    #[error("payload {payload}: {message}")]
+    Payload {
+        payload: &'static str,
+        message: String,
+    },
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Upper bound of a zstd frame for `n` input bytes (ZSTD_compressBound plus slack).
+pub fn stored_bound(n: u32) -> u64 {
+    let n = u64::from(n);
+    n + (n >> 8) + 1024
+}
+
+impl Manifest {
+    /// Checks what the installer relies on: chunks cover each payload exactly, in order,
+    /// with bounded sizes and well-formed digests.
+    pub fn check_structure(&self) -> Result<(), StructureError> {
+        if self.format != FORMAT {
+            return Err(StructureError::Format(self.format));
+        }
+        if self.compatible.is_empty() {
+            return Err(StructureError::Empty("compatible"));
+        }
+        if self.version.is_empty() {
+            return Err(StructureError::Empty("version"));
+        }
+        for (name, p) in self.payloads.named() {
+            let bad = |message: String| StructureError::Payload {
+                payload: name,
+                message,
+            };
+            if !is_sha256(&p.sha256) {
+                return Err(bad(format!(
+                    "sha256 {:?} is not a lower-case sha256",
+                    p.sha256
+                )));
+            }
+            let mut next = 0u64;
+            for (i, c) in p.chunks.iter().enumerate() {
+                if c.offset != next {
+                    return Err(bad(format!(
+                        "chunk {i} starts at {} instead of {next}",
+                        c.offset
+                    )));
+                }
+                if c.length == 0 || c.length > MAX_CHUNK {
+                    return Err(bad(format!("chunk {i} has length {}", c.length)));
+                }
+                if !is_sha256(&c.sha256) {
+                    return Err(bad(format!("chunk {i} has a malformed sha256")));
+                }
+                if c.stored == 0 || c.stored > stored_bound(c.length) {
+                    return Err(bad(format!(
+                        "chunk {i} declares {} stored bytes for {} bytes",
+                        c.stored, c.length
+                    )));
+                }
+                next += u64::from(c.length);
+            }
+            if next != p.size {
+                return Err(bad(format!(
+                    "chunks cover {next} bytes but the payload is {} bytes",
+                    p.size
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the device accepts.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub compatible: String,
+    /// Sequence of the installed (blessed) manifest; `None` on a device never updated.
+    pub installed_sequence: Option<u64>,
+    pub allow_downgrade: bool,
+    /// Current time (UNIX seconds).
+    pub now: u64,
+}
+
+/// A well-signed manifest the device must still refuse.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("bundle is for {bundle:?}, this device is {device:?}")]
+    WrongCompatible { bundle: String, device: String },
+    #[error("bundle sequence {bundle} is not above the installed sequence {installed} (downgrade; use --allow-downgrade)")]
+    Downgrade { bundle: u64, installed: u64 },
+    #[error("bundle expired at {expires} (now {now})")]
+    Expired { expires: u64, now: u64 },
+}
+
+impl Manifest {
+    pub fn check_policy(&self, p: &Policy) -> Result<(), PolicyError> {
+        if self.compatible != p.compatible {
+            return Err(PolicyError::WrongCompatible {
+                bundle: self.compatible.clone(),
+                device: p.compatible.clone(),
+            });
+        }
+        if let Some(installed) = p.installed_sequence {
+            if self.sequence <= installed && !p.allow_downgrade {
+                return Err(PolicyError::Downgrade {
+                    bundle: self.sequence,
+                    installed,
+                });
+            }
+        }
+        if self.expires <= p.now {
+            return Err(PolicyError::Expired {
+                expires: self.expires,
+                now: p.now,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! Where a bundle's files come from: a directory, or a `.kbundle` tar file. Every read has a
+//! size cap, checked before the bytes are kept.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{name}: not found in {bundle}")]
+    NotFound { name: String, bundle: String },
+    #[error("{name}: larger than the {cap}-byte limit")]
+    TooLarge { name: String, cap: u64 },
+    #[error("{name}: {source}")]
+    Io {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bundle's files, by name (`manifest.json`, `chunks/ab/….zst`).
+pub trait BundleSource: Send + Sync {
+    /// Reads the whole file, refusing more than `cap` bytes.
+    fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError>;
+    /// For messages.
+    fn describe(&self) -> String;
+}
+
+fn read_capped(mut r: impl Read, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
+    let mut buf = Vec::new();
+    (&mut r)
+        .take(cap + 1)
+        .read_to_end(&mut buf)
+        .map_err(|source| SourceError::Io {
+            name: name.into(),
+            source,
+        })?;
+    if buf.len() as u64 > cap {
+        return Err(SourceError::TooLarge {
+            name: name.into(),
+            cap,
+        });
+    }
+    Ok(buf)
+}
+
+/// A bundle directory.
+pub struct DirSource(pub PathBuf);
+
+impl BundleSource for DirSource {
+    fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
+        let p = self.0.join(name);
+        let f = fs::File::open(&p).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => SourceError::NotFound {
+                name: name.into(),
+                bundle: self.describe(),
+            },
+            _ => SourceError::Io {
+                name: name.into(),
+                source,
+            },
+        })?;
+        read_capped(f, name, cap)
+    }
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+/// A `.kbundle` file: an uncompressed tar of the bundle directory, indexed once on open.
+pub struct KbundleSource {
+    path: PathBuf,
+    file: Mutex<fs::File>,
+    index: HashMap<String, (u64, u64)>,
+}
+
+impl KbundleSource {
+    pub fn open(path: &Path) -> Result<KbundleSource, SourceError> {
+        let io = |source| SourceError::Io {
+            name: path.display().to_string(),
+            source,
+        };
+        let mut archive = tar::Archive::new(fs::File::open(path).map_err(io)?);
+        let mut index = HashMap::new();
+        for e in archive.entries().map_err(io)? {
+            let e = e.map_err(io)?;
+            let name = e
+                .path()
+                .map_err(io)?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            index.insert(name, (e.raw_file_position(), e.size()));
+        }
+        Ok(KbundleSource {
+            path: path.into(),
+            file: Mutex::new(fs::File::open(path).map_err(io)?),
+            index,
+        })
+    }
+}
+
+impl BundleSource for KbundleSource {
+    fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
+        let &(off, size) = self.index.get(name).ok_or_else(|| SourceError::NotFound {
+            name: name.into(),
+            bundle: self.describe(),
+        })?;
+        if size > cap {
+            return Err(SourceError::TooLarge {
+                name: name.into(),
+                cap,
+            });
+        }
+        let mut f = self.file.lock().expect("kbundle lock");
+        f.seek(SeekFrom::Start(off))
+            .map_err(|source| SourceError::Io {
+                name: name.into(),
+                source,
+            })?;
+        read_capped((&mut *f).take(size), name, cap)
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}

@@ -1,0 +1,105 @@
+//! Making a bundle (host side, `kiln bundle`).
+
+use super::chunker::chunk_file;
+use super::keys::{SecretKey, Signatures};
+use super::manifest::{Manifest, Payloads, FORMAT};
+use super::{MANIFEST, SIGNATURES};
+use std::fs;
+use std::io;
+use std::path::Path;
+
+/// Identity and validity of a bundle.
+#[derive(Debug, Clone)]
+pub struct BundleInfo {
+    pub compatible: String,
+    pub version: String,
+    pub sequence: u64,
+    pub created: u64,
+    pub expires: u64,
+}
+
+/// The three payload files.
+#[derive(Debug, Clone, Copy)]
+pub struct PayloadFiles<'a> {
+    pub root: &'a Path,
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+}
+
+/// Writes a signed bundle directory at `out` (which must not exist). Built under a temporary
+/// name and renamed when complete.
+pub fn write_bundle(
+    files: PayloadFiles<'_>,
+    info: &BundleInfo,
+    keys: &[&SecretKey],
+    out: &Path,
+) -> io::Result<Manifest> {
+    if out.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", out.display()),
+        ));
+    }
+    let name = out
+        .file_name()
+        .ok_or_else(|| io::Error::other("bundle path has no name"))?;
+    let tmp = out.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let result = (|| {
+        let manifest = Manifest {
+            format: FORMAT,
+            compatible: info.compatible.clone(),
+            version: info.version.clone(),
+            sequence: info.sequence,
+            created: info.created,
+            expires: info.expires,
+            payloads: Payloads {
+                root: chunk_file(files.root, &tmp)?,
+                kernel: chunk_file(files.kernel, &tmp)?,
+                initrd: chunk_file(files.initrd, &tmp)?,
+            },
+        };
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+        let sigs = Signatures {
+            signatures: keys.iter().map(|k| k.sign(&bytes)).collect(),
+        };
+        fs::write(tmp.join(MANIFEST), &bytes)?;
+        fs::write(
+            tmp.join(SIGNATURES),
+            serde_json::to_vec_pretty(&sigs).map_err(io::Error::other)?,
+        )?;
+        fs::rename(&tmp, out)?;
+        Ok(manifest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Packs a bundle directory into one `.kbundle` file (uncompressed tar, manifest first).
+pub fn pack(dir: &Path, file: &Path) -> io::Result<()> {
+    let tmp = file.with_extension("kbundle.tmp");
+    let mut b = tar::Builder::new(fs::File::create(&tmp)?);
+    b.mode(tar::HeaderMode::Deterministic);
+    b.append_path_with_name(dir.join(MANIFEST), MANIFEST)?;
+    b.append_path_with_name(dir.join(SIGNATURES), SIGNATURES)?;
+    let mut chunk_files = Vec::new();
+    for d in fs::read_dir(dir.join("chunks"))? {
+        for f in fs::read_dir(d?.path())? {
+            chunk_files.push(f?.path());
+        }
+    }
+    chunk_files.sort();
+    for p in chunk_files {
+        let rel = p.strip_prefix(dir).map_err(io::Error::other)?.to_path_buf();
+        b.append_path_with_name(&p, rel)?;
+    }
+    b.into_inner()?.sync_all()?;
+    fs::rename(tmp, file)
+}

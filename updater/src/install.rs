@@ -1,0 +1,168 @@
+//! Streaming a verified payload into a target (a slot device, or a file), chunk by chunk:
+//! fetch the compressed chunk (size-capped), decompress with a hard length limit, check its
+//! sha256, and only then write it at its offset. Memory stays bounded by one chunk whatever
+//! the payload size. Afterwards the whole written range is re-read and checked.
+
+use crate::bundle::chunk_path;
+use crate::bundle::manifest::{Payload, MAX_CHUNK};
+use crate::bundle::source::{BundleSource, SourceError};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{payload}: {size} bytes do not fit the {capacity}-byte target")]
+    TooBig {
+        payload: String,
+        size: u64,
+        capacity: u64,
+    },
+    #[error("{payload} chunk {index} ({sha256}): {source}")]
+    Fetch {
+        payload: String,
+        index: usize,
+        sha256: String,
+        #[source]
+        source: SourceError,
+    },
+    #[error("{payload} chunk {index} ({sha256}) is corrupt: {reason}")]
+    Corrupt {
+        payload: String,
+        index: usize,
+        sha256: String,
+        reason: String,
+    },
+    #[error("{payload}: written data does not verify (sha256 {actual}, expected {expected})")]
+    Verify {
+        payload: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What an install did, for progress and reports.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub chunks: u64,
+    /// Compressed bytes fetched from the bundle.
+    pub fetched: u64,
+    /// Uncompressed bytes written to the target.
+    pub written: u64,
+}
+
+/// Fetches, decompresses and verifies one chunk; returns its bytes.
+pub fn fetch_chunk(
+    src: &dyn BundleSource,
+    payload: &str,
+    index: usize,
+    c: &crate::bundle::manifest::Chunk,
+) -> Result<(Vec<u8>, u64), InstallError> {
+    let corrupt = |reason: String| InstallError::Corrupt {
+        payload: payload.into(),
+        index,
+        sha256: c.sha256.clone(),
+        reason,
+    };
+    let z = src
+        .read(&chunk_path(&c.sha256), c.stored)
+        .map_err(|source| InstallError::Fetch {
+            payload: payload.into(),
+            index,
+            sha256: c.sha256.clone(),
+            source,
+        })?;
+    let mut data = Vec::with_capacity(c.length.min(MAX_CHUNK) as usize);
+    zstd::stream::read::Decoder::new(&z[..])
+        .map_err(|e| corrupt(format!("not zstd: {e}")))?
+        .take(u64::from(c.length) + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| corrupt(format!("decompressing: {e}")))?;
+    if data.len() != c.length as usize {
+        return Err(corrupt(format!(
+            "{} bytes after decompression, expected {}",
+            data.len(),
+            c.length
+        )));
+    }
+    let actual = hex::encode(Sha256::digest(&data));
+    if actual != c.sha256 {
+        return Err(corrupt(format!("sha256 is {actual}")));
+    }
+    Ok((data, z.len() as u64))
+}
+
+/// Writes `payload` at `base` of `target` (at most `capacity` bytes there), then fsyncs.
+pub fn write_payload(
+    src: &dyn BundleSource,
+    name: &str,
+    payload: &Payload,
+    target: &File,
+    base: u64,
+    capacity: u64,
+) -> Result<Stats, InstallError> {
+    if payload.size > capacity {
+        return Err(InstallError::TooBig {
+            payload: name.into(),
+            size: payload.size,
+            capacity,
+        });
+    }
+    let mut stats = Stats::default();
+    for (i, c) in payload.chunks.iter().enumerate() {
+        let (data, fetched) = fetch_chunk(src, name, i, c)?;
+        target
+            .write_all_at(&data, base + c.offset)
+            .map_err(|source| InstallError::Io {
+                context: format!("writing {name} chunk {i} at {}", base + c.offset),
+                source,
+            })?;
+        stats.chunks += 1;
+        stats.fetched += fetched;
+        stats.written += data.len() as u64;
+    }
+    target.sync_all().map_err(|source| InstallError::Io {
+        context: format!("syncing {name}"),
+        source,
+    })?;
+    Ok(stats)
+}
+
+/// Re-reads `payload.size` bytes at `base` of `target` and checks the payload's sha256.
+pub fn verify_payload(
+    name: &str,
+    payload: &Payload,
+    target: &File,
+    base: u64,
+) -> Result<(), InstallError> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < payload.size {
+        let n = ((payload.size - pos) as usize).min(buf.len());
+        target
+            .read_exact_at(&mut buf[..n], base + pos)
+            .map_err(|source| InstallError::Io {
+                context: format!("re-reading {name} at {}", base + pos),
+                source,
+            })?;
+        h.update(&buf[..n]);
+        pos += n as u64;
+    }
+    let actual = hex::encode(h.finalize());
+    if actual != payload.sha256 {
+        return Err(InstallError::Verify {
+            payload: name.into(),
+            expected: payload.sha256.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Kiln's signed A/B updates.
+//!
+//! [`bundle`] is the bundle format shared by `kiln bundle` (host) and `kiln-updater` (device):
+//! a signed JSON manifest listing content-defined, zstd-compressed chunks of the root image,
+//! kernel and initrd. [`install`] streams a bundle's payloads into a target slot, verifying
+//! every chunk before it is written and the whole payload afterwards.
+
+pub mod bundle;
+pub mod install;

@@ -1,0 +1,217 @@
+//! Every named case under tests/fixtures/bundles gets exactly its expected outcome. A refused
+//! bundle is refused before anything is written (manifest-level cases) or before the payload
+//! is complete and verified (chunk-level cases).
+
+use kiln_updater::bundle::keys::PublicKey;
+use kiln_updater::bundle::keys::SignatureError;
+use kiln_updater::bundle::manifest::Policy;
+use kiln_updater::bundle::manifest::PolicyError;
+use kiln_updater::bundle::open::{open_verified, Limits, OpenError};
+use kiln_updater::bundle::source::{BundleSource, DirSource, KbundleSource, SourceError};
+use kiln_updater::install::{verify_payload, write_payload, InstallError};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn trusted() -> Vec<PublicKey> {
+    ["trusted", "second"]
+        .iter()
+        .map(|k| {
+            PublicKey::from_file(
+                &fs::read_to_string(fixtures().join(format!("keys/{k}.pub"))).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn policy() -> Policy {
+    Policy {
+        compatible: "kiln-fixture-x86_64".into(),
+        installed_sequence: Some(10),
+        allow_downgrade: false,
+        now: 1_800_000_000,
+    }
+}
+
+/// Opens and installs a bundle into fresh target files; returns the outcome class.
+fn outcome(src: &dyn BundleSource, threshold: usize, limits: &Limits) -> String {
+    let v = match open_verified(src, &trusted(), threshold, &policy(), limits) {
+        Ok(v) => v,
+        Err(e) => {
+            return match e {
+                OpenError::Source(SourceError::TooLarge { .. }) => "source:too-large",
+                OpenError::Source(_) => "source:other",
+                OpenError::Signature(SignatureError::BadSignature(_)) => "signature:bad",
+                OpenError::Signature(SignatureError::UnknownKeys(_)) => "signature:unknown-key",
+                OpenError::Signature(SignatureError::NotEnough { .. }) => "signature:not-enough",
+                OpenError::Signature(SignatureError::Malformed(_)) => "signature:malformed",
+                OpenError::Parse(_) => "parse",
+                OpenError::Structure(_) => "structure",
+                OpenError::Policy(PolicyError::Expired { .. }) => "policy:expired",
+                OpenError::Policy(PolicyError::Downgrade { .. }) => "policy:downgrade",
+                OpenError::Policy(PolicyError::WrongCompatible { .. }) => "policy:compatible",
+            }
+            .into()
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (name, p) in v.manifest.payloads.named() {
+        let target = fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join(name))
+            .unwrap();
+        target.set_len(1 << 20).unwrap();
+        let base = 4096; // payloads go at an offset, as into a partition of a disk
+        match write_payload(src, name, p, &target, base, (1 << 20) - base) {
+            Ok(stats) => assert_eq!(stats.written, p.size),
+            Err(InstallError::Corrupt { .. }) => return "chunk:corrupt".into(),
+            Err(InstallError::Fetch {
+                source: SourceError::NotFound { .. },
+                ..
+            }) => return "chunk:missing".into(),
+            Err(e) => return format!("install:{e}"),
+        }
+        verify_payload(name, p, &target, base).unwrap();
+    }
+    "ok".into()
+}
+
+fn parse_expect(dir: &Path) -> (String, usize, Limits) {
+    let text = fs::read_to_string(dir.join("expect")).unwrap();
+    let mut words = text.split_whitespace();
+    let class = words.next().unwrap().to_string();
+    let mut threshold = 1;
+    let mut limits = Limits::default();
+    for w in words {
+        match w.split_once('=') {
+            Some(("threshold", n)) => threshold = n.parse().unwrap(),
+            Some(("manifest-cap", n)) => limits.manifest = n.parse().unwrap(),
+            _ => panic!("unknown option {w} in {}", dir.display()),
+        }
+    }
+    (class, threshold, limits)
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(fixtures().join("bundles"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_fixture_case_has_its_expected_outcome() {
+    let cases = cases();
+    assert!(
+        cases.len() >= 14,
+        "fixtures missing: run the make_fixtures example"
+    );
+    let mut failures = Vec::new();
+    for dir in cases {
+        let (want, threshold, limits) = parse_expect(&dir);
+        let got = outcome(&DirSource(dir.clone()), threshold, &limits);
+        if got != want {
+            failures.push(format!(
+                "{}: expected {want}, got {got}",
+                dir.file_name().unwrap().to_string_lossy()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn kbundle_files_behave_like_directories() {
+    use kiln_updater::bundle::writer::pack;
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["valid", "tampered-chunk", "bad-signature"] {
+        let dir = fixtures().join("bundles").join(case);
+        let file = tmp.path().join(format!("{case}.kbundle"));
+        pack(&dir, &file).unwrap();
+        let (want, threshold, limits) = parse_expect(&dir);
+        assert_eq!(
+            outcome(&KbundleSource::open(&file).unwrap(), threshold, &limits),
+            want,
+            "{case}"
+        );
+    }
+}
+
+#[test]
+fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
+    use kiln_updater::bundle::keys::SecretKey;
+    use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..300_000u32)
+        .flat_map(|i| (i.wrapping_mul(2654435761)).to_le_bytes())
+        .collect();
+    for n in ["root", "kernel", "initrd"] {
+        fs::write(tmp.path().join(n), &data[..data.len() / 2]).unwrap();
+    }
+    let key =
+        SecretKey::from_file(&fs::read_to_string(fixtures().join("keys/trusted.key")).unwrap())
+            .unwrap();
+    let out = tmp.path().join("bundle");
+    let p = |n: &str| tmp.path().join(n);
+    let (r, k, i) = (p("root"), p("kernel"), p("initrd"));
+    let m = write_bundle(
+        PayloadFiles {
+            root: &r,
+            kernel: &k,
+            initrd: &i,
+        },
+        &BundleInfo {
+            compatible: "kiln-fixture-x86_64".into(),
+            version: "3".into(),
+            sequence: 12,
+            created: 0,
+            expires: 4_000_000_000,
+        },
+        &[&key],
+        &out,
+    )
+    .unwrap();
+    assert!(
+        m.payloads.root.chunks.len() > 2,
+        "a 600 KB payload is several chunks"
+    );
+    // Identical payloads share chunks: the store holds each chunk once.
+    let stored: usize = fs::read_dir(out.join("chunks"))
+        .unwrap()
+        .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(stored, m.payloads.root.chunks.len());
+    assert_eq!(
+        outcome(&DirSource(out.clone()), 1, &Limits::default()),
+        "ok"
+    );
+    assert!(
+        write_bundle(
+            PayloadFiles {
+                root: &r,
+                kernel: &k,
+                initrd: &i
+            },
+            &BundleInfo {
+                compatible: "x".into(),
+                version: "3".into(),
+                sequence: 12,
+                created: 0,
+                expires: 1
+            },
+            &[&key],
+            &out
+        )
+        .is_err(),
+        "refuses to overwrite"
+    );
+}
