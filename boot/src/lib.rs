@@ -4,6 +4,7 @@
 //! them into the FAT filesystem and (later) the updater commits them on the device.
 
 mod slot;
+pub mod state;
 pub mod systemd_boot;
 
 pub use slot::{Slot, SlotParseError};

@@ -1,7 +1,5 @@
 //! systemd-boot loader configuration and Boot Loader Specification (type 1) entries.
 
-use crate::{esp_initrd, esp_kernel, Slot};
-
 /// Path of the removable-media loader that firmware boots without any EFI variable.
 pub const LOADER_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 
@@ -10,54 +8,255 @@ pub fn loader_conf() -> String {
     "timeout 0\nconsole-mode keep\neditor no\n".to_string()
 }
 
-/// File name of a slot's entry under `loader/entries/`, without boot counting.
-pub fn entry_file_name(slot: Slot) -> String {
-    format!("kiln-{}.conf", slot.name())
-}
+/// Entries with boot counting, as files in `loader/entries/` (see [`counting::EntriesDir`]).
+pub mod counting {
+    use crate::state::{BootState, Health, SlotEntry};
+    use crate::{esp_initrd, esp_kernel, Slot};
+    use std::fs;
+    use std::io::{self, Write};
+    use std::path::{Path, PathBuf};
 
-/// What goes into one slot's entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub slot: Slot,
-    /// Human name shown in the menu (image name).
-    pub title: String,
-    /// Image version booted by this entry.
-    pub version: String,
-    /// Kernel command line, complete.
-    pub options: String,
-}
+    /// `kiln-a.conf`, `kiln-b+3.conf`, `kiln-b+2-1.conf`.
+    pub fn file_name(slot: Slot, health: Health) -> String {
+        match health {
+            Health::Good => format!("kiln-{slot}.conf"),
+            Health::Pending {
+                tries_left,
+                tries_done: 0,
+            } => format!("kiln-{slot}+{tries_left}.conf"),
+            Health::Pending {
+                tries_left,
+                tries_done,
+            } => format!("kiln-{slot}+{tries_left}-{tries_done}.conf"),
+        }
+    }
 
-/// Renders a BLS type 1 entry. All Kiln entries share `sort-key kiln`, so the loader orders
-/// them by `version`; kernel and initrd are the slot's own files on the ESP.
-pub fn render_entry(e: &Entry) -> String {
-    format!(
-        "title {title} ({version}, slot {slot})\nsort-key kiln\nversion {version}\nlinux /{kernel}\ninitrd /{initrd}\noptions {options}\n",
-        title = e.title,
-        version = e.version,
-        slot = e.slot,
-        kernel = esp_kernel(e.slot),
-        initrd = esp_initrd(e.slot),
-        options = e.options,
-    )
-}
+    /// Parses an entry file name written by Kiln (and renamed by the loader).
+    pub fn parse_file_name(name: &str) -> Option<(Slot, Health)> {
+        let stem = name.strip_prefix("kiln-")?.strip_suffix(".conf")?;
+        let (slot, counter) = match stem.split_once('+') {
+            Some((s, c)) => (s, Some(c)),
+            None => (stem, None),
+        };
+        let slot: Slot = slot.parse().ok()?;
+        let health = match counter {
+            None => Health::Good,
+            Some(c) => {
+                let (left, done) = c.split_once('-').unwrap_or((c, "0"));
+                Health::Pending {
+                    tries_left: left.parse().ok()?,
+                    tries_done: done.parse().ok()?,
+                }
+            }
+        };
+        Some((slot, health))
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// Entry text: the loader orders Kiln entries by `version`, which holds the priority.
+    pub fn render(slot: Slot, e: &SlotEntry, title: &str, options: &str) -> String {
+        format!(
+            "# kiln-version {version}\ntitle {title} {version} (slot {slot})\nsort-key kiln\nversion {priority:010}\nlinux /{kernel}\ninitrd /{initrd}\noptions {options}\n",
+            version = e.version,
+            priority = e.priority,
+            kernel = esp_kernel(slot),
+            initrd = esp_initrd(slot),
+        )
+    }
 
-    #[test]
-    fn entry_names_slot_files_and_options() {
-        let text = render_entry(&Entry {
-            slot: Slot::B,
-            title: "kiln".into(),
-            version: "2.0".into(),
-            options: "root=PARTUUID=x kiln.slot=b".into(),
-        });
-        let lines: Vec<&str> = text.lines().collect();
-        assert!(lines.contains(&"linux /kiln/b/vmlinuz"));
-        assert!(lines.contains(&"initrd /kiln/b/initrd.img"));
-        assert!(lines.contains(&"options root=PARTUUID=x kiln.slot=b"));
-        assert!(lines.contains(&"version 2.0"));
-        assert_eq!(entry_file_name(Slot::A), "kiln-a.conf");
+    /// What an entry file says besides its name.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Parsed {
+        pub file: String,
+        pub version: String,
+        pub priority: u32,
+        pub title: String,
+        pub options: String,
+    }
+
+    pub fn parse(file: &str, text: &str) -> Parsed {
+        let mut p = Parsed {
+            file: file.into(),
+            version: String::new(),
+            priority: 0,
+            title: String::new(),
+            options: String::new(),
+        };
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("# kiln-version ") {
+                p.version = v.trim().into();
+            } else if let Some(v) = line.strip_prefix("version ") {
+                p.priority = v.trim().parse().unwrap_or(0);
+            } else if let Some(v) = line.strip_prefix("options ") {
+                p.options = v.trim().into();
+            } else if let Some(v) = line.strip_prefix("title ") {
+                p.title = v.split(' ').next().unwrap_or("").into();
+            }
+        }
+        p
+    }
+
+    /// The `loader/entries` directory of a mounted ESP.
+    pub struct EntriesDir(pub PathBuf);
+
+    impl EntriesDir {
+        /// Reads the state and each entry's details.
+        pub fn read(&self) -> io::Result<(BootState, Vec<(Slot, Parsed)>)> {
+            let mut state = BootState::default();
+            let mut details = Vec::new();
+            let mut names: Vec<String> = fs::read_dir(&self.0)?
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect();
+            names.sort();
+            for name in names {
+                let Some((slot, health)) = parse_file_name(&name) else {
+                    continue;
+                };
+                let p = parse(&name, &fs::read_to_string(self.0.join(&name))?);
+                let entry = SlotEntry {
+                    version: p.version.clone(),
+                    priority: p.priority,
+                    health,
+                };
+                // Two files for one slot can only come from a cut between rename and unlink:
+                // keep the higher priority.
+                if state
+                    .entries
+                    .get(&slot)
+                    .is_none_or(|e| e.priority < entry.priority)
+                {
+                    state.entries.insert(slot, entry);
+                    details.retain(|(s, _)| *s != slot);
+                    details.push((slot, p));
+                }
+            }
+            Ok((state, details))
+        }
+
+        /// Commits `new` over what is on disk: changed entries are written to a temporary
+        /// file, fsynced and renamed; stale names are removed; the directory is fsynced.
+        /// `text(slot, entry)` renders an entry.
+        pub fn commit(
+            &self,
+            new: &BootState,
+            text: impl Fn(Slot, &SlotEntry) -> String,
+        ) -> io::Result<()> {
+            let (_, on_disk) = self.read()?;
+            for slot in Slot::ALL {
+                let old_file = on_disk
+                    .iter()
+                    .find(|(s, _)| *s == slot)
+                    .map(|(_, p)| p.file.clone());
+                match new.entries.get(&slot) {
+                    None => {
+                        if let Some(f) = old_file {
+                            fs::remove_file(self.0.join(f))?;
+                        }
+                    }
+                    Some(e) => {
+                        let name = file_name(slot, e.health);
+                        let content = text(slot, e);
+                        let unchanged = old_file.as_deref() == Some(name.as_str())
+                            && fs::read_to_string(self.0.join(&name)).is_ok_and(|t| t == content);
+                        if unchanged {
+                            continue;
+                        }
+                        let tmp = self.0.join(format!(".{name}.tmp"));
+                        let mut f = fs::File::create(&tmp)?;
+                        f.write_all(content.as_bytes())?;
+                        f.sync_all()?;
+                        fs::rename(&tmp, self.0.join(&name))?;
+                        if let Some(old) = old_file.filter(|o| *o != name) {
+                            fs::remove_file(self.0.join(old))?;
+                        }
+                    }
+                }
+            }
+            sync_dir(&self.0)
+        }
+    }
+
+    /// fsyncs a directory so renames and unlinks in it are durable.
+    pub fn sync_dir(dir: &Path) -> io::Result<()> {
+        fs::File::open(dir)?.sync_all()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::state::VerifiedSlot;
+
+        #[test]
+        fn names_round_trip() {
+            for h in [
+                Health::Good,
+                Health::Pending {
+                    tries_left: 3,
+                    tries_done: 0,
+                },
+                Health::Pending {
+                    tries_left: 0,
+                    tries_done: 3,
+                },
+            ] {
+                assert_eq!(parse_file_name(&file_name(Slot::B, h)), Some((Slot::B, h)));
+            }
+            assert_eq!(
+                parse_file_name("kiln-b+2-1.conf"),
+                Some((
+                    Slot::B,
+                    Health::Pending {
+                        tries_left: 2,
+                        tries_done: 1
+                    }
+                ))
+            );
+            assert_eq!(parse_file_name("other.conf"), None);
+            assert_eq!(parse_file_name("kiln-c.conf"), None);
+        }
+
+        #[test]
+        fn commit_and_read_back_through_a_loader_rename() {
+            let d = tempfile::tempdir().unwrap();
+            let dir = EntriesDir(d.path().to_path_buf());
+            let text = |s: Slot, e: &SlotEntry| render(s, e, "kiln", &format!("kiln.slot={s}"));
+            let mut st = BootState::default();
+            st.entries.insert(
+                Slot::A,
+                SlotEntry {
+                    version: "1".into(),
+                    priority: 1,
+                    health: Health::Good,
+                },
+            );
+            dir.commit(&st, text).unwrap();
+            st.clear(Slot::B, Slot::A).unwrap();
+            st.stage(
+                VerifiedSlot::check(Slot::B, "2", "x", "x").unwrap(),
+                Slot::A,
+                3,
+            )
+            .unwrap();
+            dir.commit(&st, text).unwrap();
+            assert!(d.path().join("kiln-b+3.conf").exists());
+            // The loader counts one try by renaming.
+            fs::rename(
+                d.path().join("kiln-b+3.conf"),
+                d.path().join("kiln-b+2-1.conf"),
+            )
+            .unwrap();
+            let (mut read, details) = dir.read().unwrap();
+            assert_eq!(read.next_boot(), Some(Slot::B));
+            assert_eq!(read.entries[&Slot::B].version, "2");
+            assert!(details.iter().any(|(_, p)| p.options == "kiln.slot=b"));
+            read.bless(Slot::B).unwrap();
+            dir.commit(&read, text).unwrap();
+            let mut names: Vec<_> = fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["kiln-a.conf", "kiln-b.conf"]);
+            assert_eq!(dir.read().unwrap().0, read);
+        }
     }
 }

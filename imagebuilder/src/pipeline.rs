@@ -9,7 +9,9 @@ use crate::layout::{DiskLayout, Ids};
 use crate::services;
 use crate::spec::{Base, FsFormat, OutputFormat};
 use crate::validate::Resolved;
-use kiln_boot::{systemd_boot, Slot};
+use kiln_boot::state::{Health, SlotEntry};
+use kiln_boot::systemd_boot::{self, counting};
+use kiln_boot::Slot;
 use kiln_initramfs::archive::Contents;
 use kiln_initramfs::config::InitConfig;
 use kiln_initramfs::modules::ModulesDep;
@@ -426,11 +428,10 @@ fn esp_files(
         "reading {}",
         r.loader_efi.display()
     )))?;
-    let entry = systemd_boot::Entry {
-        slot: Slot::A,
-        title: r.spec.name.clone(),
+    let entry = SlotEntry {
         version: r.spec.version.clone(),
-        options: cmdline.to_string(),
+        priority: 1,
+        health: Health::Good,
     };
     Ok(vec![
         EspFile {
@@ -442,8 +443,11 @@ fn esp_files(
             data: systemd_boot::loader_conf().into_bytes(),
         },
         EspFile {
-            path: format!("loader/entries/{}", systemd_boot::entry_file_name(Slot::A)),
-            data: systemd_boot::render_entry(&entry).into_bytes(),
+            path: format!(
+                "loader/entries/{}",
+                counting::file_name(Slot::A, entry.health)
+            ),
+            data: counting::render(Slot::A, &entry, &r.spec.name, cmdline).into_bytes(),
         },
         EspFile {
             path: kiln_boot::esp_kernel(Slot::A),
