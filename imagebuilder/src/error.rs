@@ -16,7 +16,7 @@ pub enum BuildError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

@@ -105,6 +105,7 @@ fn real_main() -> Result<()> {
                 &BuildOptions {
                     out_dir: out,
                     init_bin,
+                    updater_bin: imagebuilder::find_device_binary("kiln-updater"),
                     epoch: source_date_epoch,
                 },
             )

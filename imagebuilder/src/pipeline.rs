@@ -31,6 +31,8 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
     /// The static `kiln-init` binary.
     pub init_bin: PathBuf,
+    /// The static `kiln-updater` binary, baked in when the spec trusts update keys.
+    pub updater_bin: Option<PathBuf>,
     /// SOURCE_DATE_EPOCH.
     pub epoch: u64,
 }
@@ -142,7 +144,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         let root = s.spawn(|| -> Result<u64, BuildError> {
             let tree = work.join("root");
             fs::create_dir(&tree).map_err(BuildError::io("creating the staging root"))?;
-            t.step("assemble root tree", || assemble_tree(r, &tree))?;
+            t.step("assemble root tree", || assemble_tree(r, opts, &tree))?;
             let size = t.step("make root image", || {
                 mkfs::make_root_image(
                     &tree,
@@ -317,7 +319,7 @@ fn sha256_file(p: &Path) -> Result<String, BuildError> {
 }
 
 /// Base, overlays, baked files, generated files, mount points.
-fn assemble_tree(r: &Resolved, tree: &Path) -> Result<(), BuildError> {
+fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), BuildError> {
     let spec = &r.spec;
     match &r.base {
         Base::Tarball(p) => {
@@ -335,6 +337,22 @@ fn assemble_tree(r: &Resolved, tree: &Path) -> Result<(), BuildError> {
     }
     for f in &r.files {
         dircopy::install_file(&f.source, tree, &f.dest, f.mode)?;
+    }
+    if !r.update_keys.is_empty() {
+        let bin = opts.updater_bin.as_ref().ok_or_else(|| {
+            BuildError::Other(
+                "update.keys is set but kiln-updater was not found (run scripts/build-device)"
+                    .into(),
+            )
+        })?;
+        let data = fs::read(bin).map_err(BuildError::io(format!("reading {}", bin.display())))?;
+        if !crate::elf::is_static_elf64(&data) {
+            return Err(BuildError::Other(format!(
+                "{} is not a static x86-64 binary",
+                bin.display()
+            )));
+        }
+        dircopy::install_file(bin, tree, Path::new(services::UPDATER), 0o755)?;
     }
     for (id, text) in &r.update_keys {
         let rel = format!("{}/{id}.pub", services::KEYS_DIR);

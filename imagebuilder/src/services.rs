@@ -11,8 +11,13 @@ pub const READY: &str = "usr/lib/kiln/ready";
 pub const SYSINIT: &str = "usr/lib/kiln/sysinit";
 /// Directory (in the read-only root) of the public keys trusted to sign update bundles.
 pub const KEYS_DIR: &str = "usr/lib/kiln/keys";
-/// Image identity, sourced by shell scripts and read by the updater.
-pub const RELEASE: &str = "etc/kiln/release";
+/// Image identity and update settings, sourced by shell scripts and read by the updater. In
+/// the read-only root: /etc is writable through its overlay and must not decide what to trust.
+pub const RELEASE: &str = "usr/lib/kiln/release";
+/// Health check run by `kiln-updater mark-good` before blessing a slot.
+pub const HEALTH: &str = "usr/lib/kiln/health";
+/// Where the updater is baked.
+pub const UPDATER: &str = "usr/bin/kiln-updater";
 
 /// One generated file.
 pub struct Generated {
@@ -68,7 +73,16 @@ exec /bin/sh -c "exec $*"
     .to_string()
 }
 
+/// Path of the DHCP client's event script.
+pub const UDHCPC: &str = "usr/lib/kiln/udhcpc";
+
 pub fn sysinit(spec: &Spec) -> String {
+    let dhcp: String = spec
+        .network
+        .dhcp
+        .iter()
+        .map(|i| format!("ip link set {i} up 2>/dev/null && udhcpc -b -q -t 10 -i {i} -s /usr/lib/kiln/udhcpc >/dev/null 2>&1\n", i = shell_quote(i)))
+        .collect();
     format!(
         r#"#!/bin/sh
 # kiln early boot: runs once before the services.
@@ -76,24 +90,63 @@ hostname {host}
 mkdir -p /dev/pts /run/kiln/svc
 mount -t devpts devpts /dev/pts 2>/dev/null
 ip link set lo up 2>/dev/null
-true
+{dhcp}true
 "#,
         host = shell_quote(&spec.name)
     )
 }
 
-/// Waits until every always-restarted service runs, then prints the `kiln-ready` line.
-pub fn ready(spec: &Spec) -> String {
-    let names: Vec<&str> = spec
-        .services
+/// busybox udhcpc event script: applies the lease (address, default route, DNS).
+pub fn udhcpc() -> String {
+    r#"#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface" 2>/dev/null ;;
+  bound|renew)
+    ip addr flush dev "$interface" 2>/dev/null
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    [ -n "$dns" ] && { for d in $dns; do echo "nameserver $d"; done > /run/resolv.conf; } ;;
+esac
+exit 0
+"#
+    .to_string()
+}
+
+fn watched(spec: &Spec) -> String {
+    spec.services
         .iter()
         .filter(|s| s.restart == Restart::Always)
         .map(|s| s.name.as_str())
-        .collect();
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Health check: exits 0 when every always-restarted service runs.
+pub fn health(spec: &Spec) -> String {
+    format!(
+        r#"#!/bin/sh
+# kiln health check: every service declared with restart = "always" is running.
+down=""
+for s in {names}; do
+  pid=$(cat "/run/kiln/svc/$s.pid" 2>/dev/null)
+  if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then down="$down $s"; fi
+done
+[ -z "$down" ] && exit 0
+echo "kiln-health: not running:$down" > /dev/console
+exit 1
+"#,
+        names = watched(spec)
+    )
+}
+
+/// Waits until every always-restarted service runs; then, if the image has the updater, notices
+/// a rolled-back update and blesses a pending slot; then prints the `kiln-ready` line.
+pub fn ready(spec: &Spec) -> String {
+    let names = watched(spec);
     format!(
         r#"#!/bin/sh
 # kiln readiness: waits for the services, then prints the kiln-ready line on the console.
-. /etc/kiln/release
+. /usr/lib/kiln/release
 slot=unknown
 for w in $(cat /proc/cmdline); do
   case "$w" in kiln.slot=*) slot="${{w#kiln.slot=}}";; esac
@@ -113,9 +166,17 @@ while :; do
   fi
   sleep 0.2
 done
+if [ -x /usr/bin/kiln-updater ]; then
+  /usr/bin/kiln-updater reconcile > /dev/console 2>&1
+  if ! /usr/bin/kiln-updater mark-good > /dev/console 2>&1; then
+    echo "kiln-not-ready: mark-good failed; rebooting so the boot counter decides" > /dev/console
+    sleep 2
+    reboot
+    exit 1
+  fi
+fi
 echo "kiln-ready slot=$slot version=$KILN_VERSION name=$KILN_NAME" > /dev/console
-"#,
-        names = names.join(" ")
+"#
     )
 }
 
@@ -140,6 +201,16 @@ pub fn generated(spec: &Spec) -> Vec<Generated> {
         Generated {
             path: SYSINIT,
             content: sysinit(spec),
+            mode: 0o755,
+        },
+        Generated {
+            path: UDHCPC,
+            content: udhcpc(),
+            mode: 0o755,
+        },
+        Generated {
+            path: HEALTH,
+            content: health(spec),
             mode: 0o755,
         },
         Generated {

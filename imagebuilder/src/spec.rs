@@ -41,6 +41,17 @@ pub struct Spec {
     pub dev: DevSpec,
     #[serde(default)]
     pub update: UpdateSpec,
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// Network set-up at boot.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Interfaces configured by DHCP (busybox udhcpc), in the background.
+    #[serde(default)]
+    pub dhcp: Vec<String>,
 }
 
 /// Signed updates: the public keys baked into the read-only root.

@@ -27,6 +27,7 @@ pub fn build_spec(spec: &Path, out: &Path, epoch: u64) -> BuildReport {
         &BuildOptions {
             out_dir: out.to_path_buf(),
             init_bin: init_bin(),
+            updater_bin: imagebuilder::find_device_binary("kiln-updater"),
             epoch,
         },
     )
@@ -54,6 +55,7 @@ pub fn build_default_with(
         &BuildOptions {
             out_dir: out.to_path_buf(),
             init_bin: init_bin(),
+            updater_bin: imagebuilder::find_device_binary("kiln-updater"),
             epoch: 1_700_000_000,
         },
     )

@@ -4,5 +4,6 @@
 
 mod console;
 pub mod fixtures;
+pub mod http;
 
 pub use console::{Console, ConsoleError};

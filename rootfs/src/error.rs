@@ -14,7 +14,7 @@ pub enum RootfsError {
         source_name: String,
         message: String,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]

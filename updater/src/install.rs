@@ -19,7 +19,7 @@ pub enum InstallError {
         size: u64,
         capacity: u64,
     },
-    #[error("{payload} chunk {index} ({sha256}): {source}")]
+    #[error("{payload} chunk {index} ({sha256})")]
     Fetch {
         payload: String,
         index: usize,
@@ -40,7 +40,7 @@ pub enum InstallError {
         expected: String,
         actual: String,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         #[source]
@@ -135,13 +135,14 @@ pub fn write_payload(
     Ok(stats)
 }
 
-/// Re-reads `payload.size` bytes at `base` of `target` and checks the payload's sha256.
+/// Re-reads `payload.size` bytes at `base` of `target` and checks the payload's sha256;
+/// returns the digest read back.
 pub fn verify_payload(
     name: &str,
     payload: &Payload,
     target: &File,
     base: u64,
-) -> Result<(), InstallError> {
+) -> Result<String, InstallError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
@@ -164,5 +165,5 @@ pub fn verify_payload(
             actual,
         });
     }
-    Ok(())
+    Ok(actual)
 }

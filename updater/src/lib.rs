@@ -6,4 +6,6 @@
 //! every chunk before it is written and the whole payload afterwards.
 
 pub mod bundle;
+#[cfg(feature = "device")]
+pub mod device;
 pub mod install;

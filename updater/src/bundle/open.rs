@@ -11,15 +11,15 @@ use std::collections::BTreeSet;
 /// Why a bundle was refused before anything was written.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("reading the bundle: {0}")]
+    #[error("reading the bundle")]
     Source(#[from] SourceError),
-    #[error("signature check failed: {0}")]
+    #[error("signature check failed")]
     Signature(#[from] SignatureError),
     #[error("manifest.json is not a valid manifest: {0}")]
     Parse(String),
-    #[error("manifest.json is inconsistent: {0}")]
+    #[error("manifest.json is inconsistent")]
     Structure(#[from] StructureError),
-    #[error("bundle refused: {0}")]
+    #[error("bundle refused")]
     Policy(#[from] PolicyError),
 }
 

@@ -13,7 +13,7 @@ pub enum SourceError {
     NotFound { name: String, bundle: String },
     #[error("{name}: larger than the {cap}-byte limit")]
     TooLarge { name: String, cap: u64 },
-    #[error("{name}: {source}")]
+    #[error("{name}")]
     Io {
         name: String,
         #[source]

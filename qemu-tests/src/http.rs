@@ -1,0 +1,111 @@
+//! A small static-file HTTP/1.1 server on 127.0.0.1 for update tests (the guest reaches it at
+//! slirp's host alias 10.0.2.2). It counts requests and body bytes, and stops when dropped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Counters of what the server sent.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub body_bytes: AtomicU64,
+}
+
+pub struct StaticServer {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StaticServer {
+    /// Serves files under `root` on an ephemeral port of 127.0.0.1.
+    pub fn start(root: &Path) -> std::io::Result<StaticServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let (root, stop2, c2) = (root.to_path_buf(), stop.clone(), counters.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (root, c) = (root.clone(), c2.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &root, &c);
+                });
+            }
+        });
+        Ok(StaticServer {
+            addr,
+            counters,
+            stop,
+        })
+    }
+
+    /// URL of `path` as the guest sees it.
+    pub fn guest_url(&self, path: &str) -> String {
+        format!(
+            "http://10.0.2.2:{}/{}",
+            self.addr.port(),
+            path.trim_start_matches('/')
+        )
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wake the accept loop
+    }
+}
+
+fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
+    let rel = Path::new(url_path.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    Some(root.join(rel))
+}
+
+fn serve(conn: TcpStream, root: &Path, c: &Counters) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or("/").to_string(),
+        );
+        // Skip headers.
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+                break;
+            }
+        }
+        c.requests.fetch_add(1, Ordering::SeqCst);
+        let file = resolve(root, &path).filter(|p| p.is_file());
+        match (method, file) {
+            ("GET", Some(p)) => {
+                let mut body = Vec::new();
+                std::fs::File::open(&p)?.read_to_end(&mut body)?;
+                write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len())?;
+                out.write_all(&body)?;
+                c.body_bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
+            }
+            _ => {
+                write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+            }
+        }
+        out.flush()?;
+    }
+}

@@ -1,0 +1,149 @@
+//! A signed A/B update end to end under OVMF + systemd-boot: disk v1 on slot A installs v2
+//! from a bundle served over HTTP by this test, reboots into slot B, blesses it; persist data
+//! survives; a tampered bundle is then refused, leaving the booted slot untouched and the
+//! inactive slot unbootable.
+
+use imagebuilder::bundle::{bundle, BundleArgs};
+use qemu_tests::http::StaticServer;
+use qemu_tests::{fixtures, Console};
+use std::fs;
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(240);
+
+fn status(c: &mut Console) -> serde_json::Value {
+    let out = c.ok("kiln-updater status --json").unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON in {out:?}"));
+    serde_json::from_str(line).unwrap()
+}
+
+fn slot<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    s["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["slot"] == name)
+        .unwrap()
+}
+
+#[test]
+fn signed_update_over_http_then_a_tampered_bundle_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let v1 = fixtures::build_default(&work.path().join("v1"));
+    fixtures::build_default_with(&work.path().join("v2"), |s| s.version = "2.0.0".into());
+    let served = work.path().join("www");
+    let key = fixtures::workspace().join("examples/default/keys/dev.key");
+    let m = bundle(&BundleArgs {
+        build: &work.path().join("v2"),
+        keys: &[key],
+        out: &served.join("v2"),
+        sequence: 2,
+        expires_in: Duration::from_secs(30 * 86_400),
+        kbundle: None,
+    })
+    .unwrap();
+    // A newer bundle (sequence 3) with one root chunk replaced by other bytes of the same length.
+    bundle(&BundleArgs {
+        build: &work.path().join("v2"),
+        keys: &[fixtures::workspace().join("examples/default/keys/dev.key")],
+        out: &served.join("tampered"),
+        sequence: 3,
+        expires_in: Duration::from_secs(30 * 86_400),
+        kbundle: None,
+    })
+    .unwrap();
+    let c0 = &m.payloads.root.chunks[0];
+    let fake = zstd::bulk::compress(&vec![0x5a; c0.length as usize], 3).unwrap();
+    fs::write(
+        served
+            .join("tampered")
+            .join(kiln_updater_chunk_path(&c0.sha256)),
+        fake,
+    )
+    .unwrap();
+    let server = StaticServer::start(&served).unwrap();
+
+    let mut c = Console::boot(&v1.disk).unwrap();
+    c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+    c.ok("echo before-update > /etc/kiln-upd && echo before-update > /var/kiln-upd && sync")
+        .unwrap();
+    let s = status(&mut c);
+    assert_eq!(s["booted"], "a");
+    assert_eq!(slot(&s, "b")["state"], "empty");
+
+    // Install v2 over HTTP; the updater reboots into slot B, which blesses itself.
+    c.send_line(&format!("kiln-updater install {}", server.guest_url("v2")))
+        .unwrap();
+    c.expect("kiln-updater: slot b staged", Duration::from_secs(600))
+        .unwrap();
+    let boot2 = c.expect("kiln-ready slot=b version=2.0.0", BOOT).unwrap();
+    assert!(
+        boot2.contains("kiln-updater: slot b marked good"),
+        "{boot2}"
+    );
+    let s = status(&mut c);
+    assert_eq!(s["booted"], "b");
+    assert_eq!(
+        (
+            slot(&s, "b")["state"].as_str(),
+            slot(&s, "b")["version"].as_str()
+        ),
+        (Some("good"), Some("2.0.0"))
+    );
+    assert_eq!(
+        (
+            slot(&s, "a")["state"].as_str(),
+            slot(&s, "a")["version"].as_str()
+        ),
+        (Some("good"), Some("1.0.0"))
+    );
+    assert_eq!(s["installed_sequence"], 2);
+    assert_eq!(
+        c.ok("cat /etc/kiln-upd /var/kiln-upd").unwrap().trim(),
+        "before-update\nbefore-update"
+    );
+    assert!(
+        server
+            .counters
+            .body_bytes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
+
+    // A tampered bundle: refused, the booted slot untouched, the inactive slot not bootable.
+    let (rc, out) = c
+        .sh(
+            &format!(
+                "kiln-updater install --no-reboot {}",
+                server.guest_url("tampered")
+            ),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    assert_ne!(rc, 0, "tampered bundle accepted: {out}");
+    assert!(out.contains("is corrupt"), "{out}");
+    let s = status(&mut c);
+    assert_eq!(s["booted"], "b");
+    assert_eq!(slot(&s, "b")["state"], "good");
+    assert_eq!(slot(&s, "a")["state"], "empty");
+    assert_eq!(s["next_boot"], "b");
+    // The same bundle again is now a downgrade to the blessed sequence.
+    let (rc, out) = c
+        .sh(
+            &format!(
+                "kiln-updater install --no-reboot {}",
+                server.guest_url("v2")
+            ),
+            Duration::from_secs(120),
+        )
+        .unwrap();
+    assert_ne!(rc, 0);
+    assert!(out.contains("not above the installed sequence 2"), "{out}");
+}
+
+fn kiln_updater_chunk_path(sha: &str) -> String {
+    format!("chunks/{}/{sha}.zst", &sha[..2])
+}

@@ -1,0 +1,114 @@
+//! kiln-updater: signed A/B updates on the device. Thin CLI over `kiln_updater::device::ops`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use kiln_updater::device::ops;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln-updater",
+    version,
+    about = "Install signed A/B updates, bless and roll back slots"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Verify a bundle (URL, directory or .kbundle), write it into the inactive slot, stage it, reboot.
+    Install {
+        source: String,
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Do not reboot after staging.
+        #[arg(long)]
+        no_reboot: bool,
+        /// Boot tries before the loader falls back.
+        #[arg(long, default_value_t = 3)]
+        tries: u8,
+    },
+    /// Booted slot, each slot's version and state, last install, rollbacks.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the health checks and bless the booted slot.
+    MarkGood,
+    /// Make the other good slot the default for the next boot.
+    Rollback,
+    /// Notice a fallback after a failed update (run on every boot).
+    Reconcile,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run() {
+        eprintln!("kiln-updater: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Install {
+            source,
+            allow_downgrade,
+            no_reboot,
+            tries,
+        } => {
+            ops::install(
+                &source,
+                &ops::InstallOptions {
+                    allow_downgrade,
+                    tries,
+                },
+            )?;
+            if !no_reboot {
+                println!("kiln-updater: rebooting");
+                let _ = std::process::Command::new("reboot").status();
+            }
+        }
+        Cmd::Status { json } => {
+            let s = ops::status()?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!(
+                    "booted slot {} (next boot {})",
+                    s.booted,
+                    s.next_boot.as_deref().unwrap_or("-")
+                );
+                for sl in &s.slots {
+                    println!(
+                        "slot {}: {} {}",
+                        sl.slot,
+                        sl.state,
+                        sl.version.as_deref().unwrap_or("")
+                    );
+                }
+                if let Some(l) = &s.last_install {
+                    println!("last install: {} {}", l.version, l.result);
+                }
+                if let Some(r) = &s.rolled_back_from {
+                    println!("rolled back from {r}");
+                }
+            }
+        }
+        Cmd::MarkGood => {
+            ops::mark_good()?;
+        }
+        Cmd::Rollback => {
+            let s = ops::rollback()?;
+            println!("kiln-updater: slot {s} boots next");
+        }
+        Cmd::Reconcile => ops::reconcile()?,
+    }
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The disk the system booted from: its GPT partitions, the booted slot, the ESP mount.
+
+use kiln_boot::Slot;
+use kiln_initramfs::gpt::{parse_entries, parse_header, PartEntry};
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// The boot disk and what kiln-init was told on the command line.
+#[derive(Debug, Clone)]
+pub struct BootDisk {
+    /// e.g. `/dev/vda`.
+    pub disk: String,
+    pub booted: Slot,
+    pub parts: Vec<PartEntry>,
+    /// Kernel arguments of the booted entry other than root= and kiln.slot=.
+    pub extra_cmdline: String,
+}
+
+fn read_table(dev: &str) -> io::Result<Vec<PartEntry>> {
+    let mut f = fs::File::open(dev)?;
+    let mut lba1 = vec![0u8; 512];
+    f.seek(SeekFrom::Start(512))?;
+    f.read_exact(&mut lba1)?;
+    let hdr = parse_header(&lba1).map_err(io::Error::other)?;
+    let mut entries = vec![0u8; hdr.entries_len()];
+    f.seek(SeekFrom::Start(hdr.entries_lba * 512))?;
+    f.read_exact(&mut entries)?;
+    parse_entries(&hdr, &entries).map_err(io::Error::other)
+}
+
+impl BootDisk {
+    /// Finds the disk holding the booted root (`root=PARTUUID=` on /proc/cmdline).
+    pub fn detect() -> io::Result<BootDisk> {
+        let cmdline = fs::read_to_string("/proc/cmdline")?;
+        let c = kiln_initramfs::cmdline::parse(&cmdline);
+        let uuid = c
+            .root_partuuid
+            .ok_or_else(|| io::Error::other("no root=PARTUUID= on the kernel command line"))?;
+        let booted: Slot = c
+            .slot
+            .as_deref()
+            .unwrap_or("")
+            .parse()
+            .map_err(|_| io::Error::other("no kiln.slot= on the kernel command line"))?;
+        let extra_cmdline = cmdline
+            .split_whitespace()
+            .filter(|w| {
+                !w.starts_with("root=")
+                    && !w.starts_with("kiln.slot=")
+                    && !w.starts_with("BOOT_IMAGE=")
+                    && *w != "ro"
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut disks: Vec<String> = fs::read_dir("/sys/block")?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
+            .collect();
+        disks.sort();
+        for d in disks {
+            let dev = format!("/dev/{d}");
+            if let Ok(parts) = read_table(&dev) {
+                if parts.iter().any(|p| p.part_guid == uuid) {
+                    return Ok(BootDisk {
+                        disk: dev,
+                        booted,
+                        parts,
+                        extra_cmdline,
+                    });
+                }
+            }
+        }
+        Err(io::Error::other(format!(
+            "no disk holds the booted root partition {uuid}"
+        )))
+    }
+
+    pub fn part(&self, label: &str) -> io::Result<&PartEntry> {
+        self.parts.iter().find(|p| p.name == label).ok_or_else(|| {
+            io::Error::other(format!("{} has no partition labelled {label}", self.disk))
+        })
+    }
+
+    /// Device node of a partition (`/dev/vda3`, `/dev/nvme0n1p3`).
+    pub fn node(&self, p: &PartEntry) -> String {
+        let base = self.disk.trim_start_matches("/dev/");
+        let sep = if base.ends_with(|c: char| c.is_ascii_digit()) {
+            "p"
+        } else {
+            ""
+        };
+        format!("/dev/{base}{sep}{}", p.number)
+    }
+
+    /// Size in bytes of a partition.
+    pub fn size(p: &PartEntry) -> u64 {
+        (p.last_lba + 1 - p.first_lba) * 512
+    }
+
+    /// The kernel command line of `slot`.
+    pub fn cmdline(&self, slot: Slot) -> io::Result<String> {
+        let p = self.part(slot.partlabel())?;
+        Ok(format!(
+            "root=PARTUUID={} ro kiln.slot={slot} {}",
+            p.part_guid, self.extra_cmdline
+        )
+        .trim()
+        .to_string())
+    }
+}
+
+/// The ESP, mounted for the duration of an operation (unmounted on drop if we mounted it).
+pub struct Esp {
+    pub path: PathBuf,
+    mounted_here: bool,
+}
+
+impl Esp {
+    pub fn mount(disk: &BootDisk) -> io::Result<Esp> {
+        let path = PathBuf::from("/run/kiln/esp");
+        if is_mountpoint(&path) {
+            return Ok(Esp {
+                path,
+                mounted_here: false,
+            });
+        }
+        fs::create_dir_all(&path)?;
+        let node = disk.node(disk.part("esp")?);
+        nix::mount::mount(
+            Some(node.as_str()),
+            &path,
+            Some("vfat"),
+            nix::mount::MsFlags::MS_NOATIME
+                | nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV,
+            Some("flush"),
+        )
+        .map_err(|e| io::Error::other(format!("mounting the ESP {node}: {e}")))?;
+        Ok(Esp {
+            path,
+            mounted_here: true,
+        })
+    }
+
+    pub fn entries(&self) -> kiln_boot::systemd_boot::counting::EntriesDir {
+        kiln_boot::systemd_boot::counting::EntriesDir(self.path.join("loader/entries"))
+    }
+}
+
+impl Drop for Esp {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            nix::unistd::sync();
+            let _ = nix::mount::umount(&self.path);
+        }
+    }
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some(&*p.to_string_lossy()))
+        })
+        .unwrap_or(false)
+}

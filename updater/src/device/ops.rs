@@ -1,0 +1,402 @@
+//! The operations of `kiln-updater`. Order of commits in `install` (see docs/architecture.md):
+//! verify the manifest → remove the target slot's loader entry (committed) → write and verify
+//! the root → write kernel/initrd under temporary names, verify, rename → stage the slot with
+//! a try counter (committed last) → record on persist → reboot.
+
+use super::disk::{BootDisk, Esp};
+use super::state_file::{self, LastInstall, Staged, UpdaterState};
+use crate::bundle::keys::PublicKey;
+use crate::bundle::manifest::Policy;
+use crate::bundle::open::{open_verified, Limits};
+use crate::bundle::source::{BundleSource, DirSource, KbundleSource};
+use crate::install::{verify_payload, write_payload};
+use anyhow::{bail, Context, Result};
+use kiln_boot::state::{BootState, Health, SlotEntry, VerifiedSlot};
+use kiln_boot::systemd_boot::counting::{render, sync_dir};
+use kiln_boot::{esp_initrd, esp_kernel, Slot};
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Image identity and trust settings from the read-only root.
+pub const RELEASE: &str = "/usr/lib/kiln/release";
+pub const KEYS_DIR: &str = "/usr/lib/kiln/keys";
+pub const HEALTH: &str = "/usr/lib/kiln/health";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `KEY='value'` lines of the release file.
+pub fn release_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(|v| v.trim().trim_matches('\'').to_string())
+}
+
+struct Release {
+    name: String,
+    compatible: String,
+    threshold: usize,
+}
+
+fn release() -> Result<Release> {
+    let text = fs::read_to_string(RELEASE).with_context(|| format!("reading {RELEASE}"))?;
+    let get = |k| release_value(&text, k).with_context(|| format!("{RELEASE} has no {k}"));
+    Ok(Release {
+        name: get("KILN_NAME")?,
+        compatible: get("KILN_COMPATIBLE")?,
+        threshold: get("KILN_UPDATE_THRESHOLD")?
+            .parse()
+            .context("KILN_UPDATE_THRESHOLD")?,
+    })
+}
+
+fn trusted_keys() -> Result<Vec<PublicKey>> {
+    let mut keys = Vec::new();
+    let rd = fs::read_dir(KEYS_DIR)
+        .with_context(|| format!("reading {KEYS_DIR} (the image trusts no update key)"))?;
+    for e in rd {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "pub") {
+            let text = fs::read_to_string(&p)?;
+            keys.push(PublicKey::from_file(&text).with_context(|| format!("{}", p.display()))?);
+        }
+    }
+    if keys.is_empty() {
+        bail!("no trusted keys in {KEYS_DIR}");
+    }
+    Ok(keys)
+}
+
+/// A bundle from a URL, a `.kbundle` file or a directory.
+pub fn open_source(arg: &str) -> Result<Box<dyn BundleSource>> {
+    if arg.starts_with("http://") || arg.starts_with("https://") {
+        return Ok(Box::new(super::http::HttpSource::new(arg)?));
+    }
+    let p = Path::new(arg);
+    if p.is_dir() {
+        Ok(Box::new(DirSource(p.to_path_buf())))
+    } else if p.is_file() {
+        Ok(Box::new(KbundleSource::open(p)?))
+    } else {
+        bail!("{arg}: not a URL, bundle directory or .kbundle file")
+    }
+}
+
+struct Ctx {
+    disk: BootDisk,
+    esp: Esp,
+    release: Release,
+    cmdlines: [(Slot, String); 2],
+    state_dir: PathBuf,
+}
+
+impl Ctx {
+    fn open() -> Result<Ctx> {
+        let disk = BootDisk::detect().context("finding the boot disk")?;
+        let esp = Esp::mount(&disk)?;
+        let release = release()?;
+        let cmdlines = [
+            (Slot::A, disk.cmdline(Slot::A)?),
+            (Slot::B, disk.cmdline(Slot::B)?),
+        ];
+        Ok(Ctx {
+            disk,
+            esp,
+            release,
+            cmdlines,
+            state_dir: PathBuf::from(state_file::DIR),
+        })
+    }
+
+    fn read_boot(&self) -> Result<BootState> {
+        Ok(self
+            .esp
+            .entries()
+            .read()
+            .context("reading the loader entries")?
+            .0)
+    }
+
+    fn commit(&self, boot: &BootState) -> Result<()> {
+        let cmd = |s: Slot| {
+            self.cmdlines
+                .iter()
+                .find(|(x, _)| *x == s)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default()
+        };
+        self.esp
+            .entries()
+            .commit(boot, |s, e| render(s, e, &self.release.name, &cmd(s)))
+            .context("committing the loader entries")
+    }
+}
+
+/// Options of `install`.
+pub struct InstallOptions {
+    pub allow_downgrade: bool,
+    pub tries: u8,
+}
+
+/// Installs a bundle into the inactive slot and stages it. Returns the staged version.
+pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
+    let ctx = Ctx::open()?;
+    let booted = ctx.disk.booted;
+    let target = booted.other();
+    let mut st = state_file::load(&ctx.state_dir)?;
+    let src = open_source(source)?;
+    let policy = Policy {
+        compatible: ctx.release.compatible.clone(),
+        installed_sequence: st.installed_sequence,
+        allow_downgrade: o.allow_downgrade,
+        now: now(),
+    };
+    let v = open_verified(
+        src.as_ref(),
+        &trusted_keys()?,
+        ctx.release.threshold,
+        &policy,
+        &Limits::default(),
+    )
+    .with_context(|| format!("verifying {source}"))?;
+    let m = &v.manifest;
+    println!(
+        "kiln-updater: installing {} (sequence {}) into slot {target}",
+        m.version, m.sequence
+    );
+
+    // 1. The target slot is not bootable from here on (committed before any write).
+    let mut boot = ctx.read_boot()?;
+    boot.clear(target, booted)?;
+    ctx.commit(&boot)?;
+    st.last_install = Some(LastInstall {
+        version: m.version.clone(),
+        result: "in-progress".into(),
+        time: now(),
+    });
+    st.staged = None;
+    state_file::save(&ctx.state_dir, &st)?;
+
+    let result = (|| -> Result<String> {
+        // 2. Root.
+        let part = ctx.disk.part(target.partlabel())?;
+        let node = ctx.disk.node(part);
+        let dev = fs::File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_EXCL)
+            .open(&node)
+            .with_context(|| format!("opening {node} exclusively"))?;
+        let stats = write_payload(
+            src.as_ref(),
+            "root",
+            &m.payloads.root,
+            &dev,
+            0,
+            BootDisk::size(part),
+        )?;
+        let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)?;
+        println!(
+            "kiln-updater: root written and verified ({} chunks, {} bytes fetched)",
+            stats.chunks, stats.fetched
+        );
+        // 3. Kernel and initrd on the ESP: temporary name, verify, rename, sync the directory.
+        for (name, payload, dest) in [
+            ("kernel", &m.payloads.kernel, esp_kernel(target)),
+            ("initrd", &m.payloads.initrd, esp_initrd(target)),
+        ] {
+            let fin = ctx.esp.path.join(&dest);
+            let dir = fin.parent().expect("slot dir").to_path_buf();
+            fs::create_dir_all(&dir)?;
+            let tmp = fin.with_extension("new");
+            let f = fs::File::options()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&tmp)?;
+            write_payload(src.as_ref(), name, payload, &f, 0, u64::MAX)?;
+            verify_payload(name, payload, &f, 0)?;
+            drop(f);
+            fs::rename(&tmp, &fin)?;
+            sync_dir(&dir)?;
+        }
+        // 4. Stage: committed last.
+        let verified = VerifiedSlot::check(target, &m.version, &m.payloads.root.sha256, &root_sha)
+            .context("the root read back does not match the manifest")?;
+        boot.stage(verified, booted, o.tries)?;
+        ctx.commit(&boot)?;
+        Ok(root_sha)
+    })();
+    match result {
+        Ok(_) => {
+            fs::write(
+                ctx.state_dir.join(format!("slot-{target}.manifest.json")),
+                &v.bytes,
+            )?;
+            st.staged = Some(Staged {
+                slot: target.to_string(),
+                version: m.version.clone(),
+                sequence: m.sequence,
+            });
+            st.slot_versions
+                .insert(target.to_string(), m.version.clone());
+            st.last_install = Some(LastInstall {
+                version: m.version.clone(),
+                result: "staged".into(),
+                time: now(),
+            });
+            state_file::save(&ctx.state_dir, &st)?;
+            println!(
+                "kiln-updater: slot {target} staged with {} tries; reboot to try {}",
+                o.tries, m.version
+            );
+            Ok(m.version.clone())
+        }
+        Err(e) => {
+            st.last_install = Some(LastInstall {
+                version: m.version.clone(),
+                result: format!("failed: {e:#}"),
+                time: now(),
+            });
+            state_file::save(&ctx.state_dir, &st)?;
+            Err(e.context(format!(
+                "installing into slot {target} (left unbootable; slot {booted} untouched)"
+            )))
+        }
+    }
+}
+
+/// Notices a fallback: the staged slot ran out of tries and the loader booted the other one.
+pub fn reconcile() -> Result<()> {
+    let ctx = Ctx::open()?;
+    let mut boot = ctx.read_boot()?;
+    let Some((slot, entry)) = boot
+        .failed_slot(ctx.disk.booted)
+        .map(|(s, e)| (s, e.clone()))
+    else {
+        return Ok(());
+    };
+    let mut st = state_file::load(&ctx.state_dir)?;
+    println!(
+        "kiln-updater: slot {slot} ({}) failed to boot; rolled back to slot {}",
+        entry.version, ctx.disk.booted
+    );
+    boot.entries.remove(&slot);
+    ctx.commit(&boot)?;
+    st.rolled_back_from = Some(entry.version.clone());
+    st.staged = None;
+    st.last_install = Some(LastInstall {
+        version: entry.version,
+        result: "rolled-back".into(),
+        time: now(),
+    });
+    state_file::save(&ctx.state_dir, &st)?;
+    Ok(())
+}
+
+/// Runs the health checks, then blesses the booted slot if it is pending.
+pub fn mark_good() -> Result<bool> {
+    let ctx = Ctx::open()?;
+    let booted = ctx.disk.booted;
+    let mut boot = ctx.read_boot()?;
+    match boot.entries.get(&booted).map(|e| e.health) {
+        Some(Health::Good) => return Ok(false),
+        Some(Health::Pending { .. }) => {}
+        None => bail!("the booted slot {booted} has no loader entry"),
+    }
+    if Path::new(HEALTH).exists() {
+        let ok = std::process::Command::new(HEALTH)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            bail!("health check {HEALTH} failed: slot {booted} stays pending");
+        }
+    }
+    boot.bless(booted)?;
+    ctx.commit(&boot)?;
+    let mut st = state_file::load(&ctx.state_dir)?;
+    if let Some(s) = st.staged.take().filter(|s| s.slot == booted.to_string()) {
+        st.installed_sequence = Some(s.sequence);
+        st.last_install = Some(LastInstall {
+            version: s.version,
+            result: "good".into(),
+            time: now(),
+        });
+        let m = ctx.state_dir.join(format!("slot-{booted}.manifest.json"));
+        if m.exists() {
+            fs::copy(&m, ctx.state_dir.join("installed.manifest.json"))?;
+        }
+    }
+    state_file::save(&ctx.state_dir, &st)?;
+    println!("kiln-updater: slot {booted} marked good");
+    Ok(true)
+}
+
+/// Makes the other good slot the next boot.
+pub fn rollback() -> Result<Slot> {
+    let ctx = Ctx::open()?;
+    let mut boot = ctx.read_boot()?;
+    boot.rollback(ctx.disk.booted)?;
+    ctx.commit(&boot)?;
+    Ok(ctx.disk.booted.other())
+}
+
+/// `status --json`.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub booted: String,
+    pub next_boot: Option<String>,
+    pub slots: Vec<SlotStatus>,
+    pub installed_sequence: Option<u64>,
+    pub last_install: Option<LastInstall>,
+    pub rolled_back_from: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SlotStatus {
+    pub slot: String,
+    pub version: Option<String>,
+    /// good, pending, bad or empty.
+    pub state: String,
+    pub tries_left: Option<u8>,
+}
+
+pub fn status() -> Result<Status> {
+    let ctx = Ctx::open()?;
+    let boot = ctx.read_boot()?;
+    let st: UpdaterState = state_file::load(&ctx.state_dir)?;
+    let slots = Slot::ALL
+        .iter()
+        .map(|s| {
+            let e: Option<&SlotEntry> = boot.entries.get(s);
+            let (state, tries_left) = match e.map(|e| e.health) {
+                Some(Health::Good) => ("good", None),
+                Some(Health::Pending { tries_left: 0, .. }) => ("bad", Some(0)),
+                Some(Health::Pending { tries_left, .. }) => ("pending", Some(tries_left)),
+                None => ("empty", None),
+            };
+            SlotStatus {
+                slot: s.to_string(),
+                version: e.map(|e| e.version.clone()),
+                state: state.into(),
+                tries_left,
+            }
+        })
+        .collect();
+    Ok(Status {
+        booted: ctx.disk.booted.to_string(),
+        next_boot: boot.next_boot().map(|s| s.to_string()),
+        slots,
+        installed_sequence: st.installed_sequence,
+        last_install: st.last_install,
+        rolled_back_from: st.rolled_back_from,
+    })
+}

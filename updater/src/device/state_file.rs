@@ -1,0 +1,83 @@
+//! The updater's record on persist (`/persist/kiln/updater/state.json`): installed manifest
+//! sequence (the anti-downgrade floor), the last install's result, and rollbacks noticed.
+//! Written atomically (temporary file, fsync, rename, fsync of the directory).
+
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub const DIR: &str = "/persist/kiln/updater";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdaterState {
+    /// Sequence of the last blessed bundle: bundles must be above it.
+    #[serde(default)]
+    pub installed_sequence: Option<u64>,
+    /// Version per slot as last written (`a`, `b`).
+    #[serde(default)]
+    pub slot_versions: std::collections::BTreeMap<String, String>,
+    /// Sequence of the bundle staged in a slot, blessed → becomes installed_sequence.
+    #[serde(default)]
+    pub staged: Option<Staged>,
+    #[serde(default)]
+    pub last_install: Option<LastInstall>,
+    /// Version that failed to boot and was rolled back from, if any.
+    #[serde(default)]
+    pub rolled_back_from: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staged {
+    pub slot: String,
+    pub version: String,
+    pub sequence: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastInstall {
+    pub version: String,
+    pub result: String,
+    pub time: u64,
+}
+
+fn path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+pub fn load(dir: &Path) -> io::Result<UpdaterState> {
+    match fs::read(path(dir)) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| io::Error::other(format!("{}: {e}", path(dir).display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(UpdaterState::default()),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn save(dir: &Path, s: &UpdaterState) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(".state.json.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path(dir))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing_is_default() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(load(d.path()).unwrap(), UpdaterState::default());
+        let s = UpdaterState {
+            installed_sequence: Some(3),
+            rolled_back_from: Some("3.0".into()),
+            ..Default::default()
+        };
+        save(d.path(), &s).unwrap();
+        assert_eq!(load(d.path()).unwrap(), s);
+    }
+}
