@@ -121,7 +121,7 @@ fn watched(spec: &Spec) -> String {
         .join(" ")
 }
 
-/// Health check: exits 0 when every always-restarted service runs.
+/// Health check: exits 0 when every always-restarted service runs (`quiet`: no console line).
 pub fn health(spec: &Spec) -> String {
     format!(
         r#"#!/bin/sh
@@ -132,17 +132,17 @@ for s in {names}; do
   if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then down="$down $s"; fi
 done
 [ -z "$down" ] && exit 0
-echo "kiln-health: not running:$down" > /dev/console
+[ "$1" = quiet ] || echo "kiln-health: not running:$down" > /dev/console
 exit 1
 "#,
         names = watched(spec)
     )
 }
 
-/// Waits until every always-restarted service runs; then, if the image has the updater, notices
-/// a rolled-back update and blesses a pending slot; then prints the `kiln-ready` line.
+/// Waits (up to `update.health_timeout_secs`) for the health check to pass; then, if the image
+/// has the updater, notices a rolled-back update and blesses a pending slot (a pending slot
+/// that is not healthy reboots, so the boot counter decides); then prints `kiln-ready`.
 pub fn ready(spec: &Spec) -> String {
-    let names = watched(spec);
     format!(
         r#"#!/bin/sh
 # kiln readiness: waits for the services, then prints the kiln-ready line on the console.
@@ -151,19 +151,11 @@ slot=unknown
 for w in $(cat /proc/cmdline); do
   case "$w" in kiln.slot=*) slot="${{w#kiln.slot=}}";; esac
 done
+up=yes
 i=0
-while :; do
-  missing=""
-  for s in {names}; do
-    pid=$(cat "/run/kiln/svc/$s.pid" 2>/dev/null)
-    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then missing="$missing $s"; fi
-  done
-  [ -z "$missing" ] && break
+until /usr/lib/kiln/health quiet; do
   i=$((i + 1))
-  if [ "$i" -ge 600 ]; then
-    echo "kiln-not-ready: services not running after 120 s:$missing" > /dev/console
-    exit 1
-  fi
+  if [ "$i" -ge {ticks} ]; then up=no; break; fi
   sleep 0.2
 done
 if [ -x /usr/bin/kiln-updater ]; then
@@ -175,8 +167,15 @@ if [ -x /usr/bin/kiln-updater ]; then
     exit 1
   fi
 fi
+if [ "$up" = no ]; then
+  /usr/lib/kiln/health
+  echo "kiln-not-ready: services not running after {secs} s" > /dev/console
+  exit 1
+fi
 echo "kiln-ready slot=$slot version=$KILN_VERSION name=$KILN_NAME" > /dev/console
-"#
+"#,
+        ticks = spec.update.health_timeout_secs * 5,
+        secs = spec.update.health_timeout_secs,
     )
 }
 
@@ -262,7 +261,9 @@ restart = "never"
     #[test]
     fn ready_waits_for_restarted_services_only() {
         let r = ready(&spec(false));
-        assert!(r.contains("for s in cp; do"));
+        assert!(health(&spec(false)).contains("for s in cp; do"));
+        assert!(r.contains("until /usr/lib/kiln/health quiet; do"));
+        assert!(r.contains("-ge 600 ]"), "120 s at 5 checks a second");
         assert!(r.contains("kiln-ready slot=$slot version=$KILN_VERSION"));
         assert_eq!(
             release(&spec(false)),

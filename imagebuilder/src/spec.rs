@@ -64,6 +64,14 @@ pub struct UpdateSpec {
     /// Signatures from distinct trusted keys a bundle needs.
     #[serde(default = "default_threshold")]
     pub threshold: usize,
+    /// How long a boot waits for the services to be healthy before giving up (a pending slot
+    /// then reboots and the boot counter decides).
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_secs: u64,
+}
+
+fn default_health_timeout() -> u64 {
+    120
 }
 
 fn default_threshold() -> usize {
@@ -75,6 +83,7 @@ impl Default for UpdateSpec {
         UpdateSpec {
             keys: Vec::new(),
             threshold: default_threshold(),
+            health_timeout_secs: default_health_timeout(),
         }
     }
 }

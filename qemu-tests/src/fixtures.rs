@@ -44,6 +44,15 @@ pub fn build_default_with(
     out: &Path,
     change: impl FnOnce(&mut imagebuilder::spec::Spec),
 ) -> BuildReport {
+    build_default_custom(out, change, &init_bin())
+}
+
+/// Like [`build_default_with`], with another program as the initramfs's `/init`.
+pub fn build_default_custom(
+    out: &Path,
+    change: impl FnOnce(&mut imagebuilder::spec::Spec),
+    init: &Path,
+) -> BuildReport {
     let path = workspace().join("examples/default/image.toml");
     let mut spec = imagebuilder::validate::load(&path)
         .unwrap_or_else(|e| panic!("{e} (did scripts/deps.sh run?)"))
@@ -54,10 +63,69 @@ pub fn build_default_with(
         &resolved,
         &BuildOptions {
             out_dir: out.to_path_buf(),
-            init_bin: init_bin(),
+            init_bin: init.to_path_buf(),
             updater_bin: imagebuilder::find_device_binary("kiln-updater"),
             epoch: 1_700_000_000,
         },
     )
     .unwrap_or_else(|e| panic!("building the changed default image: {e}"))
+}
+
+/// Signs a bundle of the build in `build` with the development key of the default example.
+pub fn dev_bundle(
+    build: &Path,
+    out: &Path,
+    sequence: u64,
+) -> kiln_updater::bundle::manifest::Manifest {
+    imagebuilder::bundle::bundle(&imagebuilder::bundle::BundleArgs {
+        build,
+        keys: &[workspace().join("examples/default/keys/dev.key")],
+        out,
+        sequence,
+        expires_in: std::time::Duration::from_secs(30 * 86_400),
+        kbundle: None,
+    })
+    .unwrap_or_else(|e| panic!("bundling {}: {e:#}", build.display()))
+}
+
+/// A minimal static x86-64 ELF executable that exits with status 1 (`mov eax, 60; mov edi, 1;
+/// syscall`). As an initramfs `/init` it makes the kernel panic ("Attempted to kill init").
+pub fn exit_elf() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    let code: [u8; 12] = [0xb8, 0x3c, 0, 0, 0, 0xbf, 1, 0, 0, 0, 0x0f, 0x05];
+    let total = (64 + 56 + code.len()) as u64;
+    let mut e = Vec::new();
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&(BASE + 64 + 56).to_le_bytes()); // entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for v in [64u16, 56, 1, 0, 0, 0] {
+        e.extend_from_slice(&v.to_le_bytes());
+    }
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    for v in [0, BASE, BASE, total, total, 0x1000u64] {
+        e.extend_from_slice(&v.to_le_bytes());
+    }
+    e.extend_from_slice(&code);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn exit_elf_runs_and_exits_1() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("exit1");
+        std::fs::write(&p, super::exit_elf()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let st = std::process::Command::new(&p).status().unwrap();
+        assert_eq!(st.code(), Some(1));
+    }
 }
