@@ -7,7 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 deps="$root/.cache/deps"
 
-packages=(qemu-system-x86 qemu-utils ovmf systemd-boot-efi busybox-static e2fsprogs erofs-utils
+packages=(qemu-system-x86 qemu-utils ovmf systemd-boot-efi grub-efi-amd64-bin busybox-static e2fsprogs erofs-utils
           gdisk mtools dosfstools cpio kmod zstd)
 missing=()
 for p in "${packages[@]}"; do

@@ -10,6 +10,7 @@ pub mod elf;
 mod error;
 pub mod esp;
 mod esp_fixup;
+mod grub_image;
 pub mod layout;
 pub mod pipeline;
 pub mod qemu;

@@ -9,7 +9,8 @@ use crate::layout::{DiskLayout, Ids};
 use crate::services;
 use crate::spec::{Base, FsFormat, OutputFormat};
 use crate::validate::Resolved;
-use kiln_boot::state::{Health, SlotEntry};
+use kiln_boot::grub;
+use kiln_boot::state::{BootState, Health, SlotEntry};
 use kiln_boot::systemd_boot::{self, counting};
 use kiln_boot::Slot;
 use kiln_initramfs::archive::Contents;
@@ -179,7 +180,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         });
         let initrd = (|| -> Result<Vec<u8>, BuildError> {
             let initrd = t.step("build initramfs", || build_initramfs(r, opts, format))?;
-            let esp_files = esp_files(r, &kernel, &initrd, &line)?;
+            let esp_files = esp_files(r, work, opts.epoch, &kernel, &initrd, &line)?;
             let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
             // Room for the other slot's kernel and initrd too, plus FAT overhead.
             if esp_need * 2 + (8 << 20) > layout.esp.size {
@@ -437,43 +438,60 @@ fn build_initramfs(
 
 fn esp_files(
     r: &Resolved,
+    work: &Path,
+    epoch: u64,
     kernel: &[u8],
     initrd: &[u8],
     cmdline: &str,
 ) -> Result<Vec<crate::esp::EspFile>, BuildError> {
     use crate::esp::EspFile;
-    let loader = fs::read(&r.loader_efi).map_err(BuildError::io(format!(
-        "reading {}",
-        r.loader_efi.display()
-    )))?;
     let entry = SlotEntry {
         version: r.spec.version.clone(),
         priority: 1,
         health: Health::Good,
     };
-    Ok(vec![
-        EspFile {
-            path: systemd_boot::LOADER_PATH.into(),
-            data: loader,
-        },
-        EspFile {
-            path: "loader/loader.conf".into(),
-            data: systemd_boot::loader_conf().into_bytes(),
-        },
-        EspFile {
-            path: format!(
-                "loader/entries/{}",
-                counting::file_name(Slot::A, entry.health)
-            ),
-            data: counting::render(Slot::A, &entry, &r.spec.name, cmdline).into_bytes(),
-        },
-        EspFile {
-            path: kiln_boot::esp_kernel(Slot::A),
-            data: kernel.to_vec(),
-        },
-        EspFile {
-            path: kiln_boot::esp_initrd(Slot::A),
-            data: initrd.to_vec(),
-        },
-    ])
+    let mut files = match &r.loader_efi {
+        Some(efi) => vec![
+            EspFile {
+                path: systemd_boot::LOADER_PATH.into(),
+                data: fs::read(efi)
+                    .map_err(BuildError::io(format!("reading {}", efi.display())))?,
+            },
+            EspFile {
+                path: "loader/loader.conf".into(),
+                data: systemd_boot::loader_conf().into_bytes(),
+            },
+            EspFile {
+                path: format!(
+                    "loader/entries/{}",
+                    counting::file_name(Slot::A, entry.health)
+                ),
+                data: counting::render(Slot::A, &entry, &r.spec.name, cmdline).into_bytes(),
+            },
+        ],
+        None => {
+            let mut state = BootState::default();
+            state.entries.insert(Slot::A, entry);
+            vec![
+                EspFile {
+                    path: systemd_boot::LOADER_PATH.into(),
+                    data: crate::grub_image::build(work, epoch)?,
+                },
+                EspFile {
+                    path: grub::ENV_PATH.into(),
+                    data: grub::render_env(&state, |_| cmdline.to_string())
+                        .map_err(BuildError::io("rendering grubenv"))?,
+                },
+            ]
+        }
+    };
+    files.push(EspFile {
+        path: kiln_boot::esp_kernel(Slot::A),
+        data: kernel.to_vec(),
+    });
+    files.push(EspFile {
+        path: kiln_boot::esp_initrd(Slot::A),
+        data: initrd.to_vec(),
+    });
+    Ok(files)
 }

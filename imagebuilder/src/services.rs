@@ -32,11 +32,15 @@ fn shell_quote(s: &str) -> String {
 
 pub fn release(spec: &Spec) -> String {
     format!(
-        "KILN_NAME={}\nKILN_VERSION={}\nKILN_COMPATIBLE={}\nKILN_UPDATE_THRESHOLD={}\n",
+        "KILN_NAME={}\nKILN_VERSION={}\nKILN_COMPATIBLE={}\nKILN_UPDATE_THRESHOLD={}\nKILN_LOADER={}\n",
         shell_quote(&spec.name),
         shell_quote(&spec.version),
         shell_quote(&spec.compatible),
-        spec.update.threshold
+        spec.update.threshold,
+        match spec.boot.loader {
+            crate::spec::Loader::SystemdBoot => "systemd-boot",
+            crate::spec::Loader::Grub => "grub",
+        }
     )
 }
 
@@ -160,8 +164,9 @@ until /usr/lib/kiln/health quiet; do
 done
 if [ -x /usr/bin/kiln-updater ]; then
   /usr/bin/kiln-updater reconcile > /dev/console 2>&1
-  if ! /usr/bin/kiln-updater mark-good > /dev/console 2>&1; then
-    echo "kiln-not-ready: mark-good failed; rebooting so the boot counter decides" > /dev/console
+  /usr/bin/kiln-updater mark-good > /dev/console 2>&1
+  if [ $? -eq 3 ]; then
+    echo "kiln-not-ready: the pending slot is unhealthy; rebooting so the boot counter decides" > /dev/console
     sleep 2
     reboot
     exit 1
@@ -267,7 +272,7 @@ restart = "never"
         assert!(r.contains("kiln-ready slot=$slot version=$KILN_VERSION"));
         assert_eq!(
             release(&spec(false)),
-            "KILN_NAME='n'\nKILN_VERSION='1.2'\nKILN_COMPATIBLE='c'\nKILN_UPDATE_THRESHOLD=1\n"
+            "KILN_NAME='n'\nKILN_VERSION='1.2'\nKILN_COMPATIBLE='c'\nKILN_UPDATE_THRESHOLD=1\nKILN_LOADER=systemd-boot\n"
         );
     }
 }

@@ -31,7 +31,8 @@ pub struct Resolved {
     pub base: Base,
     pub overlays: Vec<PathBuf>,
     pub files: Vec<ResolvedFile>,
-    pub loader_efi: PathBuf,
+    /// The systemd-boot binary (None for GRUB, which is made at build time).
+    pub loader_efi: Option<PathBuf>,
     /// Trusted update keys: (key id, public key file text).
     pub update_keys: Vec<(String, String)>,
 }
@@ -244,18 +245,23 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
 
     // Boot.
     let loader_efi = match (spec.boot.loader, &spec.boot.efi) {
-        (Loader::Grub, _) => {
-            return Err(ctx.err("boot.loader", "grub is not supported yet; use systemd-boot"))
+        (Loader::Grub, Some(_)) => {
+            return Err(ctx.err(
+                "boot.efi",
+                "is for systemd-boot; GRUB is made with grub-mkstandalone",
+            ))
         }
-        (Loader::SystemdBoot, Some(p)) => ctx.existing("boot.efi", p, false)?,
-        (Loader::SystemdBoot, None) => ctx
-            .existing("boot.efi", Path::new(SYSTEMD_BOOT_EFI), false)
-            .map_err(|e| {
-                ctx.err(
-                    "boot.efi",
-                    format!("{} (install systemd-boot-efi)", e.message),
-                )
-            })?,
+        (Loader::Grub, None) => None,
+        (Loader::SystemdBoot, Some(p)) => Some(ctx.existing("boot.efi", p, false)?),
+        (Loader::SystemdBoot, None) => Some(
+            ctx.existing("boot.efi", Path::new(SYSTEMD_BOOT_EFI), false)
+                .map_err(|e| {
+                    ctx.err(
+                        "boot.efi",
+                        format!("{} (install systemd-boot-efi)", e.message),
+                    )
+                })?,
+        ),
     };
     if spec.boot.cmdline.contains('\n') {
         return Err(ctx.err("boot.cmdline", "must be one line"));

@@ -212,3 +212,42 @@ fn ext4_root_option_builds_a_clean_filesystem() {
     );
     assert!(ok && out.contains("symlink"), "{out}");
 }
+
+#[test]
+fn grub_disk_has_a_clean_esp_with_a_1024_byte_grubenv() {
+    let d = tempfile::tempdir().unwrap();
+    let r = build_default(d.path(), |s| {
+        s.boot.loader = imagebuilder::spec::Loader::Grub
+    });
+    let (ok, out) = tool("sgdisk", &["-v", r.disk.to_str().unwrap()]);
+    assert!(ok && out.contains("No problems found"), "{out}");
+    let esp = d.path().join("esp.img");
+    extract_part(&r.disk, r.partitions[0].offset, r.partitions[0].size, &esp);
+    let (ok, out) = tool("fsck.fat", &["-n", esp.to_str().unwrap()]);
+    assert!(ok && out.lines().count() == 2, "fsck.fat -n:\n{out}");
+    let env = d.path().join("grubenv");
+    let (ok, out) = tool(
+        "mcopy",
+        &[
+            "-i",
+            esp.to_str().unwrap(),
+            "::/EFI/kiln/grubenv",
+            env.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let block = std::fs::read(&env).unwrap();
+    assert_eq!(block.len(), 1024);
+    let vars = kiln_boot::grub::parse_vars(&block).unwrap();
+    assert_eq!(vars["ORDER"], "a");
+    assert_eq!(vars["A_STATE"], "good");
+    assert!(vars["A_CMDLINE"].contains(&format!("root=PARTUUID={}", r.partitions[1].guid)));
+    // grub-editenv, GRUB's own tool, reads the same block.
+    let (ok, listed) = tool("grub-editenv", &[env.to_str().unwrap(), "list"]);
+    assert!(ok && listed.contains("A_VERSION=1.0.0"), "{listed}");
+    let (ok, listing) = tool("mdir", &["-i", esp.to_str().unwrap(), "-/", "-b", "::"]);
+    assert!(
+        ok && listing.contains("::/EFI/BOOT/BOOTX64.EFI") && !listing.contains("::/loader/"),
+        "{listing}"
+    );
+}

@@ -3,6 +3,7 @@
 //! staged slot's tries run out, systemd-boot falls back to slot A, and the updater on A reports
 //! the rollback with the failed version.
 
+use imagebuilder::spec::Loader;
 use qemu_tests::http::StaticServer;
 use qemu_tests::{fixtures, Console};
 use std::time::Duration;
@@ -29,16 +30,33 @@ fn slot_state(s: &serde_json::Value, name: &str) -> String {
 }
 
 #[test]
-fn panicking_and_unhealthy_updates_roll_back() {
+fn panicking_and_unhealthy_updates_roll_back_systemd_boot() {
+    scenario(Loader::SystemdBoot);
+}
+
+#[test]
+fn panicking_and_unhealthy_updates_roll_back_grub() {
+    scenario(Loader::Grub);
+}
+
+fn scenario(loader: Loader) {
     let work = tempfile::tempdir().unwrap();
     let w = |n: &str| work.path().join(n);
-    let v1 = fixtures::build_default(&w("v1"));
+    let v1 = fixtures::build_default_with(&w("v1"), |s| s.boot.loader = loader);
     // v3: its initramfs /init exits at once: "Attempted to kill init", and panic=5 reboots.
     std::fs::write(w("exit1"), fixtures::exit_elf()).unwrap();
-    fixtures::build_default_custom(&w("v3"), |s| s.version = "3.0.0".into(), &w("exit1"));
+    fixtures::build_default_custom(
+        &w("v3"),
+        |s| {
+            s.version = "3.0.0".into();
+            s.boot.loader = loader;
+        },
+        &w("exit1"),
+    );
     // v4: a service that never stays up, so its health check fails.
     fixtures::build_default_with(&w("v4"), |s| {
         s.version = "4.0.0".into();
+        s.boot.loader = loader;
         s.update.health_timeout_secs = 10;
         s.services.push(imagebuilder::spec::Service {
             name: "flaky".into(),

@@ -4,6 +4,7 @@
 //! inactive slot unbootable.
 
 use imagebuilder::bundle::{bundle, BundleArgs};
+use imagebuilder::spec::Loader;
 use qemu_tests::http::StaticServer;
 use qemu_tests::{fixtures, Console};
 use std::fs;
@@ -30,10 +31,22 @@ fn slot<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
 }
 
 #[test]
-fn signed_update_over_http_then_a_tampered_bundle_is_refused() {
+fn signed_update_over_http_then_a_tampered_bundle_is_refused_systemd_boot() {
+    scenario(Loader::SystemdBoot);
+}
+
+#[test]
+fn signed_update_over_http_then_a_tampered_bundle_is_refused_grub() {
+    scenario(Loader::Grub);
+}
+
+fn scenario(loader: Loader) {
     let work = tempfile::tempdir().unwrap();
-    let v1 = fixtures::build_default(&work.path().join("v1"));
-    fixtures::build_default_with(&work.path().join("v2"), |s| s.version = "2.0.0".into());
+    let v1 = fixtures::build_default_with(&work.path().join("v1"), |s| s.boot.loader = loader);
+    fixtures::build_default_with(&work.path().join("v2"), |s| {
+        s.version = "2.0.0".into();
+        s.boot.loader = loader;
+    });
     let served = work.path().join("www");
     let key = fixtures::workspace().join("examples/default/keys/dev.key");
     let m = bundle(&BundleArgs {

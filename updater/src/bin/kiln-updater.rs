@@ -34,7 +34,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run the health checks and bless the booted slot.
+    /// Run the health checks and bless the booted slot (exit status 3: pending and unhealthy).
     MarkGood,
     /// Make the other good slot the default for the next boot.
     Rollback,
@@ -51,7 +51,13 @@ fn main() {
         .init();
     if let Err(e) = run() {
         eprintln!("kiln-updater: error: {e:#}");
-        std::process::exit(1);
+        // 3: a pending slot is unhealthy (the boot script reboots so the loader spends a try).
+        let code = if e.downcast_ref::<ops::Unhealthy>().is_some() {
+            3
+        } else {
+            1
+        };
+        std::process::exit(code);
     }
 }
 

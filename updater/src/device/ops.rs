@@ -11,6 +11,7 @@ use crate::bundle::open::{open_verified, Limits};
 use crate::bundle::source::{BundleSource, DirSource, KbundleSource};
 use crate::install::{verify_payload, write_payload};
 use anyhow::{bail, Context, Result};
+use kiln_boot::grub::{self, GrubEnv};
 use kiln_boot::state::{BootState, Health, SlotEntry, VerifiedSlot};
 use kiln_boot::systemd_boot::counting::{render, sync_dir};
 use kiln_boot::{esp_initrd, esp_kernel, Slot};
@@ -42,6 +43,7 @@ struct Release {
     name: String,
     compatible: String,
     threshold: usize,
+    grub: bool,
 }
 
 fn release() -> Result<Release> {
@@ -53,6 +55,7 @@ fn release() -> Result<Release> {
         threshold: get("KILN_UPDATE_THRESHOLD")?
             .parse()
             .context("KILN_UPDATE_THRESHOLD")?,
+        grub: release_value(&text, "KILN_LOADER").as_deref() == Some("grub"),
     })
 }
 
@@ -114,7 +117,15 @@ impl Ctx {
         })
     }
 
+    fn grubenv(&self) -> GrubEnv {
+        GrubEnv(self.esp.path.join(grub::ENV_PATH))
+    }
+
+    /// The A/B state from the loader's own records (grubenv or systemd-boot entries).
     fn read_boot(&self) -> Result<BootState> {
+        if self.release.grub {
+            return Ok(self.grubenv().read().context("reading grubenv")?.0);
+        }
         Ok(self
             .esp
             .entries()
@@ -131,6 +142,12 @@ impl Ctx {
                 .map(|(_, c)| c.clone())
                 .unwrap_or_default()
         };
+        if self.release.grub {
+            return self
+                .grubenv()
+                .commit(boot, cmd)
+                .context("committing grubenv");
+        }
         self.esp
             .entries()
             .commit(boot, |s, e| render(s, e, &self.release.name, &cmd(s)))
@@ -301,6 +318,11 @@ pub fn reconcile() -> Result<()> {
     Ok(())
 }
 
+/// A pending slot failed its health check: the caller should reboot so the loader spends a try.
+#[derive(Debug, thiserror::Error)]
+#[error("health check {HEALTH} failed: slot {0} stays pending")]
+pub struct Unhealthy(pub Slot);
+
 /// Runs the health checks, then blesses the booted slot if it is pending.
 pub fn mark_good() -> Result<bool> {
     let ctx = Ctx::open()?;
@@ -317,7 +339,7 @@ pub fn mark_good() -> Result<bool> {
             .map(|s| s.success())
             .unwrap_or(false);
         if !ok {
-            bail!("health check {HEALTH} failed: slot {booted} stays pending");
+            return Err(Unhealthy(booted).into());
         }
     }
     boot.bless(booted)?;
