@@ -126,6 +126,16 @@ fn scenario(loader: Loader) {
             > 0
     );
 
+    // `rollback` makes the other good slot the next boot; after a reboot A runs v1 again.
+    let out = c.ok("kiln-updater rollback").unwrap();
+    assert!(out.contains("slot a boots next"), "{out}");
+    assert_eq!(status(&mut c)["next_boot"], "a");
+    c.send_line("reboot").unwrap();
+    c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+    let s = status(&mut c);
+    assert_eq!(s["booted"], "a");
+    assert_eq!(slot(&s, "b")["state"], "good");
+
     // A tampered bundle: refused, the booted slot untouched, the inactive slot not bootable.
     let (rc, out) = c
         .sh(
@@ -139,11 +149,17 @@ fn scenario(loader: Loader) {
     assert_ne!(rc, 0, "tampered bundle accepted: {out}");
     assert!(out.contains("is corrupt"), "{out}");
     let s = status(&mut c);
-    assert_eq!(s["booted"], "b");
-    assert_eq!(slot(&s, "b")["state"], "good");
-    assert_eq!(slot(&s, "a")["state"], "empty");
-    assert_eq!(s["next_boot"], "b");
-    // The same bundle again is now a downgrade to the blessed sequence.
+    assert_eq!(s["booted"], "a");
+    assert_eq!(slot(&s, "a")["state"], "good");
+    assert_eq!(slot(&s, "b")["state"], "empty");
+    assert_eq!(s["next_boot"], "a");
+    // With no good other slot, rollback is refused.
+    let (rc, out) = c
+        .sh("kiln-updater rollback", Duration::from_secs(60))
+        .unwrap();
+    assert_ne!(rc, 0);
+    assert!(out.contains("slot b has no good entry"), "{out}");
+    // The v2 bundle again is not above the blessed sequence 2.
     let (rc, out) = c
         .sh(
             &format!(

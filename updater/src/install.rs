@@ -99,7 +99,24 @@ pub fn fetch_chunk(
     Ok((data, z.len() as u64))
 }
 
+/// Chunks fetched at once by [`write_payload`].
+pub const PARALLEL: usize = 4;
+
+/// Receives progress: bytes of `payload` written so far, out of its size.
+pub trait Progress: Sync {
+    fn update(&self, payload: &str, done: u64, total: u64);
+}
+
+/// No progress output.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn update(&self, _: &str, _: u64, _: u64) {}
+}
+
 /// Writes `payload` at `base` of `target` (at most `capacity` bytes there), then fsyncs.
+/// [`PARALLEL`] workers each take the next chunk, fetch and verify it, and write it at its
+/// offset: memory holds at most that many chunks. The first error stops every worker.
 pub fn write_payload(
     src: &dyn BundleSource,
     name: &str,
@@ -107,7 +124,10 @@ pub fn write_payload(
     target: &File,
     base: u64,
     capacity: u64,
+    progress: &dyn Progress,
 ) -> Result<Stats, InstallError> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Mutex;
     if payload.size > capacity {
         return Err(InstallError::TooBig {
             payload: name.into(),
@@ -115,24 +135,59 @@ pub fn write_payload(
             capacity,
         });
     }
-    let mut stats = Stats::default();
-    for (i, c) in payload.chunks.iter().enumerate() {
-        let (data, fetched) = fetch_chunk(src, name, i, c)?;
-        target
-            .write_all_at(&data, base + c.offset)
-            .map_err(|source| InstallError::Io {
-                context: format!("writing {name} chunk {i} at {}", base + c.offset),
-                source,
-            })?;
-        stats.chunks += 1;
-        stats.fetched += fetched;
-        stats.written += data.len() as u64;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let (chunks, fetched, written) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let first_error: Mutex<Option<(usize, InstallError)>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL.min(payload.chunks.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if failed.load(Ordering::SeqCst) || i >= payload.chunks.len() {
+                    return;
+                }
+                let c = &payload.chunks[i];
+                let r = fetch_chunk(src, name, i, c).and_then(|(data, z)| {
+                    target
+                        .write_all_at(&data, base + c.offset)
+                        .map_err(|source| InstallError::Io {
+                            context: format!("writing {name} chunk {i} at {}", base + c.offset),
+                            source,
+                        })
+                        .map(|()| (data.len() as u64, z))
+                });
+                match r {
+                    Ok((n, z)) => {
+                        chunks.fetch_add(1, Ordering::SeqCst);
+                        fetched.fetch_add(z, Ordering::SeqCst);
+                        let done = written.fetch_add(n, Ordering::SeqCst) + n;
+                        progress.update(name, done, payload.size);
+                    }
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        let mut slot = first_error.lock().expect("error lock");
+                        // Report the lowest-numbered failing chunk, whatever the thread timing.
+                        if slot.as_ref().is_none_or(|(j, _)| i < *j) {
+                            *slot = Some((i, e));
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some((_, e)) = first_error.into_inner().expect("error lock") {
+        return Err(e);
     }
     target.sync_all().map_err(|source| InstallError::Io {
         context: format!("syncing {name}"),
         source,
     })?;
-    Ok(stats)
+    Ok(Stats {
+        chunks: chunks.into_inner(),
+        fetched: fetched.into_inner(),
+        written: written.into_inner(),
+    })
 }
 
 /// Re-reads `payload.size` bytes at `base` of `target` and checks the payload's sha256;

@@ -69,7 +69,15 @@ fn outcome(src: &dyn BundleSource, threshold: usize, limits: &Limits) -> String 
             .unwrap();
         target.set_len(1 << 20).unwrap();
         let base = 4096; // payloads go at an offset, as into a partition of a disk
-        match write_payload(src, name, p, &target, base, (1 << 20) - base) {
+        match write_payload(
+            src,
+            name,
+            p,
+            &target,
+            base,
+            (1 << 20) - base,
+            &kiln_updater::install::Quiet,
+        ) {
             Ok(stats) => assert_eq!(stats.written, p.size),
             Err(InstallError::Corrupt { .. }) => return "chunk:corrupt".into(),
             Err(InstallError::Fetch {
@@ -213,5 +221,66 @@ fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
         )
         .is_err(),
         "refuses to overwrite"
+    );
+}
+
+#[test]
+fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Slow {
+        inner: DirSource,
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+    impl BundleSource for Slow {
+        fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            let r = self.inner.read(name, cap);
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            r
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+    let src = Slow {
+        inner: DirSource(fixtures().join("bundles/valid")),
+        now: AtomicUsize::new(0),
+        max: AtomicUsize::new(0),
+    };
+    let v = open_verified(&src, &trusted(), 1, &policy(), &Limits::default()).unwrap();
+    let root = &v.manifest.payloads.root;
+    assert!(
+        root.chunks.len() >= 2,
+        "fixture root has {} chunks",
+        root.chunks.len()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let target = fs::File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("t"))
+        .unwrap();
+    src.max.store(0, Ordering::SeqCst);
+    write_payload(
+        &src,
+        "root",
+        root,
+        &target,
+        0,
+        1 << 20,
+        &kiln_updater::install::Quiet,
+    )
+    .unwrap();
+    verify_payload("root", root, &target, 0).unwrap();
+    let max = src.max.load(Ordering::SeqCst);
+    assert!(max >= 2, "chunks were fetched one at a time");
+    assert!(
+        max <= kiln_updater::install::PARALLEL,
+        "{max} fetches at once"
     );
 }

@@ -4,4 +4,5 @@
 pub mod disk;
 pub mod http;
 pub mod ops;
+pub mod progress;
 pub mod state_file;

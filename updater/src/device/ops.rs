@@ -200,6 +200,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     st.staged = None;
     state_file::save(&ctx.state_dir, &st)?;
 
+    let progress = super::progress::Reporter::new();
     let result = (|| -> Result<String> {
         // 2. Root.
         let part = ctx.disk.part(target.partlabel())?;
@@ -217,6 +218,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             &dev,
             0,
             BootDisk::size(part),
+            &progress,
         )?;
         let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)?;
         println!(
@@ -238,7 +240,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 .read(true)
                 .write(true)
                 .open(&tmp)?;
-            write_payload(src.as_ref(), name, payload, &f, 0, u64::MAX)?;
+            write_payload(src.as_ref(), name, payload, &f, 0, u64::MAX, &progress)?;
             verify_payload(name, payload, &f, 0)?;
             drop(f);
             fs::rename(&tmp, &fin)?;
