@@ -155,10 +155,17 @@ pub mod counting {
                     Some(e) => {
                         let name = file_name(slot, e.health);
                         let content = text(slot, e);
-                        let unchanged = old_file.as_deref() == Some(name.as_str())
-                            && fs::read_to_string(self.0.join(&name)).is_ok_and(|t| t == content);
-                        if unchanged {
-                            continue;
+                        let same_text = old_file.as_ref().is_some_and(|o| {
+                            fs::read_to_string(self.0.join(o)).is_ok_and(|t| t == content)
+                        });
+                        match &old_file {
+                            Some(o) if same_text && *o == name => continue,
+                            // Only the counter changed (a bless): one atomic rename.
+                            Some(o) if same_text => {
+                                fs::rename(self.0.join(o), self.0.join(&name))?;
+                                continue;
+                            }
+                            _ => {}
                         }
                         let tmp = self.0.join(format!(".{name}.tmp"));
                         let mut f = fs::File::create(&tmp)?;

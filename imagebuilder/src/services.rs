@@ -125,7 +125,8 @@ fn watched(spec: &Spec) -> String {
         .join(" ")
 }
 
-/// Health check: exits 0 when every always-restarted service runs (`quiet`: no console line).
+/// Health check: exits 0 when every always-restarted service runs and every declared
+/// `update.health_checks` command succeeds (`quiet`: no console line).
 pub fn health(spec: &Spec) -> String {
     format!(
         r#"#!/bin/sh
@@ -135,11 +136,22 @@ for s in {names}; do
   pid=$(cat "/run/kiln/svc/$s.pid" 2>/dev/null)
   if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then down="$down $s"; fi
 done
-[ -z "$down" ] && exit 0
-[ "$1" = quiet ] || echo "kiln-health: not running:$down" > /dev/console
-exit 1
+if [ -n "$down" ]; then
+  [ "$1" = quiet ] || echo "kiln-health: not running:$down" > /dev/console
+  exit 1
+fi
+{checks}exit 0
 "#,
-        names = watched(spec)
+        names = watched(spec),
+        checks = spec
+            .update
+            .health_checks
+            .iter()
+            .map(|c| format!(
+                "if ! ( {c} ) >/dev/null 2>&1; then [ \"$1\" = quiet ] || echo {msg} > /dev/console; exit 1; fi\n",
+                msg = shell_quote(&format!("kiln-health: check failed: {c}"))
+            ))
+            .collect::<String>()
     )
 }
 
@@ -267,6 +279,20 @@ restart = "never"
     fn ready_waits_for_restarted_services_only() {
         let r = ready(&spec(false));
         assert!(health(&spec(false)).contains("for s in cp; do"));
+        let mut with_check = spec(false);
+        with_check
+            .update
+            .health_checks
+            .push("test -e /run/ok".into());
+        let h = health(&with_check);
+        assert!(
+            h.contains("if ! ( test -e /run/ok ) >/dev/null 2>&1; then"),
+            "{h}"
+        );
+        assert!(
+            h.contains("'kiln-health: check failed: test -e /run/ok'"),
+            "{h}"
+        );
         assert!(r.contains("until /usr/lib/kiln/health quiet; do"));
         assert!(r.contains("-ge 600 ]"), "120 s at 5 checks a second");
         assert!(r.contains("kiln-ready slot=$slot version=$KILN_VERSION"));

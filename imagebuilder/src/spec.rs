@@ -68,6 +68,10 @@ pub struct UpdateSpec {
     /// then reboots and the boot counter decides).
     #[serde(default = "default_health_timeout")]
     pub health_timeout_secs: u64,
+    /// Extra health checks (shell command lines) that must all succeed, besides the services
+    /// running, before a new slot is blessed.
+    #[serde(default)]
+    pub health_checks: Vec<String>,
 }
 
 fn default_health_timeout() -> u64 {
@@ -84,6 +88,7 @@ impl Default for UpdateSpec {
             keys: Vec::new(),
             threshold: default_threshold(),
             health_timeout_secs: default_health_timeout(),
+            health_checks: Vec::new(),
         }
     }
 }

@@ -53,16 +53,27 @@ fn scenario(loader: Loader) {
         },
         &w("exit1"),
     );
-    // v4: a service that never stays up, so its health check fails.
+    // v4: unhealthy. With systemd-boot a service never stays up; with GRUB a health check
+    // declared in the spec fails.
+    let (unhealthy, health_msg) = match loader {
+        Loader::SystemdBoot => (None, "kiln-health: not running: flaky"),
+        Loader::Grub => (
+            Some("test -e /etc/never-there"),
+            "kiln-health: check failed: test -e /etc/never-there",
+        ),
+    };
     fixtures::build_default_with(&w("v4"), |s| {
         s.version = "4.0.0".into();
         s.boot.loader = loader;
         s.update.health_timeout_secs = 10;
-        s.services.push(imagebuilder::spec::Service {
-            name: "flaky".into(),
-            command: "/bin/false".into(),
-            restart: imagebuilder::spec::Restart::Always,
-        });
+        match unhealthy {
+            Some(check) => s.update.health_checks.push(check.into()),
+            None => s.services.push(imagebuilder::spec::Service {
+                name: "flaky".into(),
+                command: "/bin/false".into(),
+                restart: imagebuilder::spec::Restart::Always,
+            }),
+        }
     });
     fixtures::dev_bundle(&w("v3"), &w("www/v3"), 3);
     fixtures::dev_bundle(&w("v4"), &w("www/v4"), 4);
@@ -102,8 +113,7 @@ fn scenario(loader: Loader) {
         .unwrap();
     c.expect("kiln-updater: slot b staged", Duration::from_secs(600))
         .unwrap();
-    c.expect("kiln-health: not running: flaky", Duration::from_secs(240))
-        .unwrap();
+    c.expect(health_msg, Duration::from_secs(240)).unwrap();
     let fallback = c
         .expect("kiln-ready slot=a version=1.0.0", Duration::from_secs(900))
         .unwrap();
