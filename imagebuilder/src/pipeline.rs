@@ -143,7 +143,8 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
     let disk_ref = &disk;
     let (root, persist, initrd) = std::thread::scope(|s| {
         let root = s.spawn(|| -> Result<u64, BuildError> {
-            let tree = work.join("root");
+            let staging = staging_dir(work, layout.root_a.size)?;
+            let tree = staging.path().join("root");
             fs::create_dir(&tree).map_err(BuildError::io("creating the staging root"))?;
             t.step("assemble root tree", || assemble_tree(r, opts, &tree))?;
             let size = t.step("make root image", || {
@@ -295,6 +296,33 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
     }
     let _ = fs::remove_file(crate::qemu::vars_path(&opts.out_dir.join("disk.raw")));
     Ok(report)
+}
+
+/// Where the root tree is staged: `$KILN_STAGING_DIR`, else `/dev/shm` when it is a tmpfs with
+/// room for twice the root slot (creating thousands of small files and symlinks there is far
+/// cheaper than on a journaled disk), else the build's work directory.
+fn staging_dir(work: &Path, slot: u64) -> Result<tempfile::TempDir, BuildError> {
+    let shm = Path::new("/dev/shm");
+    let base = match std::env::var_os("KILN_STAGING_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let roomy = nix::sys::statvfs::statvfs(shm)
+                .map(|v| v.blocks_available() * v.fragment_size() > 2 * slot)
+                .unwrap_or(false);
+            if roomy {
+                shm.to_path_buf()
+            } else {
+                work.to_path_buf()
+            }
+        }
+    };
+    tempfile::Builder::new()
+        .prefix(".kiln-stage-")
+        .tempdir_in(&base)
+        .map_err(BuildError::io(format!(
+            "creating a staging directory in {}",
+            base.display()
+        )))
 }
 
 /// Joins a build thread, turning a panic into an error.
