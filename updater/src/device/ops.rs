@@ -91,9 +91,25 @@ pub fn open_source(arg: &str) -> Result<Box<dyn BundleSource>> {
     }
 }
 
+/// One updater operation at a time (the boot-time reconcile/mark-good and an install must not
+/// interleave): an exclusive `flock` on /run/kiln/updater.lock, waited for.
+fn lock() -> Result<nix::fcntl::Flock<fs::File>> {
+    fs::create_dir_all("/run/kiln").context("creating /run/kiln")?;
+    let f = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/kiln/updater.lock")
+        .context("opening /run/kiln/updater.lock")?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking /run/kiln/updater.lock: {e}"))
+}
+
 struct Ctx {
+    // Field order is drop order: the ESP is unmounted before the lock is released.
     disk: BootDisk,
     esp: Esp,
+    _lock: nix::fcntl::Flock<fs::File>,
     release: Release,
     cmdlines: [(Slot, String); 2],
     state_dir: PathBuf,
@@ -101,6 +117,7 @@ struct Ctx {
 
 impl Ctx {
     fn open() -> Result<Ctx> {
+        let lock = lock()?;
         let disk = BootDisk::detect().context("finding the boot disk")?;
         let esp = Esp::mount(&disk)?;
         let release = release()?;
@@ -111,6 +128,7 @@ impl Ctx {
         Ok(Ctx {
             disk,
             esp,
+            _lock: lock,
             release,
             cmdlines,
             state_dir: PathBuf::from(state_file::DIR),
