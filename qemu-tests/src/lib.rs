@@ -5,5 +5,6 @@
 mod console;
 pub mod fixtures;
 pub mod http;
+pub mod updater;
 
 pub use console::{Console, ConsoleError};

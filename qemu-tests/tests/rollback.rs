@@ -5,29 +5,9 @@
 
 use imagebuilder::spec::Loader;
 use qemu_tests::http::StaticServer;
+use qemu_tests::updater::{slot, status};
 use qemu_tests::{fixtures, Console};
 use std::time::Duration;
-
-fn status(c: &mut Console) -> serde_json::Value {
-    let out = c.ok("kiln-updater status --json").unwrap();
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON in {out:?}"));
-    serde_json::from_str(line).unwrap()
-}
-
-fn slot_state(s: &serde_json::Value, name: &str) -> String {
-    s["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["slot"] == name)
-        .unwrap()["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 #[test]
 fn panicking_and_unhealthy_updates_roll_back_systemd_boot() {
@@ -105,8 +85,8 @@ fn scenario(loader: Loader) {
     assert_eq!(s["booted"], "a");
     assert_eq!(s["rolled_back_from"], "3.0.0");
     assert_eq!(s["last_install"]["result"], "rolled-back");
-    assert_eq!(slot_state(&s, "a"), "good");
-    assert_eq!(slot_state(&s, "b"), "empty");
+    assert_eq!(slot(&s, "a")["state"], "good");
+    assert_eq!(slot(&s, "b")["state"], "empty");
 
     // v4: boots, but its health check fails on every try.
     c.send_line(&format!("kiln-updater install {}", server.guest_url("v4")))
@@ -128,5 +108,5 @@ fn scenario(loader: Loader) {
     let s = status(&mut c);
     assert_eq!(s["booted"], "a");
     assert_eq!(s["rolled_back_from"], "4.0.0");
-    assert_eq!(slot_state(&s, "b"), "empty");
+    assert_eq!(slot(&s, "b")["state"], "empty");
 }

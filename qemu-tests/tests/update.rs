@@ -6,29 +6,12 @@
 use imagebuilder::bundle::{bundle, BundleArgs};
 use imagebuilder::spec::Loader;
 use qemu_tests::http::StaticServer;
+use qemu_tests::updater::{slot, status};
 use qemu_tests::{fixtures, Console};
 use std::fs;
 use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(240);
-
-fn status(c: &mut Console) -> serde_json::Value {
-    let out = c.ok("kiln-updater status --json").unwrap();
-    let line = out
-        .lines()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON in {out:?}"));
-    serde_json::from_str(line).unwrap()
-}
-
-fn slot<'a>(s: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    s["slots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["slot"] == name)
-        .unwrap()
-}
 
 #[test]
 fn signed_update_over_http_then_a_tampered_bundle_is_refused_systemd_boot() {
@@ -73,7 +56,7 @@ fn scenario(loader: Loader) {
     fs::write(
         served
             .join("tampered")
-            .join(kiln_updater_chunk_path(&c0.sha256)),
+            .join(kiln_updater::bundle::chunk_path(&c0.sha256)),
         fake,
     )
     .unwrap();
@@ -171,8 +154,4 @@ fn scenario(loader: Loader) {
         .unwrap();
     assert_ne!(rc, 0);
     assert!(out.contains("not above the installed sequence 2"), "{out}");
-}
-
-fn kiln_updater_chunk_path(sha: &str) -> String {
-    format!("chunks/{}/{sha}.zst", &sha[..2])
 }

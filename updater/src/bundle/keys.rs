@@ -35,6 +35,18 @@ pub enum SignatureError {
     NotEnough { valid: usize, needed: usize },
 }
 
+/// The 32 key bytes of a key file `<tag> <hex>`.
+fn key_bytes(text: &str, tag: &str, kind: &'static str) -> Result<[u8; 32], KeyError> {
+    let hexed = text
+        .trim()
+        .strip_prefix(tag)
+        .ok_or(KeyError::Format(kind))?;
+    hex::decode(hexed.trim())
+        .map_err(|_| KeyError::Bytes)?
+        .try_into()
+        .map_err(|_| KeyError::Bytes)
+}
+
 fn key_id(public: &VerifyingKey) -> String {
     hex::encode(Sha256::digest(public.as_bytes()))[..16].to_string()
 }
@@ -68,15 +80,7 @@ impl SecretKey {
     }
 
     pub fn from_file(text: &str) -> Result<SecretKey, KeyError> {
-        let hexed = text
-            .trim()
-            .strip_prefix(SECRET_TAG)
-            .ok_or(KeyError::Format("secret"))?;
-        let bytes: [u8; 32] = hex::decode(hexed.trim())
-            .map_err(|_| KeyError::Bytes)?
-            .try_into()
-            .map_err(|_| KeyError::Bytes)?;
-        Ok(SecretKey::from_seed(bytes))
+        Ok(SecretKey::from_seed(key_bytes(text, SECRET_TAG, "secret")?))
     }
 
     /// Signs the exact manifest bytes.
@@ -98,15 +102,7 @@ impl PublicKey {
     }
 
     pub fn from_file(text: &str) -> Result<PublicKey, KeyError> {
-        let hexed = text
-            .trim()
-            .strip_prefix(PUBLIC_TAG)
-            .ok_or(KeyError::Format("public"))?;
-        let bytes: [u8; 32] = hex::decode(hexed.trim())
-            .map_err(|_| KeyError::Bytes)?
-            .try_into()
-            .map_err(|_| KeyError::Bytes)?;
-        VerifyingKey::from_bytes(&bytes)
+        VerifyingKey::from_bytes(&key_bytes(text, PUBLIC_TAG, "public")?)
             .map(PublicKey)
             .map_err(|_| KeyError::Bytes)
     }
