@@ -56,6 +56,36 @@ pub struct Stats {
     pub fetched: u64,
     /// Uncompressed bytes written to the target.
     pub written: u64,
+    /// Chunks already in the target with the right digest (an interrupted install run again):
+    /// neither fetched nor written.
+    pub present: u64,
+}
+
+/// Whether `target` already holds chunk `c` at `base` (read back and hashed).
+fn already_present(target: &File, base: u64, c: &crate::bundle::manifest::Chunk) -> bool {
+    let mut buf = vec![0u8; c.length as usize];
+    target.read_exact_at(&mut buf, base + c.offset).is_ok()
+        && hex::encode(Sha256::digest(&buf)) == c.sha256
+}
+
+/// [`fetch_chunk`] with the source's extra attempts for bodies that did not verify.
+fn fetch_verified(
+    src: &dyn BundleSource,
+    payload: &str,
+    index: usize,
+    c: &crate::bundle::manifest::Chunk,
+) -> Result<(Vec<u8>, u64), InstallError> {
+    let mut attempt = 0;
+    loop {
+        match fetch_chunk(src, payload, index, c) {
+            Err(InstallError::Corrupt { reason, .. }) if attempt < src.corrupt_retries() => {
+                tracing::warn!("{payload} chunk {index}: {reason}; fetching it again");
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Fetches, decompresses and verifies one chunk; returns its bytes.
@@ -115,8 +145,10 @@ impl Progress for Quiet {
 }
 
 /// Writes `payload` at `base` of `target` (at most `capacity` bytes there), then fsyncs.
-/// [`PARALLEL`] workers each take the next chunk, fetch and verify it, and write it at its
-/// offset: memory holds at most that many chunks. The first error stops every worker.
+/// [`PARALLEL`] workers each take the next chunk; a chunk the target already holds (read back
+/// and hashed: an interrupted install run again) is skipped; otherwise it is fetched, verified
+/// and written at its offset. Memory holds at most [`PARALLEL`] chunks. The first error stops
+/// every worker; nothing unverified is ever written.
 pub fn write_payload(
     src: &dyn BundleSource,
     name: &str,
@@ -137,7 +169,13 @@ pub fn write_payload(
     }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let (chunks, fetched, written) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (chunks, fetched, written, present) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    );
+    let done = AtomicU64::new(0); // progress: bytes written or found present
     let first_error: Mutex<Option<(usize, InstallError)>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..PARALLEL.min(payload.chunks.len().max(1)) {
@@ -147,7 +185,14 @@ pub fn write_payload(
                     return;
                 }
                 let c = &payload.chunks[i];
-                let r = fetch_chunk(src, name, i, c).and_then(|(data, z)| {
+                if already_present(target, base, c) {
+                    present.fetch_add(1, Ordering::SeqCst);
+                    let done = written.fetch_add(u64::from(c.length), Ordering::SeqCst)
+                        + u64::from(c.length);
+                    progress.update(name, done, payload.size);
+                    continue;
+                }
+                let r = fetch_verified(src, name, i, c).and_then(|(data, z)| {
                     target
                         .write_all_at(&data, base + c.offset)
                         .map_err(|source| InstallError::Io {
@@ -160,8 +205,12 @@ pub fn write_payload(
                     Ok((n, z)) => {
                         chunks.fetch_add(1, Ordering::SeqCst);
                         fetched.fetch_add(z, Ordering::SeqCst);
-                        let done = written.fetch_add(n, Ordering::SeqCst) + n;
-                        progress.update(name, done, payload.size);
+                        written.fetch_add(n, Ordering::SeqCst);
+                        progress.update(
+                            name,
+                            done.fetch_add(n, Ordering::SeqCst) + n,
+                            payload.size,
+                        );
                     }
                     Err(e) => {
                         failed.store(true, Ordering::SeqCst);
@@ -187,6 +236,7 @@ pub fn write_payload(
         chunks: chunks.into_inner(),
         fetched: fetched.into_inner(),
         written: written.into_inner(),
+        present: present.into_inner(),
     })
 }
 

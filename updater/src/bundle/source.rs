@@ -27,6 +27,11 @@ pub trait BundleSource: Send + Sync {
     fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError>;
     /// For messages.
     fn describe(&self) -> String;
+    /// Extra attempts for a chunk whose bytes arrived but did not verify (a network source may
+    /// have handed out a damaged body; a local file will not change by asking again).
+    fn corrupt_retries(&self) -> u32 {
+        0
+    }
 }
 
 fn read_capped(mut r: impl Read, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {

@@ -9,13 +9,38 @@ pub struct HttpSource {
     base: String,
     client: reqwest::blocking::Client,
     retries: u32,
+    backoff: Duration,
+}
+
+/// Timeouts and retries of an [`HttpSource`].
+#[derive(Debug, Clone, Copy)]
+pub struct HttpOptions {
+    /// Whole-request limit: a stalled response fails after this and is retried.
+    pub timeout: Duration,
+    pub retries: u32,
+    /// First retry delay; doubled on each retry.
+    pub backoff: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            timeout: Duration::from_secs(120),
+            retries: 4,
+            backoff: Duration::from_millis(500),
+        }
+    }
 }
 
 impl HttpSource {
     pub fn new(url: &str) -> Result<HttpSource, SourceError> {
+        HttpSource::with_options(url, HttpOptions::default())
+    }
+
+    pub fn with_options(url: &str, o: HttpOptions) -> Result<HttpSource, SourceError> {
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .timeout(o.timeout)
             .build()
             .map_err(|e| SourceError::Io {
                 name: url.into(),
@@ -24,7 +49,8 @@ impl HttpSource {
         Ok(HttpSource {
             base: url.trim_end_matches('/').to_string(),
             client,
-            retries: 4,
+            retries: o.retries,
+            backoff: o.backoff,
         })
     }
 
@@ -76,7 +102,7 @@ impl HttpSource {
 
 impl BundleSource for HttpSource {
     fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
-        let mut delay = Duration::from_millis(500);
+        let mut delay = self.backoff;
         let mut attempt = 0;
         loop {
             match self.get_once(name, cap) {
@@ -93,5 +119,8 @@ impl BundleSource for HttpSource {
     }
     fn describe(&self) -> String {
         self.base.clone()
+    }
+    fn corrupt_retries(&self) -> u32 {
+        2
     }
 }

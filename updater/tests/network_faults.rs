@@ -1,0 +1,300 @@
+//! Installs over HTTP against a fault-injecting server on 127.0.0.1: HTTP 500, a connection
+//! dropped mid-body, a stalled response, a wrong body. The install retries with backoff, never
+//! writes an unverified byte, and a second run fetches only what the first did not verify.
+
+use kiln_updater::bundle::chunk_path;
+use kiln_updater::bundle::keys::PublicKey;
+use kiln_updater::bundle::manifest::{Manifest, Policy};
+use kiln_updater::bundle::open::{open_verified, Limits};
+use kiln_updater::device::http::{HttpOptions, HttpSource};
+use kiln_updater::install::{verify_payload, write_payload, InstallError, Quiet, Stats};
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Status500,
+    DropMidBody,
+    Stall,
+    WrongBody,
+}
+
+/// Per path: the faults of successive requests (then the file is served), or `always`.
+#[derive(Default)]
+struct Plan {
+    faults: HashMap<String, Vec<Fault>>,
+    always: HashMap<String, Fault>,
+    requests: HashMap<String, u32>,
+}
+
+struct FaultServer {
+    port: u16,
+    plan: Arc<Mutex<Plan>>,
+}
+
+impl FaultServer {
+    fn start(root: PathBuf, plan: Plan) -> FaultServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let plan = Arc::new(Mutex::new(plan));
+        let p2 = plan.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (root, plan) = (root.clone(), p2.clone());
+                std::thread::spawn(move || serve(conn, &root, &plan));
+            }
+        });
+        FaultServer { port, plan }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+    fn requests(&self, path: &str) -> u32 {
+        self.plan
+            .lock()
+            .unwrap()
+            .requests
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn serve(conn: TcpStream, root: &Path, plan: &Mutex<Plan>) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+        }
+        let path = line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .trim_start_matches('/')
+            .to_string();
+        let fault = {
+            let mut p = plan.lock().unwrap();
+            *p.requests.entry(path.clone()).or_default() += 1;
+            let always = p.always.get(&path).copied();
+            always.or_else(|| {
+                p.faults
+                    .get_mut(&path)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| v.remove(0))
+            })
+        };
+        let body = match fs::File::open(root.join(&path)) {
+            Ok(mut f) => {
+                let mut b = Vec::new();
+                f.read_to_end(&mut b).unwrap();
+                b
+            }
+            Err(_) => {
+                let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                continue;
+            }
+        };
+        let head = |n: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+        match fault {
+            Some(Fault::Status500) => {
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+                );
+            }
+            Some(Fault::DropMidBody) => {
+                let _ = out.write_all(head(body.len()).as_bytes());
+                let _ = out.write_all(&body[..body.len() / 2]);
+                return; // connection closed mid-body
+            }
+            Some(Fault::Stall) => {
+                std::thread::sleep(Duration::from_secs(3));
+                return;
+            }
+            Some(Fault::WrongBody) => {
+                let mut bad = body.clone();
+                for b in bad.iter_mut() {
+                    *b ^= 0x55;
+                }
+                let _ = out.write_all(head(bad.len()).as_bytes());
+                let _ = out.write_all(&bad);
+            }
+            None => {
+                let _ = out.write_all(head(body.len()).as_bytes());
+                let _ = out.write_all(&body);
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn source(server: &FaultServer) -> HttpSource {
+    HttpSource::with_options(
+        &server.url(),
+        HttpOptions {
+            timeout: Duration::from_secs(1),
+            retries: 4,
+            backoff: Duration::from_millis(50),
+        },
+    )
+    .unwrap()
+}
+
+fn manifest(src: &HttpSource) -> Manifest {
+    let key =
+        PublicKey::from_file(&fs::read_to_string(fixtures().join("keys/trusted.pub")).unwrap())
+            .unwrap();
+    let policy = Policy {
+        compatible: "kiln-fixture-x86_64".into(),
+        installed_sequence: None,
+        allow_downgrade: false,
+        now: 1_800_000_000,
+    };
+    open_verified(src, &[key], 1, &policy, &Limits::default())
+        .unwrap()
+        .manifest
+}
+
+/// Installs the root payload into `target` (1 MiB file).
+fn install_root(src: &HttpSource, m: &Manifest, target: &fs::File) -> Result<Stats, InstallError> {
+    write_payload(src, "root", &m.payloads.root, target, 0, 1 << 20, &Quiet)
+}
+
+fn target(dir: &Path) -> fs::File {
+    let f = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(dir.join("slot"))
+        .unwrap();
+    f.set_len(1 << 20).unwrap();
+    f
+}
+
+fn valid_manifest() -> Manifest {
+    serde_json::from_slice(&fs::read(fixtures().join("bundles/valid/manifest.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn each_fault_is_retried_and_the_install_verifies() {
+    let m0 = valid_manifest();
+    let chunk =
+        |p: &kiln_updater::bundle::manifest::Payload, i: usize| chunk_path(&p.chunks[i].sha256);
+    let faulty = [
+        (chunk(&m0.payloads.root, 0), Fault::Status500),
+        (chunk(&m0.payloads.root, 1), Fault::DropMidBody),
+        (chunk(&m0.payloads.kernel, 0), Fault::Stall),
+        (chunk(&m0.payloads.initrd, 0), Fault::WrongBody),
+    ];
+    let mut plan = Plan::default();
+    for (p, f) in &faulty {
+        plan.faults.insert(p.clone(), vec![*f]);
+    }
+    let server = FaultServer::start(fixtures().join("bundles/valid"), plan);
+    let src = source(&server);
+    let m = manifest(&src);
+    let dir = tempfile::tempdir().unwrap();
+    for (name, p) in m.payloads.named() {
+        let f = fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join(name))
+            .unwrap();
+        let stats = write_payload(&src, name, p, &f, 0, 1 << 20, &Quiet)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(stats.written, p.size);
+        verify_payload(name, p, &f, 0).unwrap();
+    }
+    for (p, f) in &faulty {
+        assert_eq!(
+            server.requests(p),
+            2,
+            "{f:?} on {p} was not retried exactly once"
+        );
+    }
+}
+
+#[test]
+fn a_chunk_that_never_verifies_is_never_written() {
+    let m0 = valid_manifest();
+    let bad = &m0.payloads.root.chunks[1];
+    let mut plan = Plan::default();
+    plan.always
+        .insert(chunk_path(&bad.sha256), Fault::WrongBody);
+    let server = FaultServer::start(fixtures().join("bundles/valid"), plan);
+    let src = source(&server);
+    let m = manifest(&src);
+    let dir = tempfile::tempdir().unwrap();
+    let t = target(dir.path());
+    let e = install_root(&src, &m, &t).unwrap_err();
+    assert!(matches!(e, InstallError::Corrupt { index: 1, .. }), "{e}");
+    assert_eq!(
+        server.requests(&chunk_path(&bad.sha256)),
+        3,
+        "one fetch and two retries"
+    );
+    let mut region = vec![0u8; bad.length as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&t, &mut region, bad.offset).unwrap();
+    assert!(
+        region.iter().all(|&b| b == 0),
+        "unverified bytes reached the target"
+    );
+}
+
+#[test]
+fn a_second_run_fetches_only_what_is_missing() {
+    let m0 = valid_manifest();
+    let chunks = &m0.payloads.root.chunks;
+    let last = chunk_path(&chunks[chunks.len() - 1].sha256);
+    let mut plan = Plan::default();
+    plan.always.insert(last.clone(), Fault::Status500);
+    let server = FaultServer::start(fixtures().join("bundles/valid"), plan);
+    let src = source(&server);
+    let m = manifest(&src);
+    let dir = tempfile::tempdir().unwrap();
+    let t = target(dir.path());
+    assert!(
+        install_root(&src, &m, &t).is_err(),
+        "the last chunk cannot be had"
+    );
+    let first: Vec<u32> = chunks
+        .iter()
+        .map(|c| server.requests(&chunk_path(&c.sha256)))
+        .collect();
+
+    // The server recovers; the same install runs again on the same target.
+    server.plan.lock().unwrap().always.clear();
+    let stats = install_root(&src, &m, &t).unwrap();
+    verify_payload("root", &m.payloads.root, &t, 0).unwrap();
+    assert_eq!(stats.present, chunks.len() as u64 - 1);
+    assert_eq!(stats.chunks, 1);
+    for (i, c) in chunks.iter().enumerate() {
+        let more = server.requests(&chunk_path(&c.sha256)) - first[i];
+        let expected = if i == chunks.len() - 1 { 1 } else { 0 };
+        assert_eq!(
+            more, expected,
+            "chunk {i} fetched {more} more times on the second run"
+        );
+    }
+}
