@@ -437,8 +437,14 @@ fn build_initramfs(
         field: "kernel.modules".into(),
         message,
     };
+    let mut wanted = r.spec.kernel.modules.clone();
+    let mut module_params = std::collections::BTreeMap::new();
+    if let Some(secs) = r.spec.boot.watchdog_secs {
+        wanted.push("softdog".into());
+        module_params.insert("softdog".to_string(), format!("soft_margin={secs}"));
+    }
     let closure = ModulesDep::parse(&dep)
-        .and_then(|m| m.closure(&r.spec.kernel.modules))
+        .and_then(|m| m.closure(&wanted))
         .map_err(|e| spec_err(e.to_string()))?;
     let in_initrd = |m: &str| format!("/lib/modules/{}/{m}", r.kernel_version);
     let config = InitConfig {
@@ -450,6 +456,8 @@ fn build_initramfs(
         layout: r.spec.persist.clone(),
         init: "/sbin/init".into(),
         root_wait_secs: 30,
+        module_params,
+        watchdog_secs: r.spec.boot.watchdog_secs,
     };
     let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
     for m in &closure {

@@ -184,7 +184,7 @@ if [ -x /usr/bin/kiln-updater ]; then
     exit 1
   fi
 fi
-if [ "$up" = no ]; then
+{feed}if [ "$up" = no ]; then
   /usr/lib/kiln/health
   echo "kiln-not-ready: services not running after {secs} s" > /dev/console
   exit 1
@@ -192,6 +192,11 @@ fi
 echo "kiln-ready slot=$slot version=$KILN_VERSION name=$KILN_NAME" > /dev/console
 "#,
         ticks = spec.update.health_timeout_secs * 5,
+        feed = match spec.boot.watchdog_secs {
+            // Blessed (or good) and not rebooting: from now on busybox feeds the watchdog.
+            Some(w) => format!("watchdog -T {w} -t {} /dev/watchdog\n", (w / 4).max(1)),
+            None => String::new(),
+        },
         secs = spec.update.health_timeout_secs,
     )
 }

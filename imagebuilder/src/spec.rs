@@ -243,6 +243,10 @@ pub struct BootSpec {
     /// Extra kernel command line (root, slot and init are added by Kiln).
     #[serde(default = "default_cmdline")]
     pub cmdline: String,
+    /// Software watchdog (softdog) armed by kiln-init; fed once the boot is healthy and its slot
+    /// blessed. Must exceed `update.health_timeout_secs`. Absent: no watchdog.
+    #[serde(default)]
+    pub watchdog_secs: Option<u32>,
 }
 
 fn default_cmdline() -> String {
@@ -255,6 +259,7 @@ impl Default for BootSpec {
             loader: Loader::default(),
             efi: None,
             cmdline: default_cmdline(),
+            watchdog_secs: None,
         }
     }
 }

@@ -263,6 +263,17 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
                 })?,
         ),
     };
+    if let Some(w) = spec.boot.watchdog_secs {
+        if u64::from(w) < spec.update.health_timeout_secs + 20 {
+            return Err(ctx.err(
+                "boot.watchdog_secs",
+                format!(
+                    "{w} must exceed update.health_timeout_secs ({}) by at least 20",
+                    spec.update.health_timeout_secs
+                ),
+            ));
+        }
+    }
     if spec.boot.cmdline.contains('\n') {
         return Err(ctx.err("boot.cmdline", "must be one line"));
     }

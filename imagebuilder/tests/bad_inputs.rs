@@ -269,3 +269,12 @@ fn update_key_that_is_not_a_public_key() {
         &["update.keys[0]", "keys/dev.pub"],
     );
 }
+
+#[test]
+fn watchdog_shorter_than_the_health_timeout() {
+    let s = spec_text(
+        "",
+        "[boot]\nwatchdog_secs = 60\n[update]\nhealth_timeout_secs = 120\n",
+    );
+    assert_refused(&s, &[], &["boot.watchdog_secs", "health_timeout_secs"]);
+}

@@ -134,6 +134,8 @@ mod tests {
             layout: Layout::default(),
             init: "/sbin/init".into(),
             root_wait_secs: 30,
+            module_params: Default::default(),
+            watchdog_secs: None,
         }
     }
 

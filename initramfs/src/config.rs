@@ -24,4 +24,11 @@ pub struct InitConfig {
     pub init: String,
     /// How long to wait for the root device to appear.
     pub root_wait_secs: u64,
+    /// Module parameters by module name (`softdog` → `soft_margin=60`).
+    #[serde(default)]
+    pub module_params: std::collections::BTreeMap<String, String>,
+    /// Arm `/dev/watchdog` for this many seconds before switching root: a boot that hangs
+    /// before the image starts feeding it is reset (and counted as a failed try).
+    #[serde(default)]
+    pub watchdog_secs: Option<u32>,
 }

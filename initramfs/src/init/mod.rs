@@ -68,9 +68,13 @@ fn run(started: Instant) -> Result<Never, InitError> {
     ));
 
     for m in &cfg.modules {
-        sys::load_module(m)?;
+        let name = crate::modules::module_name(m);
+        sys::load_module(m, cfg.module_params.get(&name).map_or("", String::as_str))?;
     }
     say(format!("loaded {} modules", cfg.modules.len()));
+    if let Some(secs) = cfg.watchdog_secs {
+        sys::arm_watchdog(secs)?;
+    }
 
     let partuuid = cmd
         .root_partuuid

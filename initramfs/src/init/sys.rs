@@ -34,13 +34,37 @@ pub fn early_mounts() -> Result<(), InitError> {
 }
 
 /// Loads one module file; a module already loaded (or built in) is fine.
-pub fn load_module(path: &str) -> Result<(), InitError> {
+pub fn load_module(path: &str, params: &str) -> Result<(), InitError> {
     let f =
         std::fs::File::open(path).map_err(|e| err("loading modules", format!("{path}: {e}")))?;
-    match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+    let params = std::ffi::CString::new(params).map_err(|e| err("loading modules", e))?;
+    match nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty()) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
         Err(e) => Err(err("loading modules", format!("{path}: {e}"))),
     }
+}
+
+/// Arms the watchdog: open, one keepalive, close without the magic 'V', so the countdown goes
+/// on after this process has exec'd the root's init.
+pub fn arm_watchdog(secs: u32) -> Result<(), InitError> {
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    let mut f = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/watchdog")
+        {
+            Ok(f) => break f,
+            Err(e) if start.elapsed() > Duration::from_secs(2) => {
+                return Err(err("arming the watchdog", format!("/dev/watchdog: {e}")))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    f.write_all(b"1")
+        .map_err(|e| err("arming the watchdog", e))?;
+    say(format!("watchdog armed: reset unless fed within {secs} s"));
+    Ok(())
 }
 
 /// The root slot, read-only, at /sysroot.
