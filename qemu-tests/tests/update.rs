@@ -41,17 +41,28 @@ fn scenario(loader: Loader) {
         kbundle: None,
     })
     .unwrap();
-    // A newer bundle (sequence 3) with one root chunk replaced by other bytes of the same length.
-    bundle(&BundleArgs {
-        build: &work.path().join("v2"),
-        keys: &[fixtures::workspace().join("examples/default/keys/dev.key")],
-        out: &served.join("tampered"),
-        sequence: 3,
-        expires_in: Duration::from_secs(30 * 86_400),
-        kbundle: None,
-    })
-    .unwrap();
-    let c0 = &m.payloads.root.chunks[0];
+    // v3 (sequence 3) with one root chunk replaced by other bytes of the same length. The chunk
+    // is one v2 does not have: chunks a slot already holds are not fetched again, so tampering
+    // with a chunk of v2 would go unnoticed here, rightly (the slot's bytes match the manifest).
+    fixtures::build_default_with(&work.path().join("v3"), |s| {
+        s.version = "3.0.0".into();
+        s.boot.loader = loader;
+    });
+    let m3 = fixtures::dev_bundle(&work.path().join("v3"), &served.join("tampered"), 3);
+    let in_v2: std::collections::HashSet<&str> = m
+        .payloads
+        .root
+        .chunks
+        .iter()
+        .map(|c| c.sha256.as_str())
+        .collect();
+    let c0 = m3
+        .payloads
+        .root
+        .chunks
+        .iter()
+        .find(|c| !in_v2.contains(c.sha256.as_str()))
+        .expect("v3's root differs from v2's somewhere");
     let fake = zstd::bulk::compress(&vec![0x5a; c0.length as usize], 3).unwrap();
     fs::write(
         served

@@ -240,8 +240,8 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         )?;
         let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)?;
         println!(
-            "kiln-updater: root written and verified ({} chunks, {} bytes fetched)",
-            stats.chunks, stats.fetched
+            "kiln-updater: root written and verified ({} chunks fetched ({} bytes), {} already in the slot)",
+            stats.chunks, stats.fetched, stats.present
         );
         // 3. Kernel and initrd on the ESP: temporary name, verify, rename, sync the directory.
         for (name, payload, dest) in [
