@@ -1,5 +1,6 @@
 //! Files generated into the root: the busybox-init `inittab` from `[[service]]`, the service
-//! wrapper, the readiness reporter that prints `kiln-ready`, and `/etc/kiln/release`. Pure.
+//! wrapper, the health check, the readiness reporter that prints `kiln-ready`, the DHCP event
+//! script, and `/usr/lib/kiln/release`. Pure.
 
 use crate::spec::{Restart, Spec};
 

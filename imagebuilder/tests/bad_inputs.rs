@@ -52,6 +52,14 @@ fn assert_refused(spec: &str, files: &[(&str, Vec<u8>)], needles: &[&str]) {
     }
 }
 
+/// The standard test spec with another base tarball path.
+fn spec_with_base(tarball: &str) -> String {
+    spec_text("", "").replace(
+        &deps().join("busybox-rootfs.tar").display().to_string(),
+        tarball,
+    )
+}
+
 fn raw_tar(entries: &[(&str, tar::EntryType, Option<&str>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, kind, link) in entries {
@@ -102,10 +110,7 @@ fn missing_kernel() {
 
 #[test]
 fn missing_base() {
-    let s = spec_text("", "").replace(
-        &deps().join("busybox-rootfs.tar").display().to_string(),
-        "/nonexistent/base.tar",
-    );
+    let s = spec_with_base("/nonexistent/base.tar");
     assert_refused(&s, &[], &["base.tarball", "/nonexistent/base.tar"]);
 }
 
@@ -134,10 +139,7 @@ fn duplicate_destination() {
 #[test]
 fn tar_member_with_dotdot_escapes() {
     let t = raw_tar(&[("sbin/../../escape", tar::EntryType::Regular, None)]);
-    let s = spec_text("", "").replace(
-        &deps().join("busybox-rootfs.tar").display().to_string(),
-        "evil.tar",
-    );
+    let s = spec_with_base("evil.tar");
     assert_refused(
         &s,
         &[("evil.tar", t)],
@@ -153,10 +155,7 @@ fn tar_absolute_symlink_followed_during_extraction() {
         ("etc", tar::EntryType::Symlink, Some(target.as_str())),
         ("etc/passwd", tar::EntryType::Regular, None),
     ]);
-    let s = spec_text("", "").replace(
-        &deps().join("busybox-rootfs.tar").display().to_string(),
-        "evil.tar",
-    );
+    let s = spec_with_base("evil.tar");
     assert_refused(
         &s,
         &[("evil.tar", t)],
