@@ -71,6 +71,59 @@ pub fn copy_sparse(src: &mut impl Read, disk: &File, offset: u64) -> io::Result<
     }
 }
 
+/// The data extents `(start, end)` of `file` (SEEK_DATA/SEEK_HOLE), in order.
+pub fn data_extents(file: &File) -> io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let size = file.metadata()?.len();
+    let mut out = Vec::new();
+    let mut pos = 0i64;
+    while (pos as u64) < size {
+        let start = match lseek(fd, pos, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(fd, start, Whence::SeekHole)?;
+        out.push((start as u64, end as u64));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Copies `len` bytes of `src` at `from` into `dst` at `to` inside the kernel
+/// (`copy_file_range`: no copy through userspace).
+pub fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let (mut from, mut to, mut left) = (from as i64, to as i64, len as usize);
+    while left > 0 {
+        let n = nix::fcntl::copy_file_range(
+            src.as_fd(),
+            Some(&mut from),
+            dst.as_fd(),
+            Some(&mut to),
+            left,
+        )?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source ended before the range was copied",
+            ));
+        }
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Copies the data extents of `src` into `disk` at `offset`; holes stay holes.
+pub fn copy_file_sparse(src: &File, disk: &File, offset: u64) -> io::Result<()> {
+    for (start, end) in data_extents(src)? {
+        copy_range(src, start, disk, offset + start, end - start)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +150,34 @@ mod tests {
         assert_eq!(back, src);
         // two 64 KiB blocks written, the rest are holes
         assert!(disk.metadata().unwrap().blocks() * 512 <= 256 << 10);
+    }
+
+    #[test]
+    fn file_copy_follows_extents() {
+        let d = tempfile::tempdir().unwrap();
+        let open = |n: &str| {
+            File::options()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(d.path().join(n))
+                .unwrap()
+        };
+        let (src, disk) = (open("src"), open("disk"));
+        src.set_len(8 << 20).unwrap();
+        src.write_all_at(b"head", 10).unwrap();
+        src.write_all_at(&[5u8; 70_000], 5 << 20).unwrap();
+        let ext = data_extents(&src).unwrap();
+        assert_eq!(ext.len(), 2, "{ext:?}");
+        assert!(ext[0].0 == 0 && ext[1].0 <= 5 << 20 && ext[1].1 >= (5 << 20) + 70_000);
+        disk.set_len(16 << 20).unwrap();
+        copy_file_sparse(&src, &disk, 1 << 20).unwrap();
+        let mut back = vec![0u8; 8 << 20];
+        disk.read_exact_at(&mut back, 1 << 20).unwrap();
+        let mut want = vec![0u8; 8 << 20];
+        src.read_exact_at(&mut want, 0).unwrap();
+        assert!(back == want);
+        assert!(disk.metadata().unwrap().blocks() * 512 <= 1 << 20);
     }
 }

@@ -5,10 +5,11 @@ use std::fs::File;
 use std::io::{self, Write};
 
 /// One file to put on the ESP.
-pub struct EspFile {
+pub struct EspFile<'a> {
     /// Path on the ESP, `/`-separated, no leading slash.
     pub path: String,
-    pub data: Vec<u8>,
+    /// Borrowed for the big files (kernel, initrd), which the builder already holds.
+    pub data: std::borrow::Cow<'a, [u8]>,
 }
 
 /// Fixed timestamps (SOURCE_DATE_EPOCH) for reproducible FAT directory entries.
@@ -137,7 +138,7 @@ pub fn build(
     size: u64,
     volume_id: u32,
     epoch: u64,
-    files: &[EspFile],
+    files: &[EspFile<'_>],
 ) -> io::Result<()> {
     let mut vol = MemVolume {
         buf: vec![0u8; usize::try_from(size).map_err(io::Error::other)?],
@@ -217,19 +218,19 @@ mod fsck_tests {
         let files = vec![
             EspFile {
                 path: "EFI/BOOT/BOOTX64.EFI".into(),
-                data: vec![1; 1000],
+                data: vec![1; 1000].into(),
             },
             EspFile {
                 path: "loader/loader.conf".into(),
-                data: b"timeout 0\n".to_vec(),
+                data: b"timeout 0\n".to_vec().into(),
             },
             EspFile {
                 path: "loader/entries/kiln-a.conf".into(),
-                data: b"x\n".to_vec(),
+                data: b"x\n".to_vec().into(),
             },
             EspFile {
                 path: "kiln/a/vmlinuz".into(),
-                data: vec![2; 100_000],
+                data: vec![2; 100_000].into(),
             },
         ];
         build(&f, 0, size, 0x1234, 1_700_000_000, &files).unwrap();

@@ -13,6 +13,7 @@ mod esp_fixup;
 mod grub_image;
 pub mod layout;
 pub mod pipeline;
+pub mod qcow2;
 pub mod qemu;
 pub mod services;
 pub mod spec;

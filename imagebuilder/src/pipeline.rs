@@ -3,7 +3,7 @@
 //! renamed into place only once complete (`disk.raw` last), so a failed build leaves nothing
 //! under the final names.
 
-use crate::disk::{copy_sparse, write_gpt};
+use crate::disk::{copy_file_sparse, write_gpt};
 use crate::error::BuildError;
 use crate::layout::{DiskLayout, Ids};
 use crate::services;
@@ -21,7 +21,7 @@ use kiln_rootfs::{dircopy, oci, tarball};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tracing::info;
@@ -132,10 +132,6 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         .map_err(BuildError::io("sizing disk.raw"))?;
     t.step("write GPT", || write_gpt(&mut disk, &layout))
         .map_err(BuildError::io("writing the GPT"))?;
-    let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
-        "reading {}",
-        r.kernel_image.display()
-    )))?;
     let line = cmdline(&layout.root_a.guid, Slot::A, &spec.boot.cmdline);
 
     // Three independent jobs write disjoint parts of the disk: the root (tree, image, copy into
@@ -159,16 +155,15 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
                     },
                 )
             })?;
-            fs::remove_dir_all(&tree).map_err(BuildError::io("removing the staging root"))?;
+            drop(staging);
             t.step("write root-a", || {
-                let mut rd = BufReader::new(File::open(&root_img)?);
-                copy_sparse(&mut rd, disk_ref, layout.root_a.offset)
+                copy_file_sparse(&File::open(&root_img)?, disk_ref, layout.root_a.offset)
             })
             .map_err(BuildError::io("writing root-a"))?;
             Ok(size)
         });
         let persist = s.spawn(|| -> Result<(), BuildError> {
-            Ok(t.step("format persist", || {
+            t.step("format persist", || {
                 mkfs::format_ext4_at(
                     &disk_path,
                     layout.persist.offset,
@@ -177,10 +172,20 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
                     "persist",
                     opts.epoch,
                 )
-            })?)
+            })?;
+            // A hard link when the kernel tree is on the same filesystem, else a copy.
+            let out = work.join("vmlinuz");
+            if fs::hard_link(&r.kernel_image, &out).is_err() {
+                fs::copy(&r.kernel_image, &out).map_err(BuildError::io("writing vmlinuz"))?;
+            }
+            Ok(())
         });
         let initrd = (|| -> Result<Vec<u8>, BuildError> {
             let initrd = t.step("build initramfs", || build_initramfs(r, opts, format))?;
+            let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
+                "reading {}",
+                r.kernel_image.display()
+            )))?;
             let esp_files = esp_files(r, work, opts.epoch, &kernel, &initrd, &line)?;
             let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
             // Room for the other slot's kernel and initrd too, plus FAT overhead.
@@ -206,19 +211,17 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
                 )
             })
             .map_err(BuildError::io("building the ESP"))?;
+            fs::write(work.join("initrd.img"), &initrd)
+                .map_err(BuildError::io("writing initrd.img"))?;
             Ok(initrd)
         })();
         (joined(root), joined(persist), initrd)
     });
     let root_size = root?;
     persist?;
-    let initrd = initrd?;
-    fs::write(work.join("initrd.img"), &initrd).map_err(BuildError::io("writing initrd.img"))?;
-    t.step("sync disk", || disk.sync_all())
-        .map_err(BuildError::io("syncing disk.raw"))?;
-    drop(disk);
+    initrd?;
 
-    // 5. Other formats, checksums, report.
+    // 5. Other formats, written while disk.raw is synced.
     let mut outputs = vec![
         "disk.raw".to_string(),
         "root.img".into(),
@@ -226,40 +229,34 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         "initrd.img".into(),
         "build.json".into(),
     ];
-    let (qcow2, rest) = std::thread::scope(|s| {
+    let disk_ref = &disk;
+    let (qcow2, root_sha, synced) = std::thread::scope(|s| {
+        let root_sha = s.spawn(|| t.step("checksum root", || sha256_file(&root_img)));
         let qcow2 = s.spawn(|| -> Result<bool, BuildError> {
             if !spec.output.formats.contains(&OutputFormat::Qcow2) {
                 return Ok(false);
             }
-            t.step("convert qcow2", || {
-                mkfs::run_tool(
-                    std::process::Command::new("qemu-img")
-                        .args(["convert", "-f", "raw", "-O", "qcow2"])
-                        .arg(&disk_path)
-                        .arg(work.join("disk.qcow2")),
-                    "qemu-utils",
-                )
+            t.step("write qcow2", || {
+                let out = File::options()
+                    .create_new(true)
+                    .write(true)
+                    .open(work.join("disk.qcow2"))?;
+                crate::qcow2::write_from_raw(disk_ref, &out)
             })
-            .map(|()| true)
-            .map_err(BuildError::from)
+            .map_err(BuildError::io("writing disk.qcow2"))?;
+            Ok(true)
         });
-        let rest = t.step(
-            "copy kernel, checksum root",
-            || -> Result<String, BuildError> {
-                // A hard link when the kernel tree is on the same filesystem, else a copy.
-                let out = work.join("vmlinuz");
-                if fs::hard_link(&r.kernel_image, &out).is_err() {
-                    fs::write(&out, &kernel).map_err(BuildError::io("writing vmlinuz"))?;
-                }
-                sha256_file(&root_img)
-            },
-        );
-        (joined(qcow2), rest)
+        let synced = t
+            .step("sync disk", || disk_ref.sync_all())
+            .map_err(BuildError::io("syncing disk.raw"));
+        (joined(qcow2), joined(root_sha), synced)
     });
+    synced?;
+    let root_image_sha256 = root_sha?;
+    drop(disk);
     if qcow2? {
         outputs.push("disk.qcow2".into());
     }
-    let root_image_sha256 = rest?;
     let report = BuildReport {
         name: spec.name.clone(),
         version: spec.version.clone(),
@@ -374,8 +371,9 @@ fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), B
                     .into(),
             )
         })?;
-        let data = fs::read(bin).map_err(BuildError::io(format!("reading {}", bin.display())))?;
-        if !crate::elf::is_static_elf64(&data) {
+        let is_static = crate::elf::is_static_elf64_file(bin)
+            .map_err(BuildError::io(format!("reading {}", bin.display())))?;
+        if !is_static {
             return Err(BuildError::Other(format!(
                 "{} is not a static x86-64 binary",
                 bin.display()
@@ -472,14 +470,14 @@ fn build_initramfs(
     Ok(out)
 }
 
-fn esp_files(
+fn esp_files<'a>(
     r: &Resolved,
     work: &Path,
     epoch: u64,
-    kernel: &[u8],
-    initrd: &[u8],
+    kernel: &'a [u8],
+    initrd: &'a [u8],
     cmdline: &str,
-) -> Result<Vec<crate::esp::EspFile>, BuildError> {
+) -> Result<Vec<crate::esp::EspFile<'a>>, BuildError> {
     use crate::esp::EspFile;
     let entry = SlotEntry {
         version: r.spec.version.clone(),
@@ -491,18 +489,21 @@ fn esp_files(
             EspFile {
                 path: systemd_boot::LOADER_PATH.into(),
                 data: fs::read(efi)
-                    .map_err(BuildError::io(format!("reading {}", efi.display())))?,
+                    .map_err(BuildError::io(format!("reading {}", efi.display())))?
+                    .into(),
             },
             EspFile {
                 path: "loader/loader.conf".into(),
-                data: systemd_boot::loader_conf().into_bytes(),
+                data: systemd_boot::loader_conf().into_bytes().into(),
             },
             EspFile {
                 path: format!(
                     "loader/entries/{}",
                     counting::file_name(Slot::A, entry.health)
                 ),
-                data: counting::render(Slot::A, &entry, &r.spec.name, cmdline).into_bytes(),
+                data: counting::render(Slot::A, &entry, &r.spec.name, cmdline)
+                    .into_bytes()
+                    .into(),
             },
         ],
         None => {
@@ -511,23 +512,24 @@ fn esp_files(
             vec![
                 EspFile {
                     path: systemd_boot::LOADER_PATH.into(),
-                    data: crate::grub_image::build(work, epoch)?,
+                    data: crate::grub_image::build(work, epoch)?.into(),
                 },
                 EspFile {
                     path: grub::ENV_PATH.into(),
                     data: grub::render_env(&state, |_| cmdline.to_string())
-                        .map_err(BuildError::io("rendering grubenv"))?,
+                        .map_err(BuildError::io("rendering grubenv"))?
+                        .into(),
                 },
             ]
         }
     };
     files.push(EspFile {
         path: kiln_boot::esp_kernel(Slot::A),
-        data: kernel.to_vec(),
+        data: kernel.into(),
     });
     files.push(EspFile {
         path: kiln_boot::esp_initrd(Slot::A),
-        data: initrd.to_vec(),
+        data: initrd.into(),
     });
     Ok(files)
 }

@@ -152,6 +152,20 @@ fn disk_passes_sgdisk_and_fsck_with_the_design_layout() {
     assert!(entry.contains("kiln.slot=a"), "{entry}");
     let (ok, dir) = tool("mdir", &["-i", img, "::/kiln/a"]);
     assert!(ok && dir.contains("vmlinuz"), "{dir}");
+
+    // disk.qcow2 (written by Kiln, not qemu-img) is consistent and holds the same disk.
+    let qcow2 = r.disk.with_file_name("disk.qcow2");
+    let q = qcow2.to_str().unwrap();
+    let (ok, out) = tool("qemu-img", &["check", "-f", "qcow2", q]);
+    assert!(
+        ok && out.contains("No errors were found"),
+        "qemu-img check:\n{out}"
+    );
+    let (ok, out) = tool(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "qcow2", disk, q],
+    );
+    assert!(ok, "qemu-img compare:\n{out}");
 }
 
 #[test]
