@@ -72,8 +72,9 @@ pub fn parse_vars(block: &[u8]) -> io::Result<BTreeMap<String, String>> {
     let body = text
         .strip_prefix(HEADER)
         .ok_or_else(|| io::Error::other("grubenv has no header"))?;
+    // GRUB splits on '\n' only ('\r' is part of a value): not `str::lines`.
     Ok(body
-        .lines()
+        .split('\n')
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -166,8 +167,8 @@ impl GrubEnv {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&block)?;
         f.sync_all()?;
-        fs::rename(&tmp, &self.0)?;
-        fs::File::open(self.0.parent().expect("env dir"))?.sync_all()
+        crate::failpoint::hit("grub.env-written");
+        crate::rename_durable(&tmp, &self.0, "grub.env-renamed")
     }
 }
 
@@ -175,6 +176,17 @@ impl GrubEnv {
 mod tests {
     use super::*;
     use crate::state::VerifiedSlot;
+
+    #[test]
+    fn carriage_returns_stay_in_values() {
+        // Found by the grubenv fuzz target: `str::lines` dropped a '\r' before '\n'.
+        let mut block = format!("{HEADER}ORDER=b\nB_VERSION=2.0.0\r\nB_PRIO=2\n").into_bytes();
+        block.resize(SIZE, b'#');
+        let state = parse_state(&parse_vars(&block).unwrap());
+        assert_eq!(state.entries[&Slot::B].version, "2.0.0\r");
+        let again = render_env(&state, |_| String::new()).unwrap();
+        assert_eq!(parse_state(&parse_vars(&again).unwrap()), state);
+    }
 
     #[test]
     fn env_is_1024_bytes_and_round_trips() {

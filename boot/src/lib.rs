@@ -3,6 +3,7 @@
 //! Everything here is pure: it renders file names and file contents; the image builder writes
 //! them into the FAT filesystem and (later) the updater commits them on the device.
 
+pub mod failpoint;
 pub mod grub;
 mod slot;
 pub mod state;
@@ -23,4 +24,22 @@ pub fn esp_kernel(slot: Slot) -> String {
 /// Path on the ESP of a slot's initrd.
 pub fn esp_initrd(slot: Slot) -> String {
     format!("{}/initrd.img", esp_slot_dir(slot))
+}
+
+/// Renames `from` over `to` on the ESP and makes it durable. On FAT a rename over an existing
+/// file frees the old file's clusters at once, but the directory slot only gets the new file's
+/// first cluster and size when the *renamed file's* inode is written back: fsyncing only the
+/// directory can persist the freed clusters while the slot still points at them (after a cut:
+/// "cluster chain length is 0", the file is lost). So the renamed file is fsynced first, then
+/// the directory. `hit` names the failpoint between the rename and the syncs.
+pub fn rename_durable(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    hit: &'static str,
+) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    failpoint::hit(hit);
+    std::fs::File::open(to)?.sync_all()?;
+    let dir = to.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
 }

@@ -150,6 +150,7 @@ pub mod counting {
                     None => {
                         if let Some(f) = old_file {
                             fs::remove_file(self.0.join(f))?;
+                            crate::failpoint::hit("sdboot.stale-removed");
                         }
                     }
                     Some(e) => {
@@ -162,7 +163,11 @@ pub mod counting {
                             Some(o) if same_text && *o == name => continue,
                             // Only the counter changed (a bless): one atomic rename.
                             Some(o) if same_text => {
-                                fs::rename(self.0.join(o), self.0.join(&name))?;
+                                crate::rename_durable(
+                                    &self.0.join(o),
+                                    &self.0.join(&name),
+                                    "sdboot.entry-renamed",
+                                )?;
                                 continue;
                             }
                             _ => {}
@@ -171,11 +176,29 @@ pub mod counting {
                         let mut f = fs::File::create(&tmp)?;
                         f.write_all(content.as_bytes())?;
                         f.sync_all()?;
-                        fs::rename(&tmp, self.0.join(&name))?;
+                        crate::failpoint::hit("sdboot.entry-written");
+                        crate::rename_durable(&tmp, &self.0.join(&name), "sdboot.entry-renamed")?;
                         if let Some(old) = old_file.filter(|o| *o != name) {
                             fs::remove_file(self.0.join(old))?;
+                            crate::failpoint::hit("sdboot.stale-removed");
                         }
                     }
+                }
+            }
+            // Sweep what a cut can leave behind: a second file for a slot (a torn rename; the
+            // boot-time FAT check has already unshared its clusters) and temporary files.
+            for name in fs::read_dir(&self.0)?.filter_map(|e| e.ok()) {
+                let name = name.file_name().to_string_lossy().into_owned();
+                let keep = match parse_file_name(&name) {
+                    Some((slot, _)) => new
+                        .entries
+                        .get(&slot)
+                        .is_some_and(|e| file_name(slot, e.health) == name),
+                    None => !(name.starts_with(".kiln-") && name.ends_with(".tmp")),
+                };
+                if !keep {
+                    fs::remove_file(self.0.join(&name))?;
+                    crate::failpoint::hit("sdboot.stale-removed");
                 }
             }
             sync_dir(&self.0)
@@ -264,6 +287,21 @@ pub mod counting {
             names.sort();
             assert_eq!(names, ["kiln-a.conf", "kiln-b.conf"]);
             assert_eq!(dir.read().unwrap().0, read);
+
+            // What a torn rename and a cut before a rename leave: a second file for slot B
+            // (emptied by the boot-time FAT check) and a temporary file. The next commit
+            // keeps only the entries of the state.
+            fs::write(d.path().join("kiln-b+1-2.conf"), "").unwrap();
+            fs::write(d.path().join(".kiln-b.conf.tmp"), "x").unwrap();
+            let (again, _) = dir.read().unwrap();
+            assert_eq!(again, read, "an empty duplicate must not win");
+            dir.commit(&again, text).unwrap();
+            let mut names: Vec<_> = fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["kiln-a.conf", "kiln-b.conf"]);
         }
     }
 }

@@ -11,6 +11,7 @@ mod error;
 pub mod esp;
 mod esp_fixup;
 mod grub_image;
+pub mod host_tool;
 pub mod layout;
 pub mod pipeline;
 pub mod qcow2;
@@ -27,7 +28,9 @@ pub use error::{BuildError, SpecError};
 pub fn find_device_binary(name: &str) -> Option<std::path::PathBuf> {
     let env = format!(
         "KILN_{}",
-        name.trim_start_matches("kiln-").to_ascii_uppercase()
+        name.trim_start_matches("kiln-")
+            .replace('-', "_")
+            .to_ascii_uppercase()
     );
     if let Some(p) = std::env::var_os(env) {
         return Some(p.into());

@@ -412,6 +412,9 @@ fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), B
     Ok(())
 }
 
+/// Where the initramfs holds the FAT checker kiln-init runs on the ESP.
+const ESP_FSCK: &str = "/sbin/fsck.fat";
+
 fn build_initramfs(
     r: &Resolved,
     opts: &BuildOptions,
@@ -456,6 +459,7 @@ fn build_initramfs(
         root_wait_secs: 30,
         module_params,
         watchdog_secs: r.spec.boot.watchdog_secs,
+        esp_fsck: Some(ESP_FSCK.into()),
     };
     let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
     for m in &closure {
@@ -463,6 +467,10 @@ fn build_initramfs(
         let data =
             fs::read(&p).map_err(BuildError::io(format!("reading module {}", p.display())))?;
         c.add_file(&in_initrd(m), data, 0o644);
+    }
+    let fsck = crate::host_tool::find(&["/usr/sbin/fsck.fat", "/sbin/fsck.fat"], "dosfstools")?;
+    for (path, data, mode) in crate::host_tool::with_libs(&fsck, ESP_FSCK)? {
+        c.add_file(&path, data, mode);
     }
     let mut out = Vec::new();
     c.write(&mut out, opts.epoch.min(u64::from(u32::MAX)) as u32)

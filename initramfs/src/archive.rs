@@ -132,6 +132,7 @@ mod tests {
             root_wait_secs: 30,
             module_params: Default::default(),
             watchdog_secs: None,
+            esp_fsck: None,
         }
     }
 

@@ -31,4 +31,10 @@ pub struct InitConfig {
     /// before the image starts feeding it is reset (and counted as a failed try).
     #[serde(default)]
     pub watchdog_secs: Option<u32>,
+    /// FAT checker inside the initramfs (`/sbin/fsck.fat`), run with `-a` on the ESP before
+    /// anything mounts it: a power cut in the middle of a FAT rename (a loader-entry bless, a
+    /// grubenv replace) can leave two directory entries sharing clusters, and deleting either
+    /// later frees the other's data.
+    #[serde(default)]
+    pub esp_fsck: Option<String>,
 }

@@ -53,6 +53,21 @@ pub fn build_default_custom(
     change: impl FnOnce(&mut imagebuilder::spec::Spec),
     init: &Path,
 ) -> BuildReport {
+    build_default_opts(
+        out,
+        change,
+        init,
+        imagebuilder::find_device_binary("kiln-updater").as_deref(),
+    )
+}
+
+/// Like [`build_default_custom`], with another `kiln-updater` baked in (the failpoint build).
+pub fn build_default_opts(
+    out: &Path,
+    change: impl FnOnce(&mut imagebuilder::spec::Spec),
+    init: &Path,
+    updater: Option<&Path>,
+) -> BuildReport {
     let path = workspace().join("examples/default/image.toml");
     let mut spec = imagebuilder::validate::load(&path)
         .unwrap_or_else(|e| panic!("{e} (did scripts/deps.sh run?)"))
@@ -64,7 +79,7 @@ pub fn build_default_custom(
         &BuildOptions {
             out_dir: out.to_path_buf(),
             init_bin: init.to_path_buf(),
-            updater_bin: imagebuilder::find_device_binary("kiln-updater"),
+            updater_bin: updater.map(Path::to_path_buf),
             epoch: 1_700_000_000,
         },
     )

@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 pub struct Found {
     pub root: String,
     pub persist: String,
+    /// The EFI system partition of the same disk, when it has one.
+    pub esp: Option<String>,
 }
+
+/// GPT type GUID of an EFI system partition.
+const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
 /// Polls the block devices until the root partition shows up, or `timeout`.
 pub fn wait_for_root(
@@ -65,9 +70,14 @@ fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
         ) else {
             return Ok(None); // partition nodes not there yet
         };
+        let esp = parts
+            .iter()
+            .find(|p| p.type_guid == ESP_TYPE)
+            .and_then(|e| part_node(&disk, e.number));
         return Ok(Some(Found {
             root: r,
             persist: p,
+            esp,
         }));
     }
     Ok(None)

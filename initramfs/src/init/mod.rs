@@ -90,6 +90,9 @@ fn run(started: Instant) -> Result<Never, InitError> {
         found.root, partuuid, found.persist
     ));
 
+    if let (Some(fsck), Some(esp)) = (&cfg.esp_fsck, &found.esp) {
+        sys::check_esp(fsck, esp);
+    }
     sys::mount_root(&found.root, &cfg.root_fstype)?;
     let persist = format!("{SYSROOT}{}", kiln_overlays::PERSIST_MOUNT);
     sys::mount_persist(&found.persist, &persist)?;

@@ -68,6 +68,31 @@ pub fn arm_watchdog(secs: u32) -> Result<(), InitError> {
 }
 
 /// The root slot, read-only, at /sysroot.
+/// Runs the FAT checker on the ESP in automatic-repair mode. Never fatal: a clean check is
+/// silent; a repair or a failure is printed and the boot goes on (the loader already read the
+/// ESP, and the updater refuses to write a filesystem it cannot mount read-write).
+pub fn check_esp(fsck: &str, esp: &str) {
+    match std::process::Command::new(fsck)
+        .args(["-a", "-w", esp])
+        .output()
+    {
+        Ok(o) if o.status.code() == Some(0) => {}
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                super::say(format!("ESP check: {line}"));
+            }
+            let what = if o.status.code() == Some(1) {
+                "repaired".to_string()
+            } else {
+                format!("failed ({})", o.status)
+            };
+            super::say(format!("ESP {esp} {what}"));
+        }
+        Err(e) => super::say(format!("ESP check: cannot run {fsck}: {e}")),
+    }
+}
+
 pub fn mount_root(dev: &str, fstype: &str) -> Result<(), InitError> {
     mount_fs(dev, SYSROOT, fstype, MsFlags::MS_RDONLY, None)
 }

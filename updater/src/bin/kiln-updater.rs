@@ -49,6 +49,11 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(feature = "failpoints")]
+    if let Err(e) = failpoints::arm() {
+        eprintln!("kiln-updater: error: {e:#}");
+        std::process::exit(1);
+    }
     if let Err(e) = run() {
         eprintln!("kiln-updater: error: {e:#}");
         // 3: a pending slot is unhealthy (the boot script reboots so the loader spends a try).
@@ -117,4 +122,35 @@ fn run() -> Result<()> {
         Cmd::Reconcile => ops::reconcile()?,
     }
     Ok(())
+}
+
+/// Arming the failpoints of a test image: `$KILN_FAILPOINTS`, and the one-shot file
+/// `/persist/kiln/failpoints` (for the boot-time `reconcile` and `mark-good`), which is removed
+/// and its removal made durable just before one of its points fires.
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use anyhow::{Context, Result};
+    use kiln_boot::failpoint;
+
+    pub const FILE: &str = "/persist/kiln/failpoints";
+
+    pub fn arm() -> Result<()> {
+        if let Ok(spec) = std::env::var("KILN_FAILPOINTS") {
+            failpoint::arm(failpoint::parse(&spec).context("KILN_FAILPOINTS")?);
+        }
+        if let Ok(spec) = std::fs::read_to_string(FILE) {
+            let points = failpoint::parse(&spec).context(FILE)?;
+            let names: Vec<String> = points.iter().map(|p| p.name.clone()).collect();
+            failpoint::arm(points);
+            failpoint::before_fire(move |p| {
+                if names.contains(&p.name) {
+                    let _ = std::fs::remove_file(FILE);
+                    if let Ok(d) = std::fs::File::open("/persist/kiln") {
+                        let _ = d.sync_all();
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
 }

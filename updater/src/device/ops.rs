@@ -11,9 +11,10 @@ use crate::bundle::open::{open_verified, Limits};
 use crate::bundle::source::{BundleSource, DirSource, KbundleSource};
 use crate::install::{verify_payload, write_payload};
 use anyhow::{bail, Context, Result};
+use kiln_boot::failpoint::hit;
 use kiln_boot::grub::{self, GrubEnv};
 use kiln_boot::state::{BootState, Health, SlotEntry, VerifiedSlot};
-use kiln_boot::systemd_boot::counting::{render, sync_dir};
+use kiln_boot::systemd_boot::counting::render;
 use kiln_boot::{esp_initrd, esp_kernel, Slot};
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -173,6 +174,18 @@ impl Ctx {
     }
 }
 
+/// Passes the `install.root-chunk` failpoint after every root chunk.
+struct Failpointed<P>(P);
+
+impl<P: crate::install::Progress> crate::install::Progress for Failpointed<P> {
+    fn update(&self, payload: &str, done: u64, total: u64) {
+        self.0.update(payload, done, total);
+        if payload == "root" {
+            hit("install.root-chunk");
+        }
+    }
+}
+
 /// Options of `install`.
 pub struct InstallOptions {
     pub allow_downgrade: bool,
@@ -210,6 +223,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     let mut boot = ctx.read_boot()?;
     boot.clear(target, booted)?;
     ctx.commit(&boot)?;
+    hit("install.cleared");
     st.last_install = Some(LastInstall {
         version: m.version.clone(),
         result: "in-progress".into(),
@@ -218,7 +232,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     st.staged = None;
     state_file::save(&ctx.state_dir, &st)?;
 
-    let progress = super::progress::Reporter::new();
+    let progress = Failpointed(super::progress::Reporter::new());
     let result = (|| -> Result<String> {
         // 2. Root.
         let part = ctx.disk.part(target.partlabel())?;
@@ -238,6 +252,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             BootDisk::size(part),
             &progress,
         )?;
+        hit("install.root-written");
         let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)?;
         println!(
             "kiln-updater: root written and verified ({} chunks fetched ({} bytes), {} already in the slot)",
@@ -261,14 +276,25 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             write_payload(src.as_ref(), name, payload, &f, 0, u64::MAX, &progress)?;
             verify_payload(name, payload, &f, 0)?;
             drop(f);
-            fs::rename(&tmp, &fin)?;
-            sync_dir(&dir)?;
+            if name == "kernel" {
+                hit("install.kernel-written");
+            }
+            kiln_boot::rename_durable(
+                &tmp,
+                &fin,
+                if name == "kernel" {
+                    "install.kernel-renamed"
+                } else {
+                    "install.initrd-renamed"
+                },
+            )?;
         }
         // 4. Stage: committed last.
         let verified = VerifiedSlot::check(target, &m.version, &m.payloads.root.sha256, &root_sha)
             .context("the root read back does not match the manifest")?;
         boot.stage(verified, booted, o.tries)?;
         ctx.commit(&boot)?;
+        hit("install.staged");
         Ok(root_sha)
     })();
     match result {
@@ -327,6 +353,7 @@ pub fn reconcile() -> Result<()> {
     );
     boot.entries.remove(&slot);
     ctx.commit(&boot)?;
+    hit("reconcile.committed");
     st.rolled_back_from = Some(entry.version.clone());
     st.staged = None;
     st.last_install = Some(LastInstall {
@@ -364,6 +391,7 @@ pub fn mark_good() -> Result<bool> {
     }
     boot.bless(booted)?;
     ctx.commit(&boot)?;
+    hit("bless.committed");
     let mut st = state_file::load(&ctx.state_dir)?;
     if let Some(s) = st.staged.take().filter(|s| s.slot == booted.to_string()) {
         st.installed_sequence = Some(s.sequence);
@@ -388,6 +416,7 @@ pub fn rollback() -> Result<Slot> {
     let mut boot = ctx.read_boot()?;
     boot.rollback(ctx.disk.booted)?;
     ctx.commit(&boot)?;
+    hit("rollback.committed");
     Ok(ctx.disk.booted.other())
 }
 

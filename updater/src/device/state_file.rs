@@ -60,6 +60,7 @@ pub fn save(dir: &Path, s: &UpdaterState) -> io::Result<()> {
     let mut f = fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
     f.sync_all()?;
+    kiln_boot::failpoint::hit("state.written");
     fs::rename(&tmp, path(dir))?;
     fs::File::open(dir)?.sync_all()
 }

@@ -1,0 +1,590 @@
+//! The power-cut campaign: install updates into a real image under QEMU, cut the power at a
+//! failpoint (`echo o > /proc/sysrq-trigger` from inside the updater, see
+//! `boot/src/failpoint.rs`) or at a random moment of an HTTP install (QEMU killed by PID: the
+//! guest gets no chance to sync), boot the same disk again with the same firmware variables,
+//! and check the invariants:
+//!
+//! 1. the machine reaches `kiln-ready`, on a slot/version that was good before the cut or on
+//!    the new version, and then only if the slot holds exactly the verified root of the bundle
+//!    (sha256 of the partition read back in the guest against the manifest);
+//! 2. `kiln-updater status --json` is coherent: the booted slot is good with that version; a
+//!    good slot only ever holds a version that was good there before, or the new one;
+//! 3. files written to `/etc` and `/var` before the first install are intact;
+//! 4. running the same install again completes (unless the new version already runs).
+//!
+//! One disk is used for a whole chain of cuts; every cut installs a bundle with the next
+//! sequence number.
+
+use crate::http::StaticServer;
+use crate::updater::{slot, status};
+use crate::{fixtures, Console, ConsoleError};
+use imagebuilder::spec::Loader;
+use kiln_boot::failpoint;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(300);
+const INSTALL: Duration = Duration::from_secs(600);
+const PERSIST_MARK: &str = "written-before-the-cuts";
+
+/// Where the power goes off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cut {
+    /// A failpoint (`name@n`, action `poweroff`), armed for one phase of an update.
+    Failpoint {
+        phase: Phase,
+        name: String,
+        nth: u32,
+    },
+    /// QEMU is killed this many milliseconds after `install` was typed.
+    Random { seed: u64, after_ms: u64 },
+}
+
+impl fmt::Display for Cut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cut::Failpoint { phase, name, nth } => write!(f, "{phase:?}: {name}@{nth}"),
+            Cut::Random { seed, after_ms } => write!(f, "random {after_ms} ms (seed {seed})"),
+        }
+    }
+}
+
+/// When a failpoint is met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `kiln-updater install` (armed through `KILN_FAILPOINTS`).
+    Install,
+    /// mark-good at the first boot of a staged slot (armed through the one-shot file).
+    Bless,
+    /// `kiln-updater rollback` to the other good slot.
+    Rollback,
+    /// `reconcile` at the boot that follows a slot which used up its tries (armed through the
+    /// one-shot file before installing a bundle whose initramfs panics).
+    Reconcile,
+}
+
+/// The failpoint cuts for a boot backend: every failpoint that backend can meet, in each
+/// phase it is met in.
+pub fn failpoint_cuts(loader: Loader) -> Vec<Cut> {
+    use Phase::*;
+    let fp = |phase: Phase, name: &str, nth: u32| Cut::Failpoint {
+        phase,
+        name: name.to_string(),
+        nth,
+    };
+    // State saves: install 1 after the clear, 2 after the stage; mark-good 1.
+    let mut cuts = vec![
+        fp(Install, "install.cleared", 1),
+        fp(Install, "state.written", 1),
+        fp(Install, "install.root-chunk", 1),
+        fp(Install, "install.root-chunk", 40),
+        fp(Install, "install.root-written", 1),
+        fp(Install, "install.kernel-written", 1),
+        fp(Install, "install.kernel-renamed", 1),
+        fp(Install, "install.initrd-renamed", 1),
+        fp(Install, "install.staged", 1),
+        fp(Install, "state.written", 2),
+        fp(Bless, "bless.committed", 1),
+        fp(Bless, "state.written", 1),
+        fp(Rollback, "rollback.committed", 1),
+        fp(Reconcile, "reconcile.committed", 1),
+    ];
+    match loader {
+        Loader::SystemdBoot => cuts.extend([
+            // The clear removes the target's entry; the stage writes a new one; the bless
+            // renames it; the rollback rewrites both.
+            fp(Install, "sdboot.stale-removed", 1),
+            fp(Install, "sdboot.entry-written", 1),
+            fp(Install, "sdboot.entry-renamed", 1),
+            fp(Bless, "sdboot.entry-renamed", 1),
+            fp(Rollback, "sdboot.entry-written", 1),
+            fp(Rollback, "sdboot.entry-renamed", 1),
+        ]),
+        Loader::Grub => cuts.extend([
+            // Commits: the clear (1) and the stage (2) of an install, the bless, the rollback.
+            fp(Install, "grub.env-written", 1),
+            fp(Install, "grub.env-renamed", 1),
+            fp(Install, "grub.env-written", 2),
+            fp(Install, "grub.env-renamed", 2),
+            fp(Bless, "grub.env-renamed", 1),
+            fp(Rollback, "grub.env-renamed", 1),
+        ]),
+    }
+    cuts
+}
+
+/// `n` random cuts from `seed`, spread over the first `span_ms` of an install.
+pub fn random_cuts(seed: u64, n: usize, span_ms: u64) -> Vec<Cut> {
+    (0..n as u64)
+        .map(|i| {
+            let s = seed.wrapping_add(i);
+            Cut::Random {
+                seed: s,
+                after_ms: splitmix(s) % span_ms.max(1),
+            }
+        })
+        .collect()
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The result of one cut.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub loader: Loader,
+    pub cut: Cut,
+    /// `slot version` booted after the cut.
+    pub booted: String,
+    pub error: Option<String>,
+    pub secs: f64,
+}
+
+impl Outcome {
+    pub fn valid(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Prints the campaign table.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut s = String::from(
+        "backend       cut                                       booted after    result\n",
+    );
+    for o in outcomes {
+        s.push_str(&format!(
+            "{:<13} {:<41} {:<15} {} ({:.0} s)\n",
+            loader_name(o.loader),
+            o.cut.to_string(),
+            o.booted,
+            o.error.as_deref().unwrap_or("valid"),
+            o.secs
+        ));
+    }
+    let valid = outcomes.iter().filter(|o| o.valid()).count();
+    s.push_str(&format!(
+        "cuts: {}   valid boots: {valid}   failures: {}\n",
+        outcomes.len(),
+        outcomes.len() - valid
+    ));
+    s
+}
+
+pub fn loader_name(l: Loader) -> &'static str {
+    match l {
+        Loader::SystemdBoot => "systemd-boot",
+        Loader::Grub => "grub",
+    }
+}
+
+/// One disk and the bundles it is updated with.
+pub struct Campaign {
+    loader: Loader,
+    work: tempfile::TempDir,
+    server: StaticServer,
+    disk: PathBuf,
+    console: Option<Console>,
+    next_sequence: u64,
+    /// (slot, version) pairs that were good at some point: a good slot must be one of them.
+    known_good: BTreeSet<(String, String)>,
+    pub log: Vec<String>,
+}
+
+type Res<T> = Result<T, String>;
+
+fn ce(e: ConsoleError) -> String {
+    e.to_string()
+}
+
+impl Campaign {
+    /// Builds v1 for `loader` with the failpoint-enabled updater, boots it and writes the
+    /// persist marker files.
+    pub fn start(loader: Loader) -> Res<Campaign> {
+        let updater = imagebuilder::find_device_binary("kiln-updater-failpoints")
+            .ok_or("kiln-updater-failpoints not found: run scripts/build-device")?;
+        let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let v1 = build(work.path(), loader, 1, &updater, &fixtures::init_bin());
+        let www = work.path().join("www");
+        std::fs::create_dir_all(&www).map_err(|e| e.to_string())?;
+        let server = StaticServer::start(&www).map_err(|e| e.to_string())?;
+        let mut c = Campaign {
+            loader,
+            server,
+            disk: v1.disk.clone(),
+            console: None,
+            next_sequence: 2,
+            known_good: BTreeSet::from([("a".to_string(), "1.0.0".to_string())]),
+            log: Vec::new(),
+            work,
+        };
+        let con = c.boot()?;
+        let (slot, version) = ready(con)?;
+        if (slot.as_str(), version.as_str()) != ("a", "1.0.0") {
+            return Err(format!("v1 booted as {slot} {version}"));
+        }
+        con.ok(&format!(
+            "echo {PERSIST_MARK} > /etc/kiln-pc && echo {PERSIST_MARK} > /var/kiln-pc && sync"
+        ))
+        .map_err(ce)?;
+        Ok(c)
+    }
+
+    fn boot(&mut self) -> Res<&mut Console> {
+        self.console = None;
+        let con = Console::boot(&self.disk).map_err(|e| format!("starting QEMU: {e}"))?;
+        Ok(self.console.insert(con))
+    }
+
+    fn con(&mut self) -> &mut Console {
+        self.console.as_mut().expect("a running VM")
+    }
+
+    /// Builds and bundles the next version (`bad`: with an initramfs that panics); returns
+    /// (sequence, version, root sha256).
+    fn next_bundle(&mut self, bad: bool) -> Res<(u64, String, String)> {
+        let seq = self.next_sequence;
+        self.next_sequence += 1;
+        let updater = imagebuilder::find_device_binary("kiln-updater-failpoints")
+            .ok_or("kiln-updater-failpoints not found")?;
+        let init = if bad {
+            let p = self.work.path().join("exit-init");
+            std::fs::write(&p, fixtures::exit_elf()).map_err(|e| e.to_string())?;
+            p
+        } else {
+            fixtures::init_bin()
+        };
+        let b = build(self.work.path(), self.loader, seq, &updater, &init);
+        let out = self.work.path().join("www").join(format!("v{seq}"));
+        let m = fixtures::dev_bundle(b.disk.parent().expect("build dir"), &out, seq);
+        Ok((seq, format!("{seq}.0.0"), m.payloads.root.sha256.clone()))
+    }
+
+    /// Runs one cut and checks the invariants after it.
+    pub fn cut(&mut self, cut: &Cut) -> Outcome {
+        let start = Instant::now();
+        let mut booted = String::from("-");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.cut_inner(cut, &mut booted)
+        }))
+        .unwrap_or_else(|p| {
+            Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into()))
+        });
+        let o = Outcome {
+            loader: self.loader,
+            cut: cut.clone(),
+            booted,
+            error: r.err(),
+            secs: start.elapsed().as_secs_f64(),
+        };
+        eprintln!(
+            "power cut {} {cut}: booted {} — {} ({:.0} s)",
+            loader_name(self.loader),
+            o.booted,
+            o.error.as_deref().unwrap_or("valid"),
+            o.secs
+        );
+        if !o.valid() {
+            // Continue the chain from a fresh boot of the same disk.
+            if let Some(c) = &self.console {
+                self.log.push(format!("--- {cut} ---\n{}", c.transcript()));
+            }
+            if let Ok(con) = self.boot() {
+                let _ = ready(con);
+            }
+        }
+        o
+    }
+
+    fn cut_inner(&mut self, cut: &Cut, booted_out: &mut String) -> Res<()> {
+        let bad = matches!(
+            cut,
+            Cut::Failpoint {
+                phase: Phase::Reconcile,
+                ..
+            }
+        );
+        let (seq, version, root_sha) = self.next_bundle(bad)?;
+        let url = self.server.guest_url(&format!("v{seq}"));
+        let before = status(self.con());
+        let booted_before = before["booted"].as_str().unwrap_or("").to_string();
+        let target = if booted_before == "a" { "b" } else { "a" };
+        let install = |fp: &str| format!("{fp}kiln-updater install --no-reboot {url}");
+        let arm_file = |name: &str, nth: u32| {
+            format!("echo '{name}=poweroff@{nth}' > /persist/kiln/failpoints && sync")
+        };
+        match cut {
+            Cut::Failpoint {
+                phase: Phase::Install,
+                name,
+                nth,
+            } => {
+                self.run_until_poweroff(
+                    &install(&format!("KILN_FAILPOINTS='{name}=poweroff@{nth}' ")),
+                    INSTALL,
+                )?;
+            }
+            Cut::Failpoint {
+                phase: Phase::Bless,
+                name,
+                nth,
+            } => {
+                self.install_ok(&install(""))?;
+                self.con().ok(&arm_file(name, *nth)).map_err(ce)?;
+                self.reboot_until_poweroff(BOOT)?;
+            }
+            Cut::Failpoint {
+                phase: Phase::Rollback,
+                name,
+                nth,
+            } => {
+                // Rollback needs a second good slot: install, boot and bless it first.
+                self.install_ok(&install(""))?;
+                let con = self.con();
+                con.send_line("reboot").map_err(ce)?;
+                let (s, v) = ready(con)?;
+                if (s.as_str(), v.as_str()) != (target, version.as_str()) {
+                    return Err(format!("the staged {version} booted as {s} {v}"));
+                }
+                self.known_good.insert((s, v));
+                self.run_until_poweroff(
+                    &format!("KILN_FAILPOINTS='{name}=poweroff@{nth}' kiln-updater rollback"),
+                    INSTALL,
+                )?;
+            }
+            Cut::Failpoint {
+                phase: Phase::Reconcile,
+                name,
+                nth,
+            } => {
+                // A bundle whose initramfs panics: it uses up its tries, the loader falls back
+                // and the reconcile of that boot meets the failpoint.
+                self.install_ok(&install(""))?;
+                self.con().ok(&arm_file(name, *nth)).map_err(ce)?;
+                self.reboot_until_poweroff(Duration::from_secs(900))?;
+            }
+            Cut::Random { after_ms, .. } => {
+                let con = self.con();
+                con.send_line(&install("")).map_err(ce)?;
+                std::thread::sleep(Duration::from_millis(*after_ms));
+                self.console = None; // QEMU killed by PID: the plug is pulled.
+            }
+        }
+
+        // Power back on: same disk, same firmware variables.
+        self.boot()?;
+        let (slot_now, version_now) = ready(self.con())?;
+        *booted_out = format!("{slot_now} {version_now}");
+        let is_new = version_now == version;
+        if is_new {
+            if slot_now != target {
+                return Err(format!(
+                    "{version} booted from slot {slot_now}, not {target}"
+                ));
+            }
+            // Only the fully verified root may run: read it back and compare.
+            let size = root_size(self.work.path(), seq)?;
+            let dev = if slot_now == "a" {
+                "/dev/vda2"
+            } else {
+                "/dev/vda3"
+            };
+            let out = self
+                .con()
+                .ok(&format!("head -c {size} {dev} | sha256sum"))
+                .map_err(ce)?;
+            if !out.contains(&root_sha) {
+                return Err(format!(
+                    "slot {slot_now} runs {version} but its root does not match the manifest: {out}"
+                ));
+            }
+        } else if !self
+            .known_good
+            .contains(&(slot_now.clone(), version_now.clone()))
+        {
+            return Err(format!(
+                "booted {slot_now} {version_now}, which was never good there"
+            ));
+        }
+        self.known_good
+            .insert((slot_now.clone(), version_now.clone()));
+
+        // Status coherent.
+        let s = status(self.con());
+        if s["booted"] != slot_now.as_str() {
+            return Err(format!(
+                "status says booted {}, console {slot_now}",
+                s["booted"]
+            ));
+        }
+        let me = slot(&s, &slot_now);
+        if me["state"] != "good" || me["version"] != version_now.as_str() {
+            return Err(format!("booted slot not good with {version_now}: {s}"));
+        }
+        for sl in ["a", "b"] {
+            let x = slot(&s, sl);
+            if x["state"] == "good" {
+                let v = x["version"].as_str().unwrap_or("").to_string();
+                let pair = (sl.to_string(), v.clone());
+                let new_here = v == version && sl == target && is_new;
+                if !new_here && !self.known_good.contains(&pair) {
+                    return Err(format!(
+                        "slot {sl} good with {v}, never verified there: {s}"
+                    ));
+                }
+            }
+        }
+
+        // Persist data intact.
+        let marks = self.con().ok("cat /etc/kiln-pc /var/kiln-pc").map_err(ce)?;
+        if marks.trim() != format!("{PERSIST_MARK}\n{PERSIST_MARK}") {
+            return Err(format!("persist files changed: {marks:?}"));
+        }
+
+        // The same install completes, unless the new version already runs or was blessed
+        // before the cut (a rollback), or is the bundle that cannot boot.
+        let blessed = s["installed_sequence"].as_u64().is_some_and(|n| n >= seq);
+        if !is_new && !bad && !blessed {
+            let (rc, out) = self.con().sh(&install(""), INSTALL).map_err(ce)?;
+            if rc != 0 || !out.contains("staged") {
+                return Err(format!("install after the cut did not complete: {out}"));
+            }
+            let s = status(self.con());
+            let t = slot(&s, target);
+            if t["version"] != version.as_str() {
+                return Err(format!(
+                    "after the re-install slot {target} is not {version}: {s}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd`, which must end with the failpoint powering the machine off.
+    fn run_until_poweroff(&mut self, cmd: &str, timeout: Duration) -> Res<()> {
+        match self.con().sh(cmd, timeout) {
+            Ok((rc, out)) => Err(format!(
+                "the failpoint never fired: `{cmd}` ended with {rc}: {}",
+                tail(&out)
+            )),
+            Err(_) => {
+                let con = self.console.take().expect("a running VM");
+                con.wait_exit(Duration::from_secs(30))
+                    .map_err(|e| format!("the failpoint did not power off: {e}"))
+            }
+        }
+    }
+
+    /// Reboots; the failpoint must power the machine off before the next `kiln-ready`.
+    fn reboot_until_poweroff(&mut self, timeout: Duration) -> Res<()> {
+        let con = self.con();
+        con.send_line("reboot").map_err(ce)?;
+        match con.expect("kiln-ready", timeout) {
+            Ok(_) => Err("the failpoint never fired: the next boot reached kiln-ready".into()),
+            Err(_) => {
+                let con = self.console.take().expect("a running VM");
+                con.wait_exit(Duration::from_secs(30))
+                    .map_err(|e| format!("the failpoint did not power off: {e}"))
+            }
+        }
+    }
+
+    fn install_ok(&mut self, cmd: &str) -> Res<()> {
+        let (rc, out) = self.con().sh(cmd, INSTALL).map_err(ce)?;
+        if rc != 0 || !out.contains("staged") {
+            return Err(format!("`{cmd}` failed: {}", tail(&out)));
+        }
+        Ok(())
+    }
+}
+
+/// Waits for `kiln-ready` and returns (slot, version).
+fn ready(con: &mut Console) -> Res<(String, String)> {
+    con.expect("kiln-ready slot=", BOOT).map_err(ce)?;
+    let rest = con.expect("\n", Duration::from_secs(10)).map_err(ce)?;
+    let mut it = rest.split_whitespace();
+    let slot = it.next().unwrap_or("").to_string();
+    let version = it
+        .next()
+        .and_then(|v| v.strip_prefix("version="))
+        .unwrap_or("")
+        .to_string();
+    Ok((slot, version))
+}
+
+fn build(
+    work: &Path,
+    loader: Loader,
+    seq: u64,
+    updater: &Path,
+    init: &Path,
+) -> imagebuilder::pipeline::BuildReport {
+    fixtures::build_default_opts(
+        &work.join(format!("build-{seq}")),
+        |s| {
+            s.version = format!("{seq}.0.0");
+            s.boot.loader = loader;
+        },
+        init,
+        Some(updater),
+    )
+}
+
+/// The last lines of a command's output, for error messages.
+fn tail(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    lines[lines.len().saturating_sub(6)..].join(" | ")
+}
+
+fn root_size(work: &Path, seq: u64) -> Res<u64> {
+    let m =
+        std::fs::metadata(work.join(format!("build-{seq}/root.img"))).map_err(|e| e.to_string())?;
+    Ok(m.len())
+}
+
+/// Every failpoint name appears in the cuts of at least one backend.
+pub fn unlisted_failpoints() -> Vec<&'static str> {
+    let all: Vec<Cut> = failpoint_cuts(Loader::SystemdBoot)
+        .into_iter()
+        .chain(failpoint_cuts(Loader::Grub))
+        .collect();
+    failpoint::ALL
+        .iter()
+        .copied()
+        .filter(|n| {
+            !all.iter()
+                .any(|c| matches!(c, Cut::Failpoint { name, .. } if name == n))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cut_lists_cover_every_failpoint() {
+        assert_eq!(unlisted_failpoints(), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn random_cuts_replay_from_their_seed() {
+        let a = random_cuts(7, 5, 10_000);
+        assert_eq!(a, random_cuts(7, 5, 10_000));
+        assert_ne!(a, random_cuts(8, 5, 10_000));
+        // cut i of seed s is cut 0 of seed s + i
+        assert_eq!(a[3], random_cuts(10, 1, 10_000)[0]);
+        assert!(a
+            .iter()
+            .all(|c| matches!(c, Cut::Random { after_ms, .. } if *after_ms < 10_000)));
+    }
+}
