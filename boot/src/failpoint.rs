@@ -32,9 +32,8 @@ pub const ALL: &[&str] = &[
     "sdboot.entry-written",
     "sdboot.entry-renamed",
     "sdboot.stale-removed",
-    // grubenv commit
+    // grubenv commit (rewritten in place)
     "grub.env-written",
-    "grub.env-renamed",
 ];
 
 /// What an armed failpoint does.

@@ -160,15 +160,23 @@ impl GrubEnv {
         Ok((parse_state(&vars), vars))
     }
 
-    /// Replaces the block: temporary file, fsync, rename, directory fsync.
+    /// Replaces the block. Like GRUB's own `save_env`, an existing 1024-byte file is rewritten
+    /// in place and fsynced (no FAT allocation or directory change: a rename over an existing
+    /// file on FAT is not safe against a cut); otherwise temporary file, fsync, rename.
     pub fn commit(&self, state: &BootState, cmdline: impl Fn(Slot) -> String) -> io::Result<()> {
         let block = render_env(state, cmdline)?;
+        if fs::metadata(&self.0).is_ok_and(|m| m.len() == SIZE as u64) {
+            return crate::systemd_boot::counting::rewrite_in_place(
+                &self.0,
+                &block,
+                "grub.env-written",
+            );
+        }
         let tmp = self.0.with_extension("new");
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&block)?;
         f.sync_all()?;
-        crate::failpoint::hit("grub.env-written");
-        crate::rename_durable(&tmp, &self.0, "grub.env-renamed")
+        crate::rename_durable(&tmp, &self.0, "grub.env-written")
     }
 }
 

@@ -99,6 +99,30 @@ pub mod counting {
     pub struct EntriesDir(pub PathBuf);
 
     impl EntriesDir {
+        /// A new entry: temporary file, fsync, rename to a name that does not exist, fsyncs.
+        fn create(&self, name: &str, content: &str) -> io::Result<()> {
+            let path = self.0.join(name);
+            if path.exists() {
+                fs::remove_file(&path)?;
+                sync_dir(&self.0)?;
+            }
+            let tmp = self.0.join(format!(".{name}.tmp"));
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(content.as_bytes())?;
+            f.sync_all()?;
+            crate::failpoint::hit("sdboot.entry-written");
+            crate::rename_durable(&tmp, &path, "sdboot.entry-renamed")
+        }
+
+        /// Replaces another version's entry: the old file goes first (a slot being replaced is
+        /// not the one to fall back to), then [`EntriesDir::create`].
+        fn replace(&self, old: &str, name: &str, content: &str) -> io::Result<()> {
+            fs::remove_file(self.0.join(old))?;
+            sync_dir(&self.0)?;
+            crate::failpoint::hit("sdboot.stale-removed");
+            self.create(name, content)
+        }
+
         /// Reads the state and each entry's details.
         pub fn read(&self) -> io::Result<(BootState, Vec<(Slot, Parsed)>)> {
             let mut state = BootState::default();
@@ -155,32 +179,41 @@ pub mod counting {
                     }
                     Some(e) => {
                         let name = file_name(slot, e.health);
-                        let content = text(slot, e);
-                        let same_text = old_file.as_ref().is_some_and(|o| {
-                            fs::read_to_string(self.0.join(o)).is_ok_and(|t| t == content)
-                        });
-                        match &old_file {
-                            Some(o) if same_text && *o == name => continue,
-                            // Only the counter changed (a bless): one atomic rename.
-                            Some(o) if same_text => {
+                        let old = on_disk.iter().find(|(s, _)| *s == slot).map(|(_, p)| p);
+                        // An entry of the same version: never replaced through a rename over
+                        // it (on FAT that is not safe against a cut). The priority is edited
+                        // in place (fixed width: same length), the counter by a rename to a
+                        // name that does not exist.
+                        if let Some(p) = old.filter(|p| p.version == e.version) {
+                            if p.priority != e.priority {
+                                let path = self.0.join(&p.file);
+                                let current = fs::read_to_string(&path)?;
+                                match with_priority(&current, e.priority) {
+                                    Some(t) => rewrite_in_place(
+                                        &path,
+                                        t.as_bytes(),
+                                        "sdboot.entry-written",
+                                    )?,
+                                    None => {
+                                        // Not in Kiln's form: replace it whole.
+                                        self.replace(&p.file, &name, &text(slot, e))?;
+                                        continue;
+                                    }
+                                }
+                            }
+                            if p.file != name {
                                 crate::rename_durable(
-                                    &self.0.join(o),
+                                    &self.0.join(&p.file),
                                     &self.0.join(&name),
                                     "sdboot.entry-renamed",
                                 )?;
-                                continue;
                             }
-                            _ => {}
+                            continue;
                         }
-                        let tmp = self.0.join(format!(".{name}.tmp"));
-                        let mut f = fs::File::create(&tmp)?;
-                        f.write_all(content.as_bytes())?;
-                        f.sync_all()?;
-                        crate::failpoint::hit("sdboot.entry-written");
-                        crate::rename_durable(&tmp, &self.0.join(&name), "sdboot.entry-renamed")?;
-                        if let Some(old) = old_file.filter(|o| *o != name) {
-                            fs::remove_file(self.0.join(old))?;
-                            crate::failpoint::hit("sdboot.stale-removed");
+                        let content = text(slot, e);
+                        match old {
+                            Some(p) => self.replace(&p.file, &name, &content)?,
+                            None => self.create(&name, &content)?,
                         }
                     }
                 }
@@ -203,6 +236,32 @@ pub mod counting {
             }
             sync_dir(&self.0)
         }
+    }
+
+    /// `text` with its `version` line (the priority, fixed width) set to `priority`; None when
+    /// the line is missing or not in Kiln's fixed-width form.
+    pub fn with_priority(text: &str, priority: u32) -> Option<String> {
+        let start = text.find("\nversion ")? + "\nversion ".len();
+        let digits = &text[start..];
+        let end = digits.find('\n').unwrap_or(digits.len());
+        if end != 10 || !digits[..end].bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(format!(
+            "{}{priority:010}{}",
+            &text[..start],
+            &digits[end..]
+        ))
+    }
+
+    /// Overwrites the whole content of an existing file of the same length, then fsyncs it;
+    /// `hit` names the failpoint between the write and the fsync.
+    pub fn rewrite_in_place(path: &Path, data: &[u8], hit: &'static str) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(path)?;
+        f.write_all_at(data, 0)?;
+        crate::failpoint::hit(hit);
+        f.sync_all()
     }
 
     /// fsyncs a directory so renames and unlinks in it are durable.
@@ -242,6 +301,47 @@ pub mod counting {
             );
             assert_eq!(parse_file_name("other.conf"), None);
             assert_eq!(parse_file_name("kiln-c.conf"), None);
+        }
+
+        #[test]
+        fn priority_edit_keeps_the_length() {
+            let t = "# kiln-version 1\ntitle x\nversion 0000000001\noptions a b\n";
+            let n = with_priority(t, 42).unwrap();
+            assert_eq!(n.len(), t.len());
+            assert!(n.contains("\nversion 0000000042\n"));
+            assert_eq!(with_priority("title x\nversion 7\n", 2), None);
+        }
+
+        #[test]
+        fn a_rollback_rewrites_the_other_entry_in_place() {
+            use std::os::unix::fs::MetadataExt;
+            let d = tempfile::tempdir().unwrap();
+            let dir = EntriesDir(d.path().to_path_buf());
+            let good = |v: &str, p: u32| SlotEntry {
+                version: v.into(),
+                priority: p,
+                health: Health::Good,
+            };
+            let mut st = BootState::default();
+            st.entries.insert(Slot::A, good("1", 1));
+            st.entries.insert(Slot::B, good("2", 2));
+            // Slot A's entry was written by an older renderer (other options): kept as is.
+            let text = |s: Slot, e: &SlotEntry| render(s, e, "kiln", "new options");
+            fs::write(
+                d.path().join("kiln-a.conf"),
+                render(Slot::A, &good("1", 1), "kiln", "old options"),
+            )
+            .unwrap();
+            dir.commit(&st, text).unwrap();
+            let a = d.path().join("kiln-a.conf");
+            let ino = fs::metadata(&a).unwrap().ino();
+            assert!(fs::read_to_string(&a).unwrap().contains("old options"));
+            st.rollback(Slot::B).unwrap();
+            dir.commit(&st, text).unwrap();
+            let after = fs::read_to_string(&a).unwrap();
+            assert!(after.contains("version 0000000003") && after.contains("old options"));
+            assert_eq!(fs::metadata(&a).unwrap().ino(), ino, "rewritten in place");
+            assert_eq!(dir.read().unwrap().0, st);
         }
 
         #[test]

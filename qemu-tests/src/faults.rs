@@ -94,22 +94,20 @@ pub fn failpoint_cuts(loader: Loader) -> Vec<Cut> {
     match loader {
         Loader::SystemdBoot => cuts.extend([
             // The clear removes the target's entry; the stage writes a new one; the bless
-            // renames it; the rollback rewrites both.
+            // renames it; the rollback rewrites the other's in place.
             fp(Install, "sdboot.stale-removed", 1),
             fp(Install, "sdboot.entry-written", 1),
             fp(Install, "sdboot.entry-renamed", 1),
             fp(Bless, "sdboot.entry-renamed", 1),
             fp(Rollback, "sdboot.entry-written", 1),
-            fp(Rollback, "sdboot.entry-renamed", 1),
         ]),
         Loader::Grub => cuts.extend([
-            // Commits: the clear (1) and the stage (2) of an install, the bless, the rollback.
+            // grubenv is rewritten in place: the clear (1) and the stage (2) of an install, the
+            // bless, the rollback.
             fp(Install, "grub.env-written", 1),
-            fp(Install, "grub.env-renamed", 1),
             fp(Install, "grub.env-written", 2),
-            fp(Install, "grub.env-renamed", 2),
-            fp(Bless, "grub.env-renamed", 1),
-            fp(Rollback, "grub.env-renamed", 1),
+            fp(Bless, "grub.env-written", 1),
+            fp(Rollback, "grub.env-written", 1),
         ]),
     }
     cuts
@@ -144,6 +142,9 @@ pub struct Outcome {
     pub booted: String,
     pub error: Option<String>,
     pub secs: f64,
+    /// What `fsck.fat -n` on the host reported about the ESP right after the cut, before the
+    /// next boot (None: clean). FAT is not crash-safe: kiln-init repairs it at boot.
+    pub esp_after_cut: Option<String>,
 }
 
 impl Outcome {
@@ -166,6 +167,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
             o.error.as_deref().unwrap_or("valid"),
             o.secs
         ));
+        if let Some(e) = &o.esp_after_cut {
+            s.push_str(&format!("{:<13}   ESP on disk after the cut: {e}\n", ""));
+        }
     }
     let valid = outcomes.iter().filter(|o| o.valid()).count();
     s.push_str(&format!(
@@ -193,6 +197,9 @@ pub struct Campaign {
     next_sequence: u64,
     /// (slot, version) pairs that were good at some point: a good slot must be one of them.
     known_good: BTreeSet<(String, String)>,
+    /// Offset and size of the ESP in the disk file.
+    esp: (u64, u64),
+    esp_after_cut: Option<String>,
     pub log: Vec<String>,
 }
 
@@ -220,6 +227,13 @@ impl Campaign {
             console: None,
             next_sequence: 2,
             known_good: BTreeSet::from([("a".to_string(), "1.0.0".to_string())]),
+            esp: v1
+                .partitions
+                .iter()
+                .find(|p| p.label == "esp")
+                .map(|p| (p.offset, p.size))
+                .ok_or("v1 has no esp partition")?,
+            esp_after_cut: None,
             log: Vec::new(),
             work,
         };
@@ -285,13 +299,18 @@ impl Campaign {
             booted,
             error: r.err(),
             secs: start.elapsed().as_secs_f64(),
+            esp_after_cut: self.esp_after_cut.take(),
         };
         eprintln!(
-            "power cut {} {cut}: booted {} — {} ({:.0} s)",
+            "power cut {} {cut}: booted {} — {} ({:.0} s){}",
             loader_name(self.loader),
             o.booted,
             o.error.as_deref().unwrap_or("valid"),
-            o.secs
+            o.secs,
+            o.esp_after_cut
+                .as_deref()
+                .map(|e| format!("; ESP after the cut: {e}"))
+                .unwrap_or_default()
         );
         if !o.valid() {
             // Continue the chain from a fresh boot of the same disk.
@@ -380,6 +399,7 @@ impl Campaign {
             }
         }
 
+        self.esp_after_cut = self.check_esp_on_host();
         // Power back on: same disk, same firmware variables.
         self.boot()?;
         let (slot_now, version_now) = ready(self.con())?;
@@ -467,6 +487,52 @@ impl Campaign {
             }
         }
         Ok(())
+    }
+
+    /// `fsck.fat -n` of the ESP as the cut left it (a copy of its bytes); None when clean.
+    fn check_esp_on_host(&self) -> Option<String> {
+        let run = || -> std::io::Result<Option<String>> {
+            let disk = std::fs::File::open(&self.disk)?;
+            let copy = self.work.path().join("esp-after-cut.img");
+            let out = std::fs::File::create(&copy)?;
+            out.set_len(self.esp.1)?;
+            let (off, len) = self.esp;
+            for (a, b) in imagebuilder::disk::data_extents(&disk)? {
+                let (a, b) = (a.max(off), b.min(off + len));
+                if a < b {
+                    imagebuilder::disk::copy_range(&disk, a, &out, a - off, b - a)?;
+                }
+            }
+            drop(out);
+            let o = std::process::Command::new("fsck.fat")
+                .arg("-n")
+                .arg(&copy)
+                .output()?;
+            let _ = std::fs::remove_file(&copy);
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            // What an unclean unmount always shows (the dirty flag, set while mounted, in the
+            // boot sector but not its backup; the free-cluster hint) is not a finding.
+            const BENIGN: &[&str] = &[
+                "fsck.fat ",
+                "differences between boot sector and its backup",
+                "mostly harmless",
+                "65:01/00",
+                "Not automatically fixing this",
+                "Dirty bit is set",
+                "removing dirty bit",
+                "Free cluster summary wrong",
+                "Auto-correcting",
+                "Leaving filesystem unchanged",
+                " files, ",
+            ];
+            let findings: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !BENIGN.iter().any(|b| l.contains(b)))
+                .collect();
+            Ok((!findings.is_empty()).then(|| findings.join(" / ")))
+        };
+        run().unwrap_or_else(|e| Some(format!("cannot check: {e}")))
     }
 
     /// Runs `cmd`, which must end with the failpoint powering the machine off.

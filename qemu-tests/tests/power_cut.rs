@@ -7,23 +7,7 @@
 use imagebuilder::spec::Loader;
 use qemu_tests::faults::{self, Campaign, Cut, Phase};
 
-/// Cuts that still fail, left out of the CI sample until fixed (the issue stays open; `cargo
-/// xtask faults` runs them): right after a rename of a loader entry at a bless or a rollback,
-/// the other slot's entry file (`kiln-a.conf`) is found with its clusters freed after the cut
-/// ("cluster chain length is 0" from the boot-time fsck.fat), so that slot has no usable
-/// entry. See docs/architecture.md.
-const KNOWN_FAILING: &[(Phase, &str)] = &[
-    (Phase::Bless, "sdboot.entry-renamed"),
-    (Phase::Rollback, "sdboot.entry-renamed"),
-];
-
-fn known_failing(c: &Cut) -> bool {
-    matches!(c, Cut::Failpoint { phase, name, .. }
-        if KNOWN_FAILING.iter().any(|(p, n)| p == phase && n == name))
-}
-
 fn chain(cuts: Vec<Cut>) {
-    let cuts: Vec<Cut> = cuts.into_iter().filter(|c| !known_failing(c)).collect();
     let mut c = Campaign::start(Loader::SystemdBoot).unwrap_or_else(|e| panic!("{e}"));
     let outcomes: Vec<_> = cuts.iter().map(|cut| c.cut(cut)).collect();
     let table = faults::table(&outcomes);

@@ -55,6 +55,9 @@ enum Cmd {
         /// Only random cuts (skip the failpoints).
         #[arg(long)]
         random_only: bool,
+        /// Only the failpoint cuts whose description contains this (e.g. `Rollback:`).
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -65,11 +68,21 @@ enum Backend {
     Grub,
 }
 
-fn plan(loader: Loader, cuts: usize, seed: u64, span_ms: u64, random_only: bool) -> Vec<Cut> {
+fn plan(
+    loader: Loader,
+    cuts: usize,
+    seed: u64,
+    span_ms: u64,
+    random_only: bool,
+    only: Option<&str>,
+) -> Vec<Cut> {
     let mut plan: Vec<Cut> = if random_only {
         Vec::new()
     } else {
         faults::failpoint_cuts(loader)
+            .into_iter()
+            .filter(|c| only.is_none_or(|o| c.to_string().contains(o)))
+            .collect()
     };
     plan.truncate(cuts);
     let rest = cuts - plan.len();
@@ -114,6 +127,7 @@ fn main() -> Result<()> {
             seed,
             span_ms,
             random_only,
+            only,
         } => {
             let loaders = match loader {
                 Backend::Both => vec![Loader::SystemdBoot, Loader::Grub],
@@ -124,7 +138,7 @@ fn main() -> Result<()> {
                 let hs: Vec<_> = loaders
                     .iter()
                     .map(|l| {
-                        let p = plan(*l, cuts, seed, span_ms, random_only);
+                        let p = plan(*l, cuts, seed, span_ms, random_only, only.as_deref());
                         s.spawn(move || run(*l, p))
                     })
                     .collect();

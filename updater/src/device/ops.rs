@@ -279,6 +279,12 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             if name == "kernel" {
                 hit("install.kernel-written");
             }
+            // Not a rename over the old file (unsafe on FAT against a cut): the slot is not
+            // bootable, so its old file goes first.
+            if fin.exists() {
+                fs::remove_file(&fin)?;
+                fs::File::open(&dir)?.sync_all()?;
+            }
             kiln_boot::rename_durable(
                 &tmp,
                 &fin,
