@@ -32,6 +32,8 @@ fn root() -> PathBuf {
 struct Run {
     target: String,
     execs: Option<u64>,
+    /// User + system CPU time of the fuzzer process.
+    cpu_secs: f64,
     corpus: usize,
     ok: bool,
     note: String,
@@ -80,12 +82,13 @@ pub fn run(seconds: u64, jobs: usize, only: &[String]) -> Result<()> {
             runs.push(h.join().expect("fuzz runner thread")?);
         }
     }
-    println!("target        seconds  executions   corpus  result");
+    println!("target        wall s   CPU s  executions   corpus  result");
     for r in &runs {
         println!(
-            "{:<13} {:>7}  {:>10}  {:>7}  {}",
+            "{:<13} {:>6}  {:>6.0}  {:>10}  {:>7}  {}",
             r.target,
             seconds,
+            r.cpu_secs,
             r.execs.map_or("?".into(), |e| e.to_string()),
             r.corpus,
             if r.ok {
@@ -110,7 +113,15 @@ fn run_one(fuzz: &Path, target: &str, seconds: u64) -> Result<Run> {
     let bin = fuzz
         .join("target/x86_64-unknown-linux-gnu/release")
         .join(target);
-    let out = Command::new(&bin)
+    let log_path = fuzz.join("target").join(format!("{target}.log"));
+    // GNU time reports the fuzzer's user + system CPU time.
+    let cpu_path = fuzz.join("target").join(format!("{target}.cpu"));
+    let status = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%U %S")
+        .arg("-o")
+        .arg(&cpu_path)
+        .arg(&bin)
         .arg(format!("-max_total_time={seconds}"))
         .arg("-timeout=10")
         .arg("-rss_limit_mb=2048")
@@ -118,9 +129,20 @@ fn run_one(fuzz: &Path, target: &str, seconds: u64) -> Result<Run> {
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .arg(&corpus)
         .arg(&seeds)
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    let log = String::from_utf8_lossy(&out.stderr);
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .status()
+        .with_context(|| format!("running {} under /usr/bin/time", bin.display()))?;
+    let ok = status.success();
+    let cpu_secs = std::fs::read_to_string(&cpu_path)
+        .ok()
+        .and_then(|t| {
+            let last = t.lines().last()?.to_string();
+            let mut it = last.split_whitespace().map(|v| v.parse::<f64>().ok());
+            Some(it.next()?? + it.next()??)
+        })
+        .unwrap_or(0.0);
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let execs = log
         .lines()
         .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
@@ -134,7 +156,8 @@ fn run_one(fuzz: &Path, target: &str, seconds: u64) -> Result<Run> {
         target: target.to_string(),
         execs,
         corpus: std::fs::read_dir(&corpus)?.count(),
-        ok: out.status.success(),
+        ok,
+        cpu_secs,
         note,
     })
 }
