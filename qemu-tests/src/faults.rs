@@ -86,26 +86,34 @@ pub fn failpoint_cuts(loader: Loader) -> Vec<Cut> {
         fp(Install, "install.initrd-renamed", 1),
         fp(Install, "install.staged", 1),
         fp(Install, "state.written", 2),
+    ];
+    // The backend's own install points come while the target slot still has an entry for the
+    // clear to remove (after the cuts above, it holds the staged version).
+    match loader {
+        Loader::SystemdBoot => cuts.extend([
+            fp(Install, "sdboot.stale-removed", 1),
+            fp(Install, "sdboot.entry-written", 1),
+            fp(Install, "sdboot.entry-renamed", 1),
+        ]),
+        Loader::Grub => cuts.extend([
+            fp(Install, "grub.env-written", 1),
+            fp(Install, "grub.env-written", 2),
+        ]),
+    }
+    cuts.extend([
         fp(Bless, "bless.committed", 1),
         fp(Bless, "state.written", 1),
         fp(Rollback, "rollback.committed", 1),
         fp(Reconcile, "reconcile.committed", 1),
-    ];
+    ]);
     match loader {
+        // The bless renames the entry; the rollback rewrites the other's in place.
         Loader::SystemdBoot => cuts.extend([
-            // The clear removes the target's entry; the stage writes a new one; the bless
-            // renames it; the rollback rewrites the other's in place.
-            fp(Install, "sdboot.stale-removed", 1),
-            fp(Install, "sdboot.entry-written", 1),
-            fp(Install, "sdboot.entry-renamed", 1),
             fp(Bless, "sdboot.entry-renamed", 1),
             fp(Rollback, "sdboot.entry-written", 1),
         ]),
+        // grubenv is rewritten in place at the bless and the rollback.
         Loader::Grub => cuts.extend([
-            // grubenv is rewritten in place: the clear (1) and the stage (2) of an install, the
-            // bless, the rollback.
-            fp(Install, "grub.env-written", 1),
-            fp(Install, "grub.env-written", 2),
             fp(Bless, "grub.env-written", 1),
             fp(Rollback, "grub.env-written", 1),
         ]),
@@ -317,8 +325,11 @@ impl Campaign {
             if let Some(c) = &self.console {
                 self.log.push(format!("--- {cut} ---\n{}", c.transcript()));
             }
+            // The chain goes on from whatever the recovery boot runs (the failure is reported).
             if let Ok(con) = self.boot() {
-                let _ = ready(con);
+                if let Ok(pair) = ready(con) {
+                    self.known_good.insert(pair);
+                }
             }
         }
         o
