@@ -40,6 +40,5 @@ pub fn rename_durable(
     std::fs::rename(from, to)?;
     failpoint::hit(hit);
     std::fs::File::open(to)?.sync_all()?;
-    let dir = to.parent().unwrap_or(std::path::Path::new("."));
-    std::fs::File::open(dir)?.sync_all()
+    systemd_boot::counting::sync_dir(to.parent().unwrap_or(std::path::Path::new(".")))
 }

@@ -344,6 +344,16 @@ pub mod counting {
             assert_eq!(dir.read().unwrap().0, st);
         }
 
+        /// The file names in `dir`, sorted.
+        fn names(dir: &Path) -> Vec<String> {
+            let mut n: Vec<_> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        }
+
         #[test]
         fn commit_and_read_back_through_a_loader_rename() {
             let d = tempfile::tempdir().unwrap();
@@ -380,12 +390,7 @@ pub mod counting {
             assert!(details.iter().any(|(_, p)| p.options == "kiln.slot=b"));
             read.bless(Slot::B).unwrap();
             dir.commit(&read, text).unwrap();
-            let mut names: Vec<_> = fs::read_dir(d.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            names.sort();
-            assert_eq!(names, ["kiln-a.conf", "kiln-b.conf"]);
+            assert_eq!(names(d.path()), ["kiln-a.conf", "kiln-b.conf"]);
             assert_eq!(dir.read().unwrap().0, read);
 
             // What a torn rename and a cut before a rename leave: a second file for slot B
@@ -396,12 +401,7 @@ pub mod counting {
             let (again, _) = dir.read().unwrap();
             assert_eq!(again, read, "an empty duplicate must not win");
             dir.commit(&again, text).unwrap();
-            let mut names: Vec<_> = fs::read_dir(d.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
-            names.sort();
-            assert_eq!(names, ["kiln-a.conf", "kiln-b.conf"]);
+            assert_eq!(names(d.path()), ["kiln-a.conf", "kiln-b.conf"]);
         }
     }
 }

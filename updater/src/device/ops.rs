@@ -283,7 +283,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             // bootable, so its old file goes first.
             if fin.exists() {
                 fs::remove_file(&fin)?;
-                fs::File::open(&dir)?.sync_all()?;
+                kiln_boot::systemd_boot::counting::sync_dir(&dir)?;
             }
             kiln_boot::rename_durable(
                 &tmp,
