@@ -60,6 +60,19 @@ enum Cmd {
         #[arg(long)]
         kbundle: Option<PathBuf>,
     },
+    /// Write an image to a whole disk: refuses a device that is mounted, swap, held or too small;
+    /// opens it exclusively, writes all but the first MiB, verifies, then writes the partition
+    /// table and re-reads it. A failed flash leaves no partition table.
+    Flash {
+        /// disk.raw, a zstd-compressed image, or an http(s) URL (streamed, not stored).
+        image: String,
+        /// The whole block device, e.g. /dev/sdb.
+        device: PathBuf,
+        /// Expected sha256 of the (decompressed) image, or a file holding it as `sha256sum`
+        /// prints it (default: IMAGE.sha256 when it exists).
+        #[arg(long)]
+        sha256: Option<String>,
+    },
     /// Boot a disk in QEMU (OVMF, per-disk EFI variables), serial console on stdout.
     Run {
         disk: PathBuf,
@@ -137,6 +150,11 @@ fn real_main() -> Result<()> {
                 m.sequence
             );
         }
+        Cmd::Flash {
+            image,
+            device,
+            sha256,
+        } => flash(&image, &device, sha256.as_deref())?,
         Cmd::Run {
             disk,
             timeout,
@@ -162,5 +180,60 @@ fn real_main() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `kiln flash`: the expected checksum from `--sha256` (hex or a file) or IMAGE.sha256.
+fn flash(image: &str, device: &std::path::Path, sha256: Option<&str>) -> Result<()> {
+    use kiln_flash::{source, target::Target, write};
+    let expected = match sha256 {
+        Some(s) if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Some((s.to_string(), "--sha256".to_string()))
+        }
+        Some(f) => Some((
+            std::fs::read_to_string(f).with_context(|| format!("reading --sha256 file {f}"))?,
+            f.to_string(),
+        )),
+        None => source::sidecar_checksum(image)?,
+    };
+    let expected = expected
+        .map(|(text, from)| {
+            let sha256 = kiln_flash::parse_sha256(&text)
+                .with_context(|| format!("reading the checksum in {from}"))?;
+            anyhow::Ok(write::Expected { sha256, from })
+        })
+        .transpose()?;
+    let dev = Target::open_device(device)?;
+    let mut src = source::open(image)?;
+    let r = write::flash(
+        &mut src,
+        &dev,
+        expected.as_ref(),
+        &kiln_flash::progress::Reporter::default(),
+    )?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "{}: {:.1} MiB flashed ({:.1} MiB data, {:.1} MiB zeroed), sha256 {} {}; read back equal; partition table {}",
+        device.display(),
+        mib(r.bytes),
+        mib(r.written + write::HEAD),
+        mib(r.zeroed),
+        hex::encode(r.sha256),
+        match &expected {
+            Some(e) => format!("matches {}", e.from),
+            None => "(no checksum given: checked against the image as read)".into(),
+        },
+        match (r.partitions_reread, r.kernel_partitions) {
+            (true, 0) => format!(
+                "re-read, but the kernel lists no partitions (a kernel without GPT support? \
+                 `partx -a {}` adds them)",
+                device.display()
+            ),
+            (true, n) => format!("re-read ({n} partitions)"),
+            (false, _) =>
+                "written (the device does not support partitions: attach loop devices with -P)"
+                    .into(),
+        }
+    );
     Ok(())
 }

@@ -1,0 +1,203 @@
+//! Where an image comes from: a local file (raw or zstd-compressed) or an http(s) URL, streamed.
+//! Compression is recognised by the zstd magic, not by the file name.
+
+use crate::FlashError;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// An image being read once, front to back.
+pub struct Source {
+    /// The path or URL, for messages.
+    pub name: String,
+    /// The image's bytes (decompressed).
+    pub reader: Box<dyn Read + Send>,
+    /// The image's size, when known before reading: a raw file's length, a raw HTTP body's
+    /// `Content-Length`, or the content size a zstd frame header records.
+    pub len: Option<u64>,
+    /// Whether the bytes were zstd-compressed.
+    pub zstd: bool,
+}
+
+/// Whether `spec` names a URL rather than a file.
+pub fn is_url(spec: &str) -> bool {
+    spec.starts_with("http://") || spec.starts_with("https://")
+}
+
+/// Opens `spec` (a path or an http(s) URL).
+pub fn open(spec: &str) -> Result<Source, FlashError> {
+    if is_url(spec) {
+        return open_url(spec);
+    }
+    let path = Path::new(spec);
+    let file = File::open(path).map_err(FlashError::io("opening image", spec))?;
+    let meta = file
+        .metadata()
+        .map_err(FlashError::io("reading image", spec))?;
+    if !meta.is_file() {
+        return Err(FlashError::Io {
+            what: "reading image",
+            path: spec.into(),
+            source: std::io::Error::other("not a regular file"),
+        });
+    }
+    sniff(spec, Box::new(file), Some(meta.len()))
+}
+
+/// Wraps `raw` in a zstd decoder when it starts with the zstd magic.
+fn sniff(
+    name: &str,
+    raw: Box<dyn Read + Send>,
+    raw_len: Option<u64>,
+) -> Result<Source, FlashError> {
+    let mut buf = BufReader::with_capacity(1 << 20, raw);
+    let head = buf
+        .fill_buf()
+        .map_err(FlashError::io("reading image", name))?;
+    if !head.starts_with(&ZSTD_MAGIC) {
+        return Ok(Source {
+            name: name.into(),
+            reader: Box::new(buf),
+            len: raw_len,
+            zstd: false,
+        });
+    }
+    let len = zstd::zstd_safe::get_frame_content_size(head).ok().flatten();
+    let dec = zstd::stream::read::Decoder::with_buffer(buf)
+        .map_err(FlashError::io("decompressing image", name))?;
+    Ok(Source {
+        name: name.into(),
+        reader: Box::new(dec),
+        len,
+        zstd: true,
+    })
+}
+
+#[cfg(feature = "http")]
+fn client(url: &str) -> Result<reqwest::blocking::Client, FlashError> {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        // Per read: a server that stalls for a minute fails the flash (and wipes the device).
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| FlashError::Http {
+            url: url.into(),
+            message: e.to_string(),
+        })
+}
+
+#[cfg(feature = "http")]
+fn open_url(url: &str) -> Result<Source, FlashError> {
+    let http = |e: reqwest::Error| FlashError::Http {
+        url: url.into(),
+        message: e.to_string(),
+    };
+    let resp = client(url)?
+        .get(url)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .map_err(http)?;
+    let len = resp.content_length();
+    sniff(url, Box::new(resp), len)
+}
+
+#[cfg(not(feature = "http"))]
+fn open_url(url: &str) -> Result<Source, FlashError> {
+    Err(FlashError::Http {
+        url: url.into(),
+        message: "built without http support".into(),
+    })
+}
+
+/// The published checksum next to an image: `IMAGE.sha256` (a file beside it, or the URL with
+/// `.sha256` appended). `None` when there is none; an error when it exists but cannot be read.
+pub fn sidecar_checksum(spec: &str) -> Result<Option<(String, String)>, FlashError> {
+    let name = format!("{spec}.sha256");
+    if is_url(spec) {
+        return fetch_optional(&name).map(|t| t.map(|t| (t, name)));
+    }
+    match std::fs::read_to_string(&name) {
+        Ok(t) => Ok(Some((t, name))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(FlashError::io("reading checksum", &name)(e)),
+    }
+}
+
+#[cfg(feature = "http")]
+fn fetch_optional(url: &str) -> Result<Option<String>, FlashError> {
+    let http = |e: reqwest::Error| FlashError::Http {
+        url: url.into(),
+        message: e.to_string(),
+    };
+    let resp = client(url)?.get(url).send().map_err(http)?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let resp = resp.error_for_status().map_err(http)?;
+    let mut text = String::new();
+    resp.take(4096)
+        .read_to_string(&mut text)
+        .map_err(FlashError::io("reading checksum", url))?;
+    Ok(Some(text))
+}
+
+#[cfg(not(feature = "http"))]
+fn fetch_optional(url: &str) -> Result<Option<String>, FlashError> {
+    open_url(url).map(|_| None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read_all(mut s: Source) -> Vec<u8> {
+        let mut v = Vec::new();
+        s.reader.read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn raw_and_zstd_files_read_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let raw = dir.path().join("disk.raw");
+        std::fs::write(&raw, &data).unwrap();
+        let zst = dir.path().join("disk.raw.zst");
+        std::fs::write(&zst, zstd::bulk::compress(&data, 3).unwrap()).unwrap();
+
+        let s = open(raw.to_str().unwrap()).unwrap();
+        assert_eq!((s.len, s.zstd), (Some(data.len() as u64), false));
+        assert_eq!(read_all(s), data);
+        let s = open(zst.to_str().unwrap()).unwrap();
+        assert_eq!((s.len, s.zstd), (Some(data.len() as u64), true));
+        assert_eq!(read_all(s), data);
+    }
+
+    #[test]
+    fn streamed_zstd_without_content_size_has_unknown_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.zst");
+        let mut enc = zstd::stream::write::Encoder::new(File::create(&p).unwrap(), 3).unwrap();
+        enc.write_all(&[7u8; 100_000]).unwrap();
+        enc.finish().unwrap();
+        let s = open(p.to_str().unwrap()).unwrap();
+        assert_eq!((s.len, s.zstd), (None, true));
+        assert_eq!(read_all(s), vec![7u8; 100_000]);
+    }
+
+    #[test]
+    fn missing_image_and_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("nope.raw");
+        let e = open(p.to_str().unwrap()).err().unwrap().to_string();
+        assert!(e.contains("nope.raw"), "{e}");
+        assert!(sidecar_checksum(p.to_str().unwrap()).unwrap().is_none());
+        std::fs::write(dir.path().join("nope.raw.sha256"), "ab").unwrap();
+        let (t, from) = sidecar_checksum(p.to_str().unwrap()).unwrap().unwrap();
+        assert_eq!(t, "ab");
+        assert!(from.ends_with("nope.raw.sha256"));
+    }
+}
