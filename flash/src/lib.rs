@@ -12,6 +12,7 @@
 //! Images come from [`source`]: a raw file, a zstd-compressed one, or an http(s) URL streamed
 //! without being stored.
 
+pub mod blkdev;
 pub mod progress;
 pub mod source;
 pub mod sysblock;

@@ -1,7 +1,7 @@
-//! The device being written: refusal checks, exclusive open, and the block-device ioctls
-//! (size, zero-out, buffer flush, partition re-read).
-#![allow(unsafe_code)] // ioctls on the block device; each call has its SAFETY note.
+//! The device being written: refusal checks, exclusive open, zero-outs, cache drops and the
+//! partition re-read.
 
+use crate::blkdev;
 use crate::sysblock::{self, BlockInfo, DevNum};
 use crate::FlashError;
 use nix::errno::Errno;
@@ -11,11 +11,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
-nix::ioctl_none!(blkrrpart, 0x12, 95);
-nix::ioctl_none!(blkflsbuf, 0x12, 97);
-nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 
 /// A device (or, for tests and file output, a regular file) opened for writing an image.
 pub struct Target {
@@ -103,10 +98,7 @@ impl Target {
                 },
                 _ => FlashError::io("opening device", path.display())(e),
             })?;
-        let mut size = 0u64;
-        // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to `size`, alive
-        // for the call; the fd is open.
-        unsafe { blkgetsize64(file.as_raw_fd(), &mut size) }
+        let size = blkdev::size(&file)
             .map_err(|e| FlashError::io("reading the size of", path.display())(e.into()))?;
         Ok(Target {
             path: path.into(),
@@ -171,12 +163,7 @@ impl Target {
             Err(Errno::EOPNOTSUPP) if self.block => {}
             Err(e) => return Err(self.err("zeroing")(e.into())),
         }
-        let range = [off, len];
-        // SAFETY: BLKZEROOUT reads two u64 (start, length) from the pointer, which points to
-        // `range`, alive for the call; the fd is open for writing.
-        unsafe { blkzeroout(self.file.as_raw_fd(), &range) }
-            .map_err(|e| self.err("zeroing")(e.into()))?;
-        Ok(())
+        blkdev::zero_out(&self.file, off, len).map_err(|e| self.err("zeroing")(e.into()))
     }
 
     /// fsync: every byte written so far is on the device.
@@ -195,8 +182,7 @@ impl Target {
         )
         .map_err(|e| self.err("dropping the cache of")(e.into()))?;
         if self.block {
-            // SAFETY: BLKFLSBUF takes no argument; the fd is open.
-            unsafe { blkflsbuf(self.file.as_raw_fd()) }
+            blkdev::flush_buffers(&self.file)
                 .map_err(|e| self.err("flushing buffers of")(e.into()))?;
         }
         Ok(())
@@ -221,8 +207,7 @@ impl Target {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(250));
             }
-            // SAFETY: BLKRRPART takes no argument; the fd is open.
-            match unsafe { blkrrpart(self.file.as_raw_fd()) } {
+            match blkdev::reread_partitions(&self.file) {
                 Ok(_) => return Ok(true),
                 Err(Errno::EINVAL) => return Ok(false),
                 Err(e @ Errno::EBUSY) => last = e,

@@ -460,6 +460,7 @@ fn build_initramfs(
         module_params,
         watchdog_secs: r.spec.boot.watchdog_secs,
         esp_fsck: Some(ESP_FSCK.into()),
+        grow_persist: r.spec.partitions.grow_persist,
     };
     let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
     for m in &closure {

@@ -193,6 +193,14 @@ pub struct Partitions {
     /// Total disk size; when set, the partitions must fit in it and persist is unchanged.
     #[serde(default, deserialize_with = "de_opt_size")]
     pub disk: Option<u64>,
+    /// On first boot on a larger disk, kiln-init grows persist (partition and ext4) to the
+    /// end of the disk and moves the backup GPT there.
+    #[serde(default = "yes")]
+    pub grow_persist: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 const MIB: u64 = 1 << 20;
@@ -213,6 +221,7 @@ impl Default for Partitions {
             root: default_root(),
             persist: default_persist(),
             disk: None,
+            grow_persist: true,
         }
     }
 }

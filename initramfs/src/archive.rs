@@ -133,6 +133,7 @@ mod tests {
             module_params: Default::default(),
             watchdog_secs: None,
             esp_fsck: None,
+            grow_persist: false,
         }
     }
 

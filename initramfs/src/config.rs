@@ -37,4 +37,8 @@ pub struct InitConfig {
     /// later frees the other's data.
     #[serde(default)]
     pub esp_fsck: Option<String>,
+    /// On a disk larger than the image, grow the persist partition (the last one) and its
+    /// filesystem to the end of the disk, once (`partitions.grow_persist`).
+    #[serde(default)]
+    pub grow_persist: bool,
 }

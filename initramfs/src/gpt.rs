@@ -30,6 +30,10 @@ pub struct PartEntry {
 /// Where the entry array lives, from the header at LBA 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// LBA of this header, of the other copy, and the usable range for partitions.
+    pub my_lba: u64,
+    pub alternate_lba: u64,
+    pub last_usable: u64,
     pub entries_lba: u64,
     pub num_entries: u32,
     pub entry_size: u32,
@@ -50,7 +54,7 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
-/// Parses the 512-byte sector at LBA 1.
+/// Parses a GPT header sector (the primary at LBA 1, or the backup at the disk's last LBA).
 pub fn parse_header(lba1: &[u8]) -> Result<Header, GptError> {
     if lba1.len() < 92 || &lba1[0..8] != b"EFI PART" {
         return Err(GptError::NoHeader);
@@ -65,6 +69,9 @@ pub fn parse_header(lba1: &[u8]) -> Result<Header, GptError> {
         return Err(GptError::HeaderCrc);
     }
     let hdr = Header {
+        my_lba: u64_at(lba1, 24),
+        alternate_lba: u64_at(lba1, 32),
+        last_usable: u64_at(lba1, 48),
         entries_lba: u64_at(lba1, 72),
         num_entries: u32_at(lba1, 80),
         entry_size: u32_at(lba1, 84),
@@ -124,6 +131,111 @@ pub fn parse_entries(hdr: &Header, bytes: &[u8]) -> Result<Vec<PartEntry>, GptEr
     Ok(out)
 }
 
+/// The primary header rebuilt from a valid backup header (its entry array goes to LBA 2).
+pub fn primary_from_backup(backup: &[u8]) -> Result<Vec<u8>, GptError> {
+    let b = parse_header(backup)?;
+    let size = u32_at(backup, 12) as usize;
+    let mut h = backup.to_vec();
+    set_u64(&mut h, 24, 1);
+    set_u64(&mut h, 32, b.my_lba);
+    set_u64(&mut h, 72, 2);
+    h[size..].fill(0);
+    seal(&mut h);
+    Ok(h)
+}
+
+/// A partition table rewritten so that the last partition reaches the end of a larger disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grown {
+    /// New primary header sector (LBA 1) and entry array (at the primary's entries LBA).
+    pub primary_header: Vec<u8>,
+    pub entries: Vec<u8>,
+    pub entries_lba: u64,
+    /// New backup: its entry array at `backup_entries_lba`, its header at the disk's last LBA.
+    pub backup_header: Vec<u8>,
+    pub backup_header_lba: u64,
+    pub backup_entries_lba: u64,
+    /// The grown partition: number, first LBA, old and new last LBA.
+    pub number: u32,
+    pub first_lba: u64,
+    pub old_last_lba: u64,
+    pub new_last_lba: u64,
+}
+
+fn set_u64(b: &mut [u8], o: usize, v: u64) {
+    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn seal(header: &mut [u8]) {
+    let size = u32_at(header, 12) as usize;
+    header[16..20].fill(0);
+    let crc = crc32fast::hash(&header[..size]);
+    header[16..20].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Plans growing partition `name` to the end of a disk of `disk_sectors` 512-byte sectors,
+/// from the primary header sector and entry array. `None` when there is nothing to do: the
+/// table already ends at the disk's end and the partition reaches it (to a 1 MiB boundary), or
+/// the partition is not the last one. The backup GPT moves to the disk's end.
+pub fn plan_grow(
+    disk_sectors: u64,
+    lba1: &[u8],
+    entries: &[u8],
+    name: &str,
+) -> Result<Option<Grown>, GptError> {
+    let hdr = parse_header(lba1)?;
+    let parts = parse_entries(&hdr, entries)?;
+    let entry_sectors = (hdr.entries_len() as u64).div_ceil(512);
+    let last = disk_sectors.saturating_sub(1);
+    let last_usable = last.saturating_sub(entry_sectors + 1);
+    if hdr.alternate_lba > last || hdr.last_usable > last_usable {
+        return Err(GptError::Unsupported(
+            "disk smaller than its partition table",
+        ));
+    }
+    let Some(p) = parts.iter().find(|p| p.name == name) else {
+        return Ok(None);
+    };
+    if parts.iter().any(|o| o.last_lba > p.last_lba) {
+        return Ok(None);
+    }
+    // End on a 1 MiB boundary (2048 sectors), like the partitions' starts.
+    let new_last = ((last_usable + 1) / 2048 * 2048).saturating_sub(1);
+    if new_last <= p.last_lba {
+        return Ok(None);
+    }
+    let mut table = entries[..hdr.entries_len()].to_vec();
+    let at = (p.number as usize - 1) * hdr.entry_size as usize;
+    set_u64(&mut table, at + 40, new_last);
+    let crc = crc32fast::hash(&table);
+
+    let size = u32_at(lba1, 12) as usize;
+    let mut primary = lba1.to_vec();
+    set_u64(&mut primary, 32, last);
+    set_u64(&mut primary, 48, last_usable);
+    primary[88..92].copy_from_slice(&crc.to_le_bytes());
+    primary[size..].fill(0);
+    seal(&mut primary);
+    let backup_entries_lba = last - entry_sectors;
+    let mut backup = primary.clone();
+    set_u64(&mut backup, 24, last);
+    set_u64(&mut backup, 32, hdr.my_lba);
+    set_u64(&mut backup, 72, backup_entries_lba);
+    seal(&mut backup);
+    Ok(Some(Grown {
+        primary_header: primary,
+        entries: table,
+        entries_lba: hdr.entries_lba,
+        backup_header: backup,
+        backup_header_lba: last,
+        backup_entries_lba,
+        number: p.number,
+        first_lba: p.first_lba,
+        old_last_lba: p.last_lba,
+        new_last_lba: new_last,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +282,71 @@ mod tests {
         assert_eq!(p.part_guid, "11111111-1111-1111-1111-111111111111");
         assert_eq!((p.first_lba, p.last_lba), (2048, 4095));
         assert_eq!(p.name, "root-a");
+    }
+
+    /// A 1-partition table for a disk of 8192 sectors: primary at 1/2, backup at 8191/8159,
+    /// partition "persist" 2048..=6143, the last whole MiB (after a smaller one in entry 1).
+    fn small_disk_table() -> (Vec<u8>, Vec<u8>) {
+        let (mut h, mut entries) = table();
+        let e = &mut entries[0..128];
+        e[0..16].copy_from_slice(&guid_bytes());
+        e[16..32].copy_from_slice(&[0x22; 16]);
+        e[32..40].copy_from_slice(&34u64.to_le_bytes());
+        e[40..48].copy_from_slice(&2047u64.to_le_bytes());
+        let e = &mut entries[128..256];
+        e[56..128].fill(0);
+        e[40..48].copy_from_slice(&6143u64.to_le_bytes());
+        for (i, u) in "persist".encode_utf16().enumerate() {
+            e[56 + 2 * i..58 + 2 * i].copy_from_slice(&u.to_le_bytes());
+        }
+        set_u64(&mut h, 24, 1);
+        set_u64(&mut h, 32, 8191);
+        set_u64(&mut h, 40, 34);
+        set_u64(&mut h, 48, 8191 - 2 - 1);
+        h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+        seal(&mut h);
+        (h, entries)
+    }
+
+    #[test]
+    fn grows_the_last_partition_and_moves_the_backup() {
+        let (h, entries) = small_disk_table();
+        assert_eq!(plan_grow(8192, &h, &entries, "persist").unwrap(), None);
+        let g = plan_grow(100_000, &h, &entries, "persist")
+            .unwrap()
+            .unwrap();
+        assert_eq!((g.number, g.first_lba, g.old_last_lba), (2, 2048, 6143));
+        // 4 entries = 1 sector: backup entries at 99998, header at 99999, last usable 99997.
+        assert_eq!(
+            (g.backup_header_lba, g.backup_entries_lba),
+            (99_999, 99_998)
+        );
+        assert_eq!(g.new_last_lba, 98_303); // 48 MiB boundary - 1
+        let p = parse_header(&g.primary_header).unwrap();
+        assert_eq!(
+            (p.my_lba, p.alternate_lba, p.last_usable),
+            (1, 99_999, 99_997)
+        );
+        let b = parse_header(&g.backup_header).unwrap();
+        assert_eq!(
+            (b.my_lba, b.alternate_lba, b.entries_lba),
+            (99_999, 1, 99_998)
+        );
+        let parts = parse_entries(&b, &g.entries).unwrap();
+        assert_eq!(parts[1].last_lba, 98_303);
+        assert_eq!((parts[0].first_lba, parts[0].last_lba), (34, 2047));
+        // Grown once: planning again on the new table has nothing to do.
+        assert_eq!(
+            plan_grow(100_000, &g.primary_header, &g.entries, "persist").unwrap(),
+            None
+        );
+        // Not the last partition, or another label: nothing to do.
+        assert_eq!(plan_grow(100_000, &h, &entries, "root-a").unwrap(), None);
+        // A torn primary is rebuilt from the backup.
+        let rebuilt = primary_from_backup(&g.backup_header).unwrap();
+        assert_eq!(rebuilt, g.primary_header);
+        // A disk smaller than the table is an error, not a shrink.
+        assert!(plan_grow(4096, &h, &entries, "persist").is_err());
     }
 
     #[test]

@@ -203,7 +203,8 @@ pub struct Campaign {
     disk: PathBuf,
     console: Option<Console>,
     next_sequence: u64,
-    /// (slot, version) pairs that were good at some point: a good slot must be one of them.
+    /// (slot, version) pairs that were good at some point, or fully installed and verified
+    /// there (staged): a booted or good slot must be one of them.
     known_good: BTreeSet<(String, String)>,
     /// Offset and size of the ESP in the disk file.
     esp: (u64, u64),
@@ -369,6 +370,8 @@ impl Campaign {
                 nth,
             } => {
                 self.install_ok(&install(""))?;
+                self.known_good
+                    .insert((target.to_string(), version.clone()));
                 self.con().ok(&arm_file(name, *nth)).map_err(ce)?;
                 self.reboot_until_poweroff(BOOT)?;
             }
@@ -496,6 +499,10 @@ impl Campaign {
                     "after the re-install slot {target} is not {version}: {s}"
                 ));
             }
+            // Staged and verified: a cut before the next install touches it boots it (its
+            // tries), which is the fully verified new version of that install.
+            self.known_good
+                .insert((target.to_string(), version.clone()));
         }
         Ok(())
     }

@@ -3,12 +3,13 @@
 use super::{err, InitError};
 use crate::gpt::{parse_entries, parse_header, PartEntry};
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
 /// Device nodes of the partitions kiln-init needs.
 #[derive(Debug)]
 pub struct Found {
+    /// The whole disk (`/dev/vda`).
+    pub disk: String,
     pub root: String,
     pub persist: String,
     /// The EFI system partition of the same disk, when it has one.
@@ -75,6 +76,7 @@ fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
             .find(|p| p.type_guid == ESP_TYPE)
             .and_then(|e| part_node(&disk, e.number));
         return Ok(Some(Found {
+            disk: format!("/dev/{disk}"),
             root: r,
             persist: p,
             esp,
@@ -83,18 +85,29 @@ fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
     Ok(None)
 }
 
-/// Reads the GPT of a whole disk.
+/// Reads the GPT of a whole disk: the primary, or the backup at the disk's last sector when the
+/// primary is damaged (a cut while kiln-init rewrote it to grow persist).
 fn read_table(dev: &str) -> Result<Vec<PartEntry>, String> {
-    let mut f = fs::File::open(dev).map_err(|e| format!("{dev}: {e}"))?;
-    let mut lba1 = vec![0u8; 512];
-    f.seek(SeekFrom::Start(512)).map_err(|e| e.to_string())?;
-    f.read_exact(&mut lba1).map_err(|e| e.to_string())?;
-    let hdr = parse_header(&lba1).map_err(|e| format!("{dev}: {e}"))?;
-    let mut entries = vec![0u8; hdr.entries_len()];
-    f.seek(SeekFrom::Start(hdr.entries_lba * 512))
-        .map_err(|e| e.to_string())?;
-    f.read_exact(&mut entries).map_err(|e| e.to_string())?;
-    parse_entries(&hdr, &entries).map_err(|e| format!("{dev}: {e}"))
+    let f = fs::File::open(dev).map_err(|e| format!("{dev}: {e}"))?;
+    let primary = read_at(&f, 512, 512).and_then(|lba1| {
+        let hdr = parse_header(&lba1).map_err(|e| format!("{dev}: {e}"))?;
+        let entries = read_at(&f, hdr.entries_lba * 512, hdr.entries_len())?;
+        parse_entries(&hdr, &entries).map_err(|e| format!("{dev}: {e}"))
+    });
+    primary.or_else(|e| {
+        let size = kiln_flash::blkdev::size(&f).map_err(|_| e.clone())?;
+        let last = read_at(&f, size - 512, 512)?;
+        let hdr = parse_header(&last).map_err(|_| e.clone())?;
+        let entries = read_at(&f, hdr.entries_lba * 512, hdr.entries_len())?;
+        parse_entries(&hdr, &entries).map_err(|_| e)
+    })
+}
+
+fn read_at(f: &fs::File, off: u64, len: usize) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, off).map_err(|e| e.to_string())?;
+    Ok(b)
 }
 
 /// `/dev/vda2` for partition 2 of `vda` (`/dev/nvme0n1p2` for NVMe), once the node exists.

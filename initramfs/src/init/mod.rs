@@ -6,6 +6,7 @@
 //! reboots after a pause, so a boot counter sees a failed try instead of a silent hang.
 
 mod disk;
+mod grow;
 mod layout;
 mod sys;
 
@@ -90,12 +91,22 @@ fn run(started: Instant) -> Result<Never, InitError> {
         found.root, partuuid, found.persist
     ));
 
+    if cfg.grow_persist {
+        grow::grow_table(&found.disk, &cfg.persist_label);
+    }
     if let (Some(fsck), Some(esp)) = (&cfg.esp_fsck, &found.esp) {
         sys::check_esp(fsck, esp);
     }
     sys::mount_root(&found.root, &cfg.root_fstype)?;
     let persist = format!("{SYSROOT}{}", kiln_overlays::PERSIST_MOUNT);
+    let fs_size = cfg
+        .grow_persist
+        .then(|| grow::fs_size(&found.persist))
+        .flatten();
     sys::mount_persist(&found.persist, &persist)?;
+    if let Some(size) = fs_size {
+        grow::grow_fs(&found.persist, &persist, size);
+    }
     layout::apply(&cfg.layout, &persist)?;
     say(format!(
         "switching root after {} ms",
