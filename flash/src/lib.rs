@@ -13,6 +13,7 @@
 //! without being stored.
 
 pub mod blkdev;
+pub mod http1;
 pub mod progress;
 pub mod source;
 pub mod sysblock;

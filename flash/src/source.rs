@@ -103,12 +103,16 @@ fn open_url(url: &str) -> Result<Source, FlashError> {
     sniff(url, Box::new(resp), len)
 }
 
+/// Without reqwest: plain http:// through [`crate::http1`].
 #[cfg(not(feature = "http"))]
 fn open_url(url: &str) -> Result<Source, FlashError> {
-    Err(FlashError::Http {
-        url: url.into(),
-        message: "built without http support".into(),
-    })
+    let (body, len) = crate::http1::get(url, std::time::Duration::from_secs(60)).map_err(|e| {
+        FlashError::Http {
+            url: url.into(),
+            message: e.to_string(),
+        }
+    })?;
+    sniff(url, Box::new(body), len)
 }
 
 /// The published checksum next to an image: `IMAGE.sha256` (a file beside it, or the URL with
@@ -145,7 +149,20 @@ fn fetch_optional(url: &str) -> Result<Option<String>, FlashError> {
 
 #[cfg(not(feature = "http"))]
 fn fetch_optional(url: &str) -> Result<Option<String>, FlashError> {
-    open_url(url).map(|_| None)
+    match crate::http1::get(url, std::time::Duration::from_secs(60)) {
+        Ok((body, _)) => {
+            let mut text = String::new();
+            body.take(4096)
+                .read_to_string(&mut text)
+                .map_err(FlashError::io("reading checksum", url))?;
+            Ok(Some(text))
+        }
+        Err(e) if e.to_string().contains("HTTP status 404") => Ok(None),
+        Err(e) => Err(FlashError::Http {
+            url: url.into(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 #[cfg(test)]

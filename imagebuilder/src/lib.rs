@@ -14,6 +14,7 @@ mod grub_image;
 pub mod host_tool;
 pub mod layout;
 pub mod pipeline;
+pub mod pxe;
 pub mod qcow2;
 pub mod qemu;
 pub mod services;

@@ -73,9 +73,31 @@ enum Cmd {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// Network boot artifacts (vmlinuz, initrd.img, root.img, boot.ipxe) from a spec or a
+    /// build directory; serve OUT over HTTP at URL (`kiln run --pxe OUT` boots it).
+    Pxe {
+        /// An image.toml (built first, into OUT/build) or a `kiln build` output directory.
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Where OUT is served over HTTP, as the booting machine sees it (QEMU's slirp: the
+        /// host's 127.0.0.1 is 10.0.2.2), e.g. http://10.0.2.2:8080
+        #[arg(long)]
+        url: String,
+        /// Timestamp for every file when building a spec (default: $SOURCE_DATE_EPOCH, else 0).
+        #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+        source_date_epoch: u64,
+    },
     /// Boot a disk in QEMU (OVMF, per-disk EFI variables), serial console on stdout.
     Run {
-        disk: PathBuf,
+        /// The disk image (optional with --pxe).
+        disk: Option<PathBuf>,
+        /// Network boot from this `kiln pxe` directory (slirp TFTP serves boot.ipxe).
+        #[arg(long)]
+        pxe: Option<PathBuf>,
+        /// SeaBIOS instead of OVMF (network boots only).
+        #[arg(long, requires = "pxe")]
+        bios: bool,
         /// Stop the VM after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
@@ -155,22 +177,78 @@ fn real_main() -> Result<()> {
             device,
             sha256,
         } => flash(&image, &device, sha256.as_deref())?,
+        Cmd::Pxe {
+            input,
+            out,
+            url,
+            source_date_epoch,
+        } => {
+            let build_dir = if input.is_file() {
+                let resolved = imagebuilder::validate::load(&input)?;
+                let init_bin = imagebuilder::find_device_binary("kiln-init").context(
+                    "finding kiln-init: build it with scripts/build-device, or set KILN_INIT",
+                )?;
+                let report = build(
+                    &resolved,
+                    &BuildOptions {
+                        out_dir: out.join("build"),
+                        init_bin,
+                        updater_bin: imagebuilder::find_device_binary("kiln-updater"),
+                        epoch: source_date_epoch,
+                    },
+                )
+                .with_context(|| format!("building {}", input.display()))?;
+                report
+                    .disk
+                    .parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or(out.join("build"))
+            } else {
+                input
+            };
+            imagebuilder::pxe::write(&build_dir, &out, &url)?;
+            println!("{}", out.join("boot.ipxe").display());
+        }
         Cmd::Run {
             disk,
+            pxe,
+            bios,
             timeout,
             until,
             memory,
         } => {
-            if !disk.is_file() {
-                bail!("{}: no such disk image", disk.display());
-            }
-            let mut cfg = VmConfig::for_disk(&disk)
-                .with_context(|| format!("preparing firmware variables for {}", disk.display()))?;
+            let mut cfg = match (&disk, &pxe) {
+                (Some(disk), None) => {
+                    if !disk.is_file() {
+                        bail!("{}: no such disk image", disk.display());
+                    }
+                    VmConfig::for_disk(disk).with_context(|| {
+                        format!("preparing firmware variables for {}", disk.display())
+                    })?
+                }
+                (None, Some(dir)) => {
+                    if !dir.join("boot.ipxe").is_file() {
+                        bail!("{}: no boot.ipxe (make it with kiln pxe)", dir.display());
+                    }
+                    let firmware = if bios {
+                        qemu::Firmware::Bios
+                    } else {
+                        qemu::Firmware::Uefi {
+                            vars: qemu::ensure_vars(&dir.join("pxe"))?,
+                        }
+                    };
+                    VmConfig::for_pxe(dir, firmware)
+                }
+                _ => bail!("give either a disk image or --pxe DIR"),
+            };
             cfg.memory_mb = memory;
             cfg.serial = "mon:stdio".into();
             eprintln!(
                 "kiln: booting {} ({:?}; quit with Ctrl-A X)",
-                disk.display(),
+                disk.as_ref()
+                    .or(pxe.as_ref())
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 cfg.accel
             );
             match qemu::run(&cfg, timeout.map(Duration::from_secs), until.as_deref())? {

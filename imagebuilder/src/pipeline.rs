@@ -444,9 +444,16 @@ fn build_initramfs(
         wanted.push("softdog".into());
         module_params.insert("softdog".to_string(), format!("soft_margin={secs}"));
     }
-    let closure = ModulesDep::parse(&dep)
-        .and_then(|m| m.closure(&wanted))
-        .map_err(|e| spec_err(e.to_string()))?;
+    let deps = ModulesDep::parse(&dep).map_err(|e| spec_err(e.to_string()))?;
+    let closure = deps.closure(&wanted).map_err(|e| spec_err(e.to_string()))?;
+    // Loaded only by a network boot (kiln pxe): the loop device for the root image in RAM.
+    // Kernels with loop built in have no module to add.
+    let pxe_only: Vec<String> = deps
+        .closure(&["loop".to_string()])
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| !closure.contains(m))
+        .collect();
     let in_initrd = |m: &str| format!("/lib/modules/{}/{m}", r.kernel_version);
     let config = InitConfig {
         name: r.spec.name.clone(),
@@ -461,9 +468,10 @@ fn build_initramfs(
         watchdog_secs: r.spec.boot.watchdog_secs,
         esp_fsck: Some(ESP_FSCK.into()),
         grow_persist: r.spec.partitions.grow_persist,
+        pxe_modules: pxe_only.iter().map(|m| in_initrd(m)).collect(),
     };
     let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
-    for m in &closure {
+    for m in closure.iter().chain(&pxe_only) {
         let p = r.modules_dir.join(m);
         let data =
             fs::read(&p).map_err(BuildError::io(format!("reading module {}", p.display())))?;

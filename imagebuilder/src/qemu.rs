@@ -125,11 +125,24 @@ pub fn accel() -> Accel {
     })
 }
 
+/// Firmware of a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Firmware {
+    /// OVMF with this (per-disk) variables file.
+    Uefi { vars: PathBuf },
+    /// SeaBIOS (QEMU's default), for network boots through iPXE's legacy PXE ROM.
+    Bios,
+}
+
 /// How to start a VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    pub disk: PathBuf,
-    pub vars: PathBuf,
+    /// The disk, if any (a network boot may have none).
+    pub disk: Option<PathBuf>,
+    pub firmware: Firmware,
+    /// Network boot: slirp's TFTP serves this directory and `boot.ipxe` is the boot file;
+    /// the NIC is the first boot device.
+    pub pxe_dir: Option<PathBuf>,
     pub memory_mb: u32,
     pub cpus: u32,
     pub accel: Accel,
@@ -141,8 +154,11 @@ impl VmConfig {
     /// Defaults for `disk`: its own vars file, 1 GiB, one CPU, probed accelerator.
     pub fn for_disk(disk: &Path) -> io::Result<VmConfig> {
         Ok(VmConfig {
-            disk: disk.to_path_buf(),
-            vars: ensure_vars(disk)?,
+            disk: Some(disk.to_path_buf()),
+            firmware: Firmware::Uefi {
+                vars: ensure_vars(disk)?,
+            },
+            pxe_dir: None,
             memory_mb: 1024,
             cpus: 1,
             accel: accel(),
@@ -150,13 +166,21 @@ impl VmConfig {
         })
     }
 
+    /// A network boot from `dir` (see `kiln pxe`) with no disk.
+    pub fn for_pxe(dir: &Path, firmware: Firmware) -> VmConfig {
+        VmConfig {
+            disk: None,
+            firmware,
+            pxe_dir: Some(dir.to_path_buf()),
+            memory_mb: 1024,
+            cpus: 1,
+            accel: accel(),
+            serial: "stdio".into(),
+        }
+    }
+
     /// The QEMU command line.
     pub fn command(&self) -> Command {
-        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") {
-            "qcow2"
-        } else {
-            "raw"
-        };
         let code = std::env::var_os("KILN_OVMF_CODE")
             .map(PathBuf::from)
             .unwrap_or(OVMF_CODE.into());
@@ -183,29 +207,47 @@ impl VmConfig {
             "-smp",
             &self.cpus.to_string(),
         ])
-        .args(["-serial", &self.serial])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={}",
-            code.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            self.vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},format={format},if=none,id=disk0",
-            self.disk.display()
-        ))
-        .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-pci,netdev=n0,romfile=",
-        ]);
+        .args(["-serial", &self.serial]);
+        if let Firmware::Uefi { vars } = &self.firmware {
+            c.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    code.display()
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
+        }
+        if let Some(disk) = &self.disk {
+            let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            c.arg("-drive")
+                .arg(format!(
+                    "file={},format={format},if=none,id=disk0",
+                    disk.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"]);
+        }
+        match &self.pxe_dir {
+            // iPXE from the NIC's option ROM (ipxe-qemu) fetches boot.ipxe over slirp's TFTP.
+            Some(dir) => c.args([
+                "-netdev",
+                &format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display()),
+                "-device",
+                "virtio-net-pci,netdev=n0,bootindex=0",
+            ]),
+            None => c.args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]),
+        };
         c
     }
 }
@@ -292,8 +334,11 @@ mod tests {
     #[test]
     fn command_uses_per_disk_vars_and_virtio() {
         let cfg = VmConfig {
-            disk: "/x/disk.qcow2".into(),
-            vars: vars_path(Path::new("/x/disk.qcow2")),
+            disk: Some("/x/disk.qcow2".into()),
+            firmware: Firmware::Uefi {
+                vars: vars_path(Path::new("/x/disk.qcow2")),
+            },
+            pxe_dir: None,
             memory_mb: 512,
             cpus: 1,
             accel: Accel::Tcg,
@@ -308,5 +353,22 @@ mod tests {
         assert!(line.contains("unit=1,file=/x/disk.qcow2.vars"), "{line}");
         assert!(line.contains("file=/x/disk.qcow2,format=qcow2"), "{line}");
         assert!(line.contains("-accel tcg"), "{line}");
+        assert!(line.contains("romfile="), "{line}");
+
+        let pxe = VmConfig::for_pxe(Path::new("/p"), Firmware::Bios);
+        let line: Vec<String> = pxe
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let line = line.join(" ");
+        assert!(
+            line.contains("user,id=n0,tftp=/p,bootfile=boot.ipxe"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("pflash") && !line.contains("disk0"),
+            "{line}"
+        );
     }
 }

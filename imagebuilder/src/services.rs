@@ -175,7 +175,8 @@ until /usr/lib/kiln/health quiet; do
   if [ "$i" -ge {ticks} ]; then up=no; break; fi
   sleep 0.2
 done
-if [ -x /usr/bin/kiln-updater ]; then
+# A live network boot (kiln pxe) has no slots to reconcile or bless.
+if [ -x /usr/bin/kiln-updater ] && [ "$slot" != live ]; then
   /usr/bin/kiln-updater reconcile > /dev/console 2>&1
   /usr/bin/kiln-updater mark-good > /dev/console 2>&1
   if [ $? -eq 3 ]; then

@@ -134,6 +134,7 @@ mod tests {
             watchdog_secs: None,
             esp_fsck: None,
             grow_persist: false,
+            pxe_modules: vec![],
         }
     }
 

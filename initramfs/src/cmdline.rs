@@ -9,6 +9,17 @@ pub struct Cmdline {
     pub slot: Option<String>,
     /// `kiln.init=/path` overrides the configured init (debugging).
     pub init: Option<String>,
+    /// `kiln.pxe=live`: network boot, root image fetched over HTTP and run from RAM.
+    pub pxe: Option<String>,
+    /// Network settings for `kiln.pxe` (as iPXE knows them: `kiln.ip=${ip}`
+    /// `kiln.netmask=${netmask}` `kiln.gw=${gateway}` `kiln.mac=${mac}`).
+    pub ip: Option<String>,
+    pub netmask: Option<String>,
+    pub gateway: Option<String>,
+    pub mac: Option<String>,
+    /// `kiln.root_url=` and `kiln.root_sha256=`: the root image of a live boot.
+    pub root_url: Option<String>,
+    pub root_sha256: Option<String>,
 }
 
 /// Parses a command line; unknown words are ignored, the last occurrence of a key wins.
@@ -26,6 +37,13 @@ pub fn parse(text: &str) -> Cmdline {
             }
             "kiln.slot" => c.slot = Some(v.to_string()),
             "kiln.init" => c.init = Some(v.to_string()),
+            "kiln.pxe" => c.pxe = Some(v.to_string()),
+            "kiln.ip" => c.ip = Some(v.to_string()),
+            "kiln.netmask" => c.netmask = Some(v.to_string()),
+            "kiln.gw" => c.gateway = Some(v.to_string()),
+            "kiln.mac" => c.mac = Some(v.to_ascii_lowercase()),
+            "kiln.root_url" => c.root_url = Some(v.to_string()),
+            "kiln.root_sha256" => c.root_sha256 = Some(v.to_ascii_lowercase()),
             _ => {}
         }
     }
@@ -43,5 +61,21 @@ mod tests {
         assert_eq!(c.slot.as_deref(), Some("b"));
         assert_eq!(c.init, None);
         assert_eq!(parse("root=/dev/vda2").root_partuuid, None);
+    }
+
+    #[test]
+    fn takes_the_pxe_keys() {
+        let c = parse(
+            "initrd=initrd.img console=ttyS0 kiln.pxe=live kiln.slot=live kiln.ip=10.0.2.15 \
+             kiln.netmask=255.255.255.0 kiln.gw=10.0.2.2 kiln.mac=52:54:00:AB:CD:EF \
+             kiln.root_url=http://10.0.2.2:8000/root.img kiln.root_sha256=ABCD",
+        );
+        assert_eq!(c.pxe.as_deref(), Some("live"));
+        assert_eq!(c.ip.as_deref(), Some("10.0.2.15"));
+        assert_eq!(c.netmask.as_deref(), Some("255.255.255.0"));
+        assert_eq!(c.gateway.as_deref(), Some("10.0.2.2"));
+        assert_eq!(c.mac.as_deref(), Some("52:54:00:ab:cd:ef"));
+        assert_eq!(c.root_url.as_deref(), Some("http://10.0.2.2:8000/root.img"));
+        assert_eq!(c.root_sha256.as_deref(), Some("abcd"));
     }
 }

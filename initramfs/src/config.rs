@@ -41,4 +41,7 @@ pub struct InitConfig {
     /// filesystem to the end of the disk, once (`partitions.grow_persist`).
     #[serde(default)]
     pub grow_persist: bool,
+    /// Modules loaded only for a network boot (`kiln.pxe=`), dependencies first.
+    #[serde(default)]
+    pub pxe_modules: Vec<String>,
 }

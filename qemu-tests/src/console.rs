@@ -37,7 +37,11 @@ pub struct Console {
 impl Console {
     /// Boots `disk` (creating its firmware variables file if needed).
     pub fn boot(disk: &Path) -> std::io::Result<Console> {
-        let cfg = VmConfig::for_disk(disk)?;
+        Console::start(&VmConfig::for_disk(disk)?)
+    }
+
+    /// Starts the VM `cfg` describes (e.g. a network boot) with its serial console captured.
+    pub fn start(cfg: &VmConfig) -> std::io::Result<Console> {
         let mut child = cfg
             .command()
             .stdin(Stdio::piped())

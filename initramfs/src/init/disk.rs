@@ -85,6 +85,23 @@ fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
     Ok(None)
 }
 
+/// A partition labelled `label` on any local disk (the persist of an installed Kiln disk, used
+/// by a live network boot when present).
+pub fn find_labelled(label: &str) -> Option<String> {
+    let mut disks: Vec<String> = fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
+        .collect();
+    disks.sort();
+    disks.into_iter().find_map(|disk| {
+        let parts = read_table(&format!("/dev/{disk}")).ok()?;
+        let p = parts.iter().find(|p| p.name == label)?;
+        part_node(&disk, p.number)
+    })
+}
+
 /// Reads the GPT of a whole disk: the primary, or the backup at the disk's last sector when the
 /// primary is damaged (a cut while kiln-init rewrote it to grow persist).
 fn read_table(dev: &str) -> Result<Vec<PartEntry>, String> {

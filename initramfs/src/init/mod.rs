@@ -8,6 +8,9 @@
 mod disk;
 mod grow;
 mod layout;
+mod loopdev;
+mod net;
+mod pxe;
 mod sys;
 
 use crate::cmdline;
@@ -77,6 +80,27 @@ fn run(started: Instant) -> Result<Never, InitError> {
         sys::arm_watchdog(secs)?;
     }
 
+    let persist = match cmd.pxe.as_deref() {
+        Some("live") => pxe::live(&cmd, &cfg)?,
+        Some(other) => {
+            return Err(err(
+                "kernel command line",
+                format!("kiln.pxe={other}: expected live"),
+            ))
+        }
+        None => disk_boot(&cmd, &cfg)?,
+    };
+    layout::apply(&cfg.layout, &persist)?;
+    say(format!(
+        "switching root after {} ms",
+        started.elapsed().as_millis()
+    ));
+    let init = cmd.init.clone().unwrap_or(cfg.init.clone());
+    sys::switch_root(&init)
+}
+
+/// Root slot and persist from the local disk; returns the persist mount point.
+fn disk_boot(cmd: &cmdline::Cmdline, cfg: &InitConfig) -> Result<String, InitError> {
     let partuuid = cmd
         .root_partuuid
         .clone()
@@ -107,11 +131,5 @@ fn run(started: Instant) -> Result<Never, InitError> {
     if let Some(size) = fs_size {
         grow::grow_fs(&found.persist, &persist, size);
     }
-    layout::apply(&cfg.layout, &persist)?;
-    say(format!(
-        "switching root after {} ms",
-        started.elapsed().as_millis()
-    ));
-    let init = cmd.init.clone().unwrap_or(cfg.init.clone());
-    sys::switch_root(&init)
+    Ok(persist)
 }

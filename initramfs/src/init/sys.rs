@@ -33,13 +33,18 @@ pub fn early_mounts() -> Result<(), InitError> {
     Ok(())
 }
 
-/// Loads one module file; a module already loaded (or built in) is fine.
+/// Loads one module file; a module already loaded (or built in) is fine, and so is one whose
+/// device is absent (ENODEV: efivarfs on a BIOS network boot).
 pub fn load_module(path: &str, params: &str) -> Result<(), InitError> {
     let f =
         std::fs::File::open(path).map_err(|e| err("loading modules", format!("{path}: {e}")))?;
     let params = std::ffi::CString::new(params).map_err(|e| err("loading modules", e))?;
     match nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty()) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(nix::errno::Errno::ENODEV) => {
+            say(format!("{path}: no such device here, skipped"));
+            Ok(())
+        }
         Err(e) => Err(err("loading modules", format!("{path}: {e}"))),
     }
 }
