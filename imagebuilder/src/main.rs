@@ -84,6 +84,10 @@ enum Cmd {
         /// host's 127.0.0.1 is 10.0.2.2), e.g. http://10.0.2.2:8080
         #[arg(long)]
         url: String,
+        /// Install onto this disk of the booting machine (e.g. /dev/vda) instead of a live
+        /// boot: adds disk.raw.zst, which kiln-init writes as `kiln flash` does, then reboots.
+        #[arg(long)]
+        install: Option<String>,
         /// Timestamp for every file when building a spec (default: $SOURCE_DATE_EPOCH, else 0).
         #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
         source_date_epoch: u64,
@@ -95,8 +99,8 @@ enum Cmd {
         /// Network boot from this `kiln pxe` directory (slirp TFTP serves boot.ipxe).
         #[arg(long)]
         pxe: Option<PathBuf>,
-        /// SeaBIOS instead of OVMF (network boots only).
-        #[arg(long, requires = "pxe")]
+        /// SeaBIOS instead of OVMF (network boots without a disk only).
+        #[arg(long, requires = "pxe", conflicts_with = "disk")]
         bios: bool,
         /// Stop the VM after this many seconds.
         #[arg(long)]
@@ -181,6 +185,7 @@ fn real_main() -> Result<()> {
             input,
             out,
             url,
+            install,
             source_date_epoch,
         } => {
             let build_dir = if input.is_file() {
@@ -206,7 +211,7 @@ fn real_main() -> Result<()> {
             } else {
                 input
             };
-            imagebuilder::pxe::write(&build_dir, &out, &url)?;
+            imagebuilder::pxe::write(&build_dir, &out, &url, install.as_deref())?;
             println!("{}", out.join("boot.ipxe").display());
         }
         Cmd::Run {
@@ -239,7 +244,15 @@ fn real_main() -> Result<()> {
                     };
                     VmConfig::for_pxe(dir, firmware)
                 }
-                _ => bail!("give either a disk image or --pxe DIR"),
+                (Some(disk), Some(dir)) => {
+                    // A disk that network-boots when it has nothing bootable (PXE install).
+                    let mut cfg = VmConfig::for_disk(disk).with_context(|| {
+                        format!("preparing firmware variables for {}", disk.display())
+                    })?;
+                    cfg.pxe_dir = Some(dir.clone());
+                    cfg
+                }
+                (None, None) => bail!("give a disk image, --pxe DIR, or both"),
             };
             cfg.memory_mb = memory;
             cfg.serial = "mon:stdio".into();

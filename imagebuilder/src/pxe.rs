@@ -1,7 +1,9 @@
 //! `kiln pxe`: network-boot artifacts from a build directory: `vmlinuz`, `initrd.img`,
 //! `root.img` and `boot.ipxe`. The iPXE script boots the kernel with `kiln.pxe=live`: kiln-init
 //! configures the NIC with the address iPXE got by DHCP, fetches `root.img` over HTTP, checks
-//! it against the sha256 written into the script, and runs it from RAM.
+//! it against the sha256 written into the script, and runs it from RAM. With `--install DISK`
+//! the script says `kiln.pxe=install` instead, and `disk.raw.zst` is added: kiln-init streams it
+//! onto DISK as `kiln flash` would (checked against the raw image's sha256) and reboots.
 
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -28,26 +30,72 @@ pub fn extra_args(slot_cmdline: &str) -> String {
         .join(" ")
 }
 
+/// What the iPXE script boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Run the root image from RAM; `root_sha256` of root.img.
+    Live { root_sha256: String },
+    /// Write disk.raw.zst onto `disk`; `image_sha256` of the raw disk image.
+    Install { disk: String, image_sha256: String },
+}
+
 /// The iPXE script. `base` is where the directory is served over HTTP, as the booting machine
 /// reaches it. `initrd=` on the kernel line is required by iPXE under UEFI.
-pub fn ipxe_script(base: &str, root_sha256: &str, extra: &str, title: &str) -> String {
+pub fn ipxe_script(base: &str, mode: &Mode, extra: &str, title: &str) -> String {
     let base = base.trim_end_matches('/');
+    let (what, args) = match mode {
+        Mode::Live { root_sha256 } => (
+            "live network boot: kiln-init fetches root.img, checks its sha256 and runs it from RAM".to_string(),
+            format!("kiln.pxe=live kiln.slot=live kiln.root_url=${{base}}/root.img kiln.root_sha256={root_sha256}"),
+        ),
+        Mode::Install { disk, image_sha256 } => (
+            format!("network install: kiln-init writes disk.raw.zst onto {disk} as kiln flash does, then reboots"),
+            format!("kiln.pxe=install kiln.install_disk={disk} kiln.image_url=${{base}}/disk.raw.zst kiln.image_sha256={image_sha256}"),
+        ),
+    };
     format!(
         "#!ipxe\n\
-         # {title}: live network boot (kiln pxe). kiln-init fetches root.img, checks its sha256\n\
-         # and runs it from RAM; ip/netmask/gateway are what iPXE got by DHCP.\n\
+         # {title}: {what}.\n\
+         # ip/netmask/gateway are what iPXE got by DHCP.\n\
          set base {base}\n\
          echo Kiln: booting {title} from ${{base}}\n\
-         kernel ${{base}}/vmlinuz initrd=initrd.img {extra} kiln.pxe=live kiln.slot=live \
-         kiln.ip=${{ip}} kiln.netmask=${{netmask}} kiln.gw=${{gateway}} kiln.mac=${{mac}} \
-         kiln.root_url=${{base}}/root.img kiln.root_sha256={root_sha256}\n\
+         kernel ${{base}}/vmlinuz initrd=initrd.img {extra} \
+         kiln.ip=${{ip}} kiln.netmask=${{netmask}} kiln.gw=${{gateway}} kiln.mac=${{mac}} {args}\n\
          initrd ${{base}}/initrd.img\n\
          boot\n"
     )
 }
 
-/// Writes the PXE directory `out` (created; must not hold a previous `boot.ipxe`) from `build`.
-pub fn write(build: &Path, out: &Path, base_url: &str) -> Result<()> {
+/// Compresses `raw` into `zst` (zstd, content size recorded) and returns the raw image's sha256.
+fn compress_disk(raw: &Path, zst: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let mut src = fs::File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let len = src.metadata()?.len();
+    let tmp = zst.with_extension("zst.tmp");
+    let mut enc = zstd::stream::write::Encoder::new(
+        fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        3,
+    )?;
+    enc.set_pledged_src_size(Some(len))?;
+    enc.include_checksum(true)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        enc.write_all(&buf[..n])?;
+    }
+    enc.finish()?.sync_all()?;
+    fs::rename(&tmp, zst).with_context(|| format!("writing {}", zst.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Writes the PXE directory `out` from `build`; with `install`, for installing onto that disk.
+pub fn write(build: &Path, out: &Path, base_url: &str, install: Option<&str>) -> Result<()> {
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         bail!("--url {base_url}: expected http://HOST[:PORT]/PATH, as the booting machine reaches the directory");
     }
@@ -74,9 +122,23 @@ pub fn write(build: &Path, out: &Path, base_url: &str) -> Result<()> {
         }
         fs::rename(&tmp, &dst).with_context(|| format!("writing {}", dst.display()))?;
     }
+    let mode = match install {
+        None => Mode::Live {
+            root_sha256: info.root_image_sha256.clone(),
+        },
+        Some(disk) => {
+            if !disk.starts_with("/dev/") {
+                bail!("--install {disk}: expected the whole disk's device path, e.g. /dev/vda");
+            }
+            Mode::Install {
+                disk: disk.to_string(),
+                image_sha256: compress_disk(&build.join("disk.raw"), &out.join("disk.raw.zst"))?,
+            }
+        }
+    };
     let script = ipxe_script(
         base_url,
-        &info.root_image_sha256,
+        &mode,
         &extra_args(&info.cmdline),
         &format!("{} {}", info.name, info.version),
     );
@@ -101,12 +163,23 @@ mod tests {
 
     #[test]
     fn script_passes_network_and_checksum() {
-        let s = ipxe_script("http://10.0.2.2:8080/pxe/", "ab12", "console=ttyS0", "t 1");
+        let live = Mode::Live {
+            root_sha256: "ab12".into(),
+        };
+        let s = ipxe_script("http://10.0.2.2:8080/pxe/", &live, "console=ttyS0", "t 1");
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains("set base http://10.0.2.2:8080/pxe\n"), "{s}");
-        assert!(s.contains("kernel ${base}/vmlinuz initrd=initrd.img console=ttyS0 kiln.pxe=live"));
+        assert!(s.contains("kernel ${base}/vmlinuz initrd=initrd.img console=ttyS0 kiln.ip=${ip}"));
         assert!(s.contains("kiln.ip=${ip} kiln.netmask=${netmask} kiln.gw=${gateway}"));
-        assert!(s.contains("kiln.root_url=${base}/root.img kiln.root_sha256=ab12\n"));
+        assert!(s.contains(
+            "kiln.pxe=live kiln.slot=live kiln.root_url=${base}/root.img kiln.root_sha256=ab12\n"
+        ));
         assert!(s.contains("initrd ${base}/initrd.img\nboot\n"));
+        let inst = Mode::Install {
+            disk: "/dev/vda".into(),
+            image_sha256: "cd34".into(),
+        };
+        let s = ipxe_script("http://h", &inst, "", "t 1");
+        assert!(s.contains("kiln.pxe=install kiln.install_disk=/dev/vda kiln.image_url=${base}/disk.raw.zst kiln.image_sha256=cd34\n"), "{s}");
     }
 }

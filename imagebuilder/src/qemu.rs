@@ -235,11 +235,17 @@ impl VmConfig {
         }
         match &self.pxe_dir {
             // iPXE from the NIC's option ROM (ipxe-qemu) fetches boot.ipxe over slirp's TFTP.
+            // With a disk too, the disk comes first: a blank one falls through to the network
+            // (install), an installed one boots.
             Some(dir) => c.args([
                 "-netdev",
                 &format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display()),
                 "-device",
-                "virtio-net-pci,netdev=n0,bootindex=0",
+                if self.disk.is_some() {
+                    "virtio-net-pci,netdev=n0,bootindex=2"
+                } else {
+                    "virtio-net-pci,netdev=n0,bootindex=0"
+                },
             ]),
             None => c.args([
                 "-netdev",

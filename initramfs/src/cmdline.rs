@@ -20,6 +20,11 @@ pub struct Cmdline {
     /// `kiln.root_url=` and `kiln.root_sha256=`: the root image of a live boot.
     pub root_url: Option<String>,
     pub root_sha256: Option<String>,
+    /// `kiln.pxe=install`: `kiln.image_url=` (raw or zstd disk image), `kiln.image_sha256=` (of
+    /// the raw image) and the whole disk to write, `kiln.install_disk=/dev/vda`.
+    pub image_url: Option<String>,
+    pub image_sha256: Option<String>,
+    pub install_disk: Option<String>,
 }
 
 /// Parses a command line; unknown words are ignored, the last occurrence of a key wins.
@@ -44,6 +49,9 @@ pub fn parse(text: &str) -> Cmdline {
             "kiln.mac" => c.mac = Some(v.to_ascii_lowercase()),
             "kiln.root_url" => c.root_url = Some(v.to_string()),
             "kiln.root_sha256" => c.root_sha256 = Some(v.to_ascii_lowercase()),
+            "kiln.image_url" => c.image_url = Some(v.to_string()),
+            "kiln.image_sha256" => c.image_sha256 = Some(v.to_ascii_lowercase()),
+            "kiln.install_disk" => c.install_disk = Some(v.to_string()),
             _ => {}
         }
     }
@@ -77,5 +85,10 @@ mod tests {
         assert_eq!(c.mac.as_deref(), Some("52:54:00:ab:cd:ef"));
         assert_eq!(c.root_url.as_deref(), Some("http://10.0.2.2:8000/root.img"));
         assert_eq!(c.root_sha256.as_deref(), Some("abcd"));
+        let c = parse("kiln.pxe=install kiln.install_disk=/dev/vda kiln.image_url=http://h/d.zst kiln.image_sha256=EF");
+        assert_eq!(c.pxe.as_deref(), Some("install"));
+        assert_eq!(c.install_disk.as_deref(), Some("/dev/vda"));
+        assert_eq!(c.image_url.as_deref(), Some("http://h/d.zst"));
+        assert_eq!(c.image_sha256.as_deref(), Some("ef"));
     }
 }

@@ -19,7 +19,7 @@ fn live_network_boot_under_seabios_and_ovmf_and_a_corrupted_root_is_refused() {
     std::fs::create_dir(&www).unwrap();
     let server = StaticServer::start(&www).unwrap();
     let base = server.guest_url("");
-    imagebuilder::pxe::write(report.disk.parent().unwrap(), &www, &base).unwrap();
+    imagebuilder::pxe::write(report.disk.parent().unwrap(), &www, &base, None).unwrap();
     let script = std::fs::read_to_string(www.join("boot.ipxe")).unwrap();
     assert!(script.contains(&report.root_image_sha256), "{script}");
 

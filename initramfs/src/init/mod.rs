@@ -53,7 +53,7 @@ pub fn main() -> ! {
     sys::fatal_reboot(Duration::from_secs(10))
 }
 
-enum Never {}
+pub(crate) enum Never {}
 
 fn run(started: Instant) -> Result<Never, InitError> {
     sys::early_mounts()?;
@@ -82,10 +82,11 @@ fn run(started: Instant) -> Result<Never, InitError> {
 
     let persist = match cmd.pxe.as_deref() {
         Some("live") => pxe::live(&cmd, &cfg)?,
+        Some("install") => match pxe::install(&cmd, &cfg)? {},
         Some(other) => {
             return Err(err(
                 "kernel command line",
-                format!("kiln.pxe={other}: expected live"),
+                format!("kiln.pxe={other}: expected live or install"),
             ))
         }
         None => disk_boot(&cmd, &cfg)?,

@@ -1,8 +1,14 @@
-//! Network boot, live mode (`kiln.pxe=live`): the network is configured from the values iPXE
-//! passed, the root image is fetched over HTTP into RAM and checked against
+//! Network boot. Both modes configure the network from the values iPXE passed.
+//!
+//! Live (`kiln.pxe=live`): the root image is fetched over HTTP into RAM and checked against
 //! `kiln.root_sha256`, attached to a loop device and mounted like a slot; persist is the local
 //! disk's persist partition when one exists, else a tmpfs. The layout and `switch_root` are the
 //! same as for a disk boot.
+//!
+//! Install (`kiln.pxe=install`): the disk image is streamed from `kiln.image_url` onto
+//! `kiln.install_disk` exactly as `kiln flash` writes it (same code: refusals, partition table
+//! last, `kiln.image_sha256` checked, read back, wiped on failure), then the machine reboots
+//! into it.
 
 use super::{err, loopdev, net, say, sys, InitError};
 use crate::cmdline::Cmdline;
@@ -37,8 +43,7 @@ fn fetch(url: &str, dest: &str) -> Result<(u64, String), InitError> {
     Ok((total, hex::encode(h.finalize())))
 }
 
-/// Mounts the live root at SYSROOT and persist; returns the persist mount point.
-pub fn live(cmd: &Cmdline, cfg: &InitConfig) -> Result<String, InitError> {
+fn network(cmd: &Cmdline, cfg: &InitConfig) -> Result<(), InitError> {
     for m in &cfg.pxe_modules {
         sys::load_module(m, "")?;
     }
@@ -59,6 +64,71 @@ pub fn live(cmd: &Cmdline, cfg: &InitConfig) -> Result<String, InitError> {
             .map(|g| format!(" via {g}"))
             .unwrap_or_default()
     ));
+    Ok(())
+}
+
+fn sha256_arg(v: Option<&str>, key: &str) -> Result<[u8; 32], InitError> {
+    let mut out = [0u8; 32];
+    v.and_then(|s| hex::decode_to_slice(s, &mut out).ok())
+        .ok_or_else(|| {
+            err(
+                "kernel command line",
+                format!("{key}= must be a sha256 (64 hex digits)"),
+            )
+        })?;
+    Ok(out)
+}
+
+/// Writes the disk image onto the install disk, then reboots into it.
+pub fn install(cmd: &Cmdline, cfg: &InitConfig) -> Result<super::Never, InitError> {
+    network(cmd, cfg)?;
+    let need = |v: &Option<String>, key: &str| {
+        v.clone().ok_or_else(|| {
+            err(
+                "kernel command line",
+                format!("kiln.pxe=install needs {key}="),
+            )
+        })
+    };
+    let disk = need(&cmd.install_disk, "kiln.install_disk")?;
+    let url = need(&cmd.image_url, "kiln.image_url")?;
+    let sha256 = sha256_arg(cmd.image_sha256.as_deref(), "kiln.image_sha256")?;
+    let start = std::time::Instant::now();
+    while !std::path::Path::new(&disk).exists() {
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            return Err(err("installing", format!("{disk} did not appear in 30 s")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let e = |m: kiln_flash::FlashError| err("installing", m);
+    let target = kiln_flash::target::Target::open_device(std::path::Path::new(&disk)).map_err(e)?;
+    let mut src = kiln_flash::source::open(&url).map_err(e)?;
+    say(format!("installing {url} onto {disk}"));
+    let expected = kiln_flash::write::Expected {
+        sha256,
+        from: "kiln.image_sha256".into(),
+    };
+    let r = kiln_flash::write::flash(
+        &mut src,
+        &target,
+        Some(&expected),
+        &kiln_flash::progress::Reporter::default(),
+    )
+    .map_err(e)?;
+    drop(target);
+    say(format!(
+        "installed {:.1} MiB onto {disk} in {} s: sha256 matches kiln.image_sha256, read back equal; rebooting into it",
+        r.bytes as f64 / (1 << 20) as f64,
+        start.elapsed().as_secs()
+    ));
+    nix::unistd::sync();
+    let e = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT).unwrap_err();
+    Err(err("rebooting after the install", e))
+}
+
+/// Mounts the live root at SYSROOT and persist; returns the persist mount point.
+pub fn live(cmd: &Cmdline, cfg: &InitConfig) -> Result<String, InitError> {
+    network(cmd, cfg)?;
     let url = cmd
         .root_url
         .as_deref()
