@@ -1,6 +1,8 @@
 //! A 2 GiB disk flashed (with the code of `kiln flash`, onto a loop device) from the ~1.5 GiB
 //! default image boots; kiln-init grows persist to the end of the disk on the first boot, only
 //! then; data written beyond persist's original size survives a reboot; the disk checks clean.
+//! And a disk grown under an installed image, with the power cut while kiln-init rewrote the
+//! primary GPT: the next boot uses the backup, restores the primary, grows, and keeps persist.
 
 use qemu_tests::{fixtures, Console};
 use std::path::Path;
@@ -117,6 +119,83 @@ fn a_flashed_larger_disk_grows_persist_once_and_keeps_its_data() {
     c.send_line("poweroff").unwrap();
     c.wait_exit(Duration::from_secs(60)).unwrap();
 
+    let v = sgdisk_verify(&disk);
+    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    let start = report
+        .partitions
+        .iter()
+        .find(|p| p.label == "persist")
+        .unwrap()
+        .offset
+        / 512;
+    fsck_persist(&disk, start, 4192256 - start);
+}
+
+#[test]
+fn a_cut_while_the_primary_gpt_is_rewritten_keeps_persist() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let report = fixtures::build_default(&dir.path().join("build"));
+    let disk = report.disk.clone();
+
+    // Installed and used at its own size: nothing to grow.
+    let mut c = Console::boot(&disk).unwrap();
+    let boot1 = c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+    assert!(!boot1.contains("grown"), "{boot1}");
+    c.ok("echo before-the-cut > /var/cut-mark && echo etc-mark > /etc/cut-mark && sync")
+        .unwrap();
+    c.send_line("poweroff").unwrap();
+    c.wait_exit(Duration::from_secs(60)).unwrap();
+
+    // The volume grows to 2 GiB; kiln-init's growth then gets as far as the new backup GPT and
+    // part of the primary (its entries) before the power goes: the primary's header no longer
+    // matches its entries.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
+    f.set_len(DISK).unwrap();
+    let mut lba1 = vec![0u8; 512];
+    f.read_exact_at(&mut lba1, 512).unwrap();
+    let hdr = kiln_initramfs::gpt::parse_header(&lba1).unwrap();
+    let mut entries = vec![0u8; hdr.entries_len()];
+    f.read_exact_at(&mut entries, hdr.entries_lba * 512)
+        .unwrap();
+    let g = kiln_initramfs::gpt::plan_grow(DISK / 512, &lba1, &entries, "persist")
+        .unwrap()
+        .expect("a larger disk has something to grow");
+    f.write_all_at(&g.entries, g.backup_entries_lba * 512)
+        .unwrap();
+    f.write_all_at(&g.backup_header, g.backup_header_lba * 512)
+        .unwrap();
+    f.write_all_at(&g.entries, g.entries_lba * 512).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(
+        kiln_initramfs::gpt::parse_entries(&hdr, &g.entries).is_err(),
+        "the primary must be torn (entries CRC mismatch)"
+    );
+
+    let mut c = Console::boot(&disk).unwrap();
+    let boot2 = c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+    // OVMF's partition driver restores a damaged primary from a valid backup before the loader
+    // runs (UEFI spec, GPT validation); kiln-init would otherwise (`restored the primary GPT
+    // from the backup`). Either way the grown table is the one in force, without a warning.
+    assert!(!boot2.contains("WARNING"), "{boot2}");
+    assert!(
+        boot2.contains("kiln-init: persist filesystem grown: 256 -> "),
+        "{boot2}"
+    );
+    c.ok("true").unwrap();
+    assert_eq!(c.ok("cat /var/cut-mark").unwrap().trim(), "before-the-cut");
+    assert_eq!(c.ok("cat /etc/cut-mark").unwrap().trim(), "etc-mark");
+    let end = c
+        .ok("echo $(( $(cat /sys/class/block/vda4/start) + $(cat /sys/class/block/vda4/size) ))")
+        .unwrap();
+    assert_eq!(end.trim(), "4192256");
+    c.send_line("poweroff").unwrap();
+    c.wait_exit(Duration::from_secs(60)).unwrap();
     let v = sgdisk_verify(&disk);
     assert!(v.contains("No problems found"), "sgdisk -v: {v}");
     let start = report

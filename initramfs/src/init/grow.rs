@@ -15,7 +15,7 @@
 //! persist at its previous size.
 
 use super::say;
-use crate::gpt::{parse_header, plan_grow, primary_from_backup};
+use crate::gpt::{parse_entries, parse_header, plan_grow, primary_from_backup};
 use kiln_flash::blkdev;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -55,7 +55,11 @@ fn try_grow_table(disk: &str, label: &str) -> Result<(), String> {
     let size = blkdev::size(&f).map_err(|e| format!("size: {e}"))?;
     let sectors = size / 512;
     let mut lba1 = read_at(&f, 512, 512).map_err(io("reading LBA 1"))?;
-    if parse_header(&lba1).is_err() {
+    let primary_ok = parse_header(&lba1).is_ok_and(|h| {
+        read_at(&f, h.entries_lba * 512, h.entries_len())
+            .is_ok_and(|e| parse_entries(&h, &e).is_ok())
+    });
+    if !primary_ok {
         // A cut while the primary was rewritten: restore it from the backup.
         let backup = read_at(&f, size - 512, 512).map_err(io("reading the backup GPT"))?;
         let hdr = parse_header(&backup).map_err(|e| format!("primary and backup GPT: {e}"))?;
