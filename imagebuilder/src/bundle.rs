@@ -46,14 +46,7 @@ struct BuildInfo {
 }
 
 pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
-    let info_path = a.build.join("build.json");
-    let info: BuildInfo = serde_json::from_slice(&fs::read(&info_path).with_context(|| {
-        format!(
-            "reading {} (is this a kiln build directory?)",
-            info_path.display()
-        )
-    })?)
-    .with_context(|| format!("parsing {}", info_path.display()))?;
+    let info: BuildInfo = crate::read_build_json(a.build)?;
     let keys = a
         .keys
         .iter()

@@ -23,6 +23,21 @@ pub mod validate;
 
 pub use error::{BuildError, SpecError};
 
+/// Reads `BUILD/build.json` (what `kiln build` wrote) as `T`, naming the file in errors.
+pub fn read_build_json<T: serde::de::DeserializeOwned>(
+    build: &std::path::Path,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    let path = build.join("build.json");
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading {} (is this a kiln build directory?)",
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
 /// Finds the static `kiln-init` binary: `$KILN_INIT`, else
 /// `<ancestor of this executable>/x86_64-unknown-linux-gnu/release/kiln-init` (where
 /// `scripts/build-device` puts it), else `kiln-init` next to this executable.

@@ -99,14 +99,7 @@ pub fn write(build: &Path, out: &Path, base_url: &str, install: Option<&str>) ->
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         bail!("--url {base_url}: expected http://HOST[:PORT]/PATH, as the booting machine reaches the directory");
     }
-    let info_path = build.join("build.json");
-    let info: BuildInfo = serde_json::from_slice(&fs::read(&info_path).with_context(|| {
-        format!(
-            "reading {} (is this a kiln build directory?)",
-            info_path.display()
-        )
-    })?)
-    .with_context(|| format!("parsing {}", info_path.display()))?;
+    let info: BuildInfo = crate::read_build_json(build)?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for f in FILES {
         let src = build.join(f);

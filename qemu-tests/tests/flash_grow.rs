@@ -41,6 +41,21 @@ fn sgdisk_verify(disk: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// After the VM: the GPT is sound with its backup at the end of the 2 GiB disk, and the grown
+/// persist filesystem (to the last whole MiB before the backup) checks clean.
+fn check_grown_disk(disk: &Path, report: &imagebuilder::pipeline::BuildReport) {
+    let v = sgdisk_verify(disk);
+    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
+    let start = report
+        .partitions
+        .iter()
+        .find(|p| p.label == "persist")
+        .unwrap()
+        .offset
+        / 512;
+    fsck_persist(disk, start, 4192256 - start);
+}
+
 /// `e2fsck -fn` of the persist filesystem (partition 4) through a loop device at its offset.
 fn fsck_persist(disk: &Path, start_lba: u64, sectors: u64) {
     let out = Command::new("losetup")
@@ -119,16 +134,7 @@ fn a_flashed_larger_disk_grows_persist_once_and_keeps_its_data() {
     c.send_line("poweroff").unwrap();
     c.wait_exit(Duration::from_secs(60)).unwrap();
 
-    let v = sgdisk_verify(&disk);
-    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
-    let start = report
-        .partitions
-        .iter()
-        .find(|p| p.label == "persist")
-        .unwrap()
-        .offset
-        / 512;
-    fsck_persist(&disk, start, 4192256 - start);
+    check_grown_disk(&disk, &report);
 }
 
 #[test]
@@ -196,14 +202,5 @@ fn a_cut_while_the_primary_gpt_is_rewritten_keeps_persist() {
     assert_eq!(end.trim(), "4192256");
     c.send_line("poweroff").unwrap();
     c.wait_exit(Duration::from_secs(60)).unwrap();
-    let v = sgdisk_verify(&disk);
-    assert!(v.contains("No problems found"), "sgdisk -v: {v}");
-    let start = report
-        .partitions
-        .iter()
-        .find(|p| p.label == "persist")
-        .unwrap()
-        .offset
-        / 512;
-    fsck_persist(&disk, start, 4192256 - start);
+    check_grown_disk(&disk, &report);
 }
