@@ -118,14 +118,19 @@ fn open_url(url: &str) -> Result<Source, FlashError> {
 /// The published checksum next to an image: `IMAGE.sha256` (a file beside it, or the URL with
 /// `.sha256` appended). `None` when there is none; an error when it exists but cannot be read.
 pub fn sidecar_checksum(spec: &str) -> Result<Option<(String, String)>, FlashError> {
-    let name = format!("{spec}.sha256");
+    sidecar(spec, ".sha256")
+}
+
+/// The text of `{spec}{suffix}` (file or URL) and its name, `None` when it does not exist.
+pub fn sidecar(spec: &str, suffix: &str) -> Result<Option<(String, String)>, FlashError> {
+    let name = format!("{spec}{suffix}");
     if is_url(spec) {
         return fetch_optional(&name).map(|t| t.map(|t| (t, name)));
     }
     match std::fs::read_to_string(&name) {
         Ok(t) => Ok(Some((t, name))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(FlashError::io("reading checksum", &name)(e)),
+        Err(e) => Err(FlashError::io("reading", &name)(e)),
     }
 }
 

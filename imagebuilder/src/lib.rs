@@ -18,6 +18,7 @@ pub mod pxe;
 pub mod qcow2;
 pub mod qemu;
 pub mod services;
+pub mod signed_checksum;
 pub mod spec;
 pub mod validate;
 

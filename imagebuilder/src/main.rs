@@ -70,8 +70,19 @@ enum Cmd {
         device: PathBuf,
         /// Expected sha256 of the (decompressed) image, or a file holding it as `sha256sum`
         /// prints it (default: IMAGE.sha256 when it exists).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "key")]
         sha256: Option<String>,
+        /// Trust only a checksum signed by one of these public keys: IMAGE.sha256 with
+        /// IMAGE.sha256.sig (made by `kiln sign`).
+        #[arg(long = "key")]
+        key: Vec<PathBuf>,
+    },
+    /// Write IMAGE.sha256 and its signature IMAGE.sha256.sig, for `kiln flash --key`.
+    Sign {
+        image: PathBuf,
+        /// Private key file(s) to sign with.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
     },
     /// Network boot artifacts (vmlinuz, initrd.img, root.img, boot.ipxe) from a spec or a
     /// build directory; serve OUT over HTTP at URL (`kiln run --pxe OUT` boots it).
@@ -180,7 +191,16 @@ fn real_main() -> Result<()> {
             image,
             device,
             sha256,
-        } => flash(&image, &device, sha256.as_deref())?,
+            key,
+        } => flash(&image, &device, sha256.as_deref(), &key)?,
+        Cmd::Sign { image, keys } => {
+            let hex = imagebuilder::signed_checksum::sign(&image, &keys)?;
+            println!(
+                "{}.sha256: {hex} (signature in {}.sha256.sig)",
+                image.display(),
+                image.display()
+            );
+        }
         Cmd::Pxe {
             input,
             out,
@@ -274,10 +294,17 @@ fn real_main() -> Result<()> {
     Ok(())
 }
 
-/// `kiln flash`: the expected checksum from `--sha256` (hex or a file) or IMAGE.sha256.
-fn flash(image: &str, device: &std::path::Path, sha256: Option<&str>) -> Result<()> {
+/// `kiln flash`: the expected checksum from `--key` (signed IMAGE.sha256), `--sha256` (hex or a
+/// file) or IMAGE.sha256.
+fn flash(
+    image: &str,
+    device: &std::path::Path,
+    sha256: Option<&str>,
+    keys: &[PathBuf],
+) -> Result<()> {
     use kiln_flash::{source, target::Target, write};
     let expected = match sha256 {
+        _ if !keys.is_empty() => Some(imagebuilder::signed_checksum::verified(image, keys)?),
         Some(s) if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) => {
             Some((s.to_string(), "--sha256".to_string()))
         }

@@ -347,3 +347,70 @@ fn an_image_failing_verification_leaves_no_partition_table() {
     );
     assert_no_partition_table(&lo);
 }
+
+#[test]
+fn with_key_only_a_signed_checksum_is_trusted() {
+    let d = tempfile::tempdir().unwrap();
+    let image = build_default_image(&d.path().join("build"));
+    let keys = workspace().join("examples/default/keys");
+    let sign = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["sign".as_ref(), image.as_os_str(), "--key".as_ref()])
+        .arg(keys.join("dev.key"))
+        .output()
+        .unwrap();
+    assert!(
+        sign.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sign.stderr)
+    );
+    let sum = std::fs::read_to_string(format!("{}.sha256", image.display())).unwrap();
+    assert_eq!(
+        sum,
+        sha256sum(&image).replace(image.to_str().unwrap(), "disk.raw")
+    );
+
+    let lo = Loop::attach(&used_disk(d.path(), "disk", 2 << 30, &[]));
+    let pubkey = keys.join("dev.pub");
+    let o = flash(&[
+        image.to_str().unwrap(),
+        &lo.dev,
+        "--key",
+        pubkey.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("disk.raw.sha256, signed by key"));
+    assert!(same_bytes(&image, &lo.dev));
+
+    // Another checksum under the old signature: refused before the device is touched.
+    std::fs::write(
+        format!("{}.sha256", image.display()),
+        format!("{}  disk.raw\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let o = flash(&[
+        image.to_str().unwrap(),
+        &lo.dev,
+        "--key",
+        pubkey.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("disk.raw.sha256.sig: the signature over") && err.contains("is not valid"),
+        "{err}"
+    );
+    assert!(
+        same_bytes(&image, &lo.dev),
+        "a refused flash wrote to the device"
+    );
+
+    std::fs::remove_file(format!("{}.sha256.sig", image.display())).unwrap();
+    let o = flash(&[
+        image.to_str().unwrap(),
+        &lo.dev,
+        "--key",
+        pubkey.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("disk.raw.sha256.sig is missing"));
+}
