@@ -1,0 +1,327 @@
+//! The node agent's state machine. `step` is pure: (state, event) → (new state, actions). The
+//! agent performs the actions, feeding their results back as events, and commits the state to
+//! persist ([`StateFile::commit`]) before acting on it, so a reboot in the middle — by design
+//! after `FlipAndReboot`, or a power cut anywhere — resumes from the last committed state.
+//!
+//! Order, as KubeOS and brupop learned it: stage (download + verify into the inactive slot,
+//! no flip) before cordoning, so the node is unschedulable only for the drain and the reboot;
+//! flip only after the drain succeeded; a failed drain uncordons and reports without flipping.
+
+use crate::rollout::Phase;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub version: String,
+    pub bundle_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Idle,
+    Staging(Target),
+    Draining(Target),
+    /// Flipped and rebooting from `from`.
+    Rebooting {
+        target: Target,
+        from: String,
+    },
+    /// Booted the target's slot; waiting for mark-good.
+    Verifying(Target),
+    Done(Target),
+    Failed {
+        target: Target,
+        reason: String,
+    },
+    RolledBack(Target),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The operator handed this node a target.
+    NewTarget(Target),
+    Staged,
+    StageFailed(String),
+    Drained,
+    /// Drain gave up (timeout; PodDisruptionBudget refusals until then).
+    DrainFailed(String),
+    /// The agent started after a boot, running `version`; `blessed` once mark-good succeeded.
+    Booted {
+        version: String,
+        blessed: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `kiln-updater install --no-reboot` of the bundle: download and verify, no flip.
+    Stage(String),
+    Cordon,
+    /// Evict pods through the Eviction API (DaemonSet and mirror pods skipped).
+    Drain,
+    /// Flip the bootloader to the staged slot and reboot.
+    FlipAndReboot,
+    Uncordon,
+    /// Report the phase (and the running version) on the Node.
+    Report(Phase),
+}
+
+fn report(p: Phase) -> Action {
+    Action::Report(p)
+}
+
+/// One transition. Events that do not apply in a state leave it unchanged with no action.
+pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
+    use Action::*;
+    match (state, event) {
+        // A new target is taken from any resting state (never in the middle of an upgrade).
+        (
+            State::Idle | State::Done(_) | State::Failed { .. } | State::RolledBack(_),
+            Event::NewTarget(t),
+        ) => {
+            let same = match state {
+                State::Done(d) | State::Failed { target: d, .. } | State::RolledBack(d) => d == t,
+                _ => false,
+            };
+            if same {
+                // Already handled this target; a failed one is not retried without a change.
+                return (state.clone(), vec![]);
+            }
+            (
+                State::Staging(t.clone()),
+                vec![Stage(t.bundle_url.clone()), report(Phase::Staging)],
+            )
+        }
+        (State::Staging(t), Event::Staged) => (
+            State::Draining(t.clone()),
+            vec![Cordon, Drain, report(Phase::Draining)],
+        ),
+        (State::Staging(t), Event::StageFailed(why)) => (
+            State::Failed {
+                target: t.clone(),
+                reason: format!("staging failed: {why}"),
+            },
+            vec![report(Phase::Failed(format!("staging failed: {why}")))],
+        ),
+        (State::Draining(t), Event::Drained) => (
+            State::Rebooting(t.clone()),
+            vec![report(Phase::Rebooting), FlipAndReboot],
+        ),
+        (State::Draining(t), Event::DrainFailed(why)) => (
+            State::Failed {
+                target: t.clone(),
+                reason: format!("drain failed: {why}"),
+            },
+            vec![
+                Uncordon,
+                report(Phase::Failed(format!("drain failed: {why}"))),
+            ],
+        ),
+        // After the reboot (or a cut before it happened).
+        (State::Rebooting(target), Event::Booted { version, blessed }) => {
+            if *version != target.version {
+                // Either the flip never happened (cut before the reboot) or the loader came
+                // back to the old slot after failed tries: the latter is a rollback. The
+                // updater records it; the agent reports it and gives the node back.
+                return (
+                    State::RolledBack(target.clone()),
+                    vec![Uncordon, report(Phase::RolledBack)],
+                );
+            }
+            if *blessed {
+                (
+                    State::Done(target.clone()),
+                    vec![Uncordon, report(Phase::Done)],
+                )
+            } else {
+                (
+                    State::Verifying(target.clone()),
+                    vec![report(Phase::Verifying)],
+                )
+            }
+        }
+        (
+            State::Verifying(t),
+            Event::Booted {
+                version,
+                blessed: true,
+            },
+        ) if *version == t.version => (State::Done(t.clone()), vec![Uncordon, report(Phase::Done)]),
+        // A cut while staging or draining: start the step again (staging resumes from the
+        // chunks already verified in the slot; the node is still cordoned while draining).
+        (State::Staging(t), Event::Booted { .. }) => (
+            state.clone(),
+            vec![Stage(t.bundle_url.clone()), report(Phase::Staging)],
+        ),
+        (State::Draining(_), Event::Booted { .. }) => {
+            (state.clone(), vec![Cordon, Drain, report(Phase::Draining)])
+        }
+        _ => (state.clone(), vec![]),
+    }
+}
+
+/// The state on persist: JSON, committed by write to a temporary file, fsync, rename, fsync of
+/// the directory.
+pub struct StateFile {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct StateError {
+    pub path: String,
+    pub message: String,
+}
+
+impl StateFile {
+    pub fn new(path: &Path) -> StateFile {
+        StateFile { path: path.into() }
+    }
+
+    fn err(&self, m: impl std::fmt::Display) -> StateError {
+        StateError {
+            path: self.path.display().to_string(),
+            message: m.to_string(),
+        }
+    }
+
+    /// The committed state; `Idle` when there is none yet.
+    pub fn load(&self) -> Result<State, StateError> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| self.err(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::Idle),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub fn commit(&self, s: &State) -> Result<(), StateError> {
+        use std::io::Write;
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(|e| self.err(e))?;
+        f.write_all(&serde_json::to_vec_pretty(s).map_err(|e| self.err(e))?)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| self.err(e))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &str) -> Target {
+        Target {
+            version: v.into(),
+            bundle_url: format!("http://repo/{v}"),
+        }
+    }
+
+    fn booted(v: &str, blessed: bool) -> Event {
+        Event::Booted {
+            version: v.into(),
+            blessed,
+        }
+    }
+
+    #[test]
+    fn happy_path_stages_before_cordon_and_flips_after_the_drain() {
+        let (s, a) = step(&State::Idle, &Event::NewTarget(t("2")));
+        assert_eq!(
+            a,
+            vec![
+                Action::Stage("http://repo/2".into()),
+                Action::Report(Phase::Staging)
+            ]
+        );
+        let (s, a) = step(&s, &Event::Staged);
+        assert_eq!(
+            a,
+            vec![
+                Action::Cordon,
+                Action::Drain,
+                Action::Report(Phase::Draining)
+            ]
+        );
+        let (s, a) = step(&s, &Event::Drained);
+        assert_eq!(
+            a,
+            vec![Action::Report(Phase::Rebooting), Action::FlipAndReboot]
+        );
+        let (s, a) = step(&s, &booted("2", false));
+        assert_eq!(
+            (s.clone(), a),
+            (
+                State::Verifying(t("2")),
+                vec![Action::Report(Phase::Verifying)]
+            )
+        );
+        let (s, a) = step(&s, &booted("2", true));
+        assert_eq!(s, State::Done(t("2")));
+        assert_eq!(a, vec![Action::Uncordon, Action::Report(Phase::Done)]);
+        // The same target again: nothing.
+        assert_eq!(step(&s, &Event::NewTarget(t("2"))), (s.clone(), vec![]));
+    }
+
+    #[test]
+    fn a_failed_drain_uncordons_without_flipping() {
+        let s = State::Draining(t("2"));
+        let (s, a) = step(
+            &s,
+            &Event::DrainFailed("PodDisruptionBudget refused until 300 s".into()),
+        );
+        assert!(matches!(s, State::Failed { .. }));
+        assert_eq!(a[0], Action::Uncordon);
+        assert!(!a.contains(&Action::FlipAndReboot));
+        // A failed target is not retried; a new one is.
+        assert_eq!(step(&s, &Event::NewTarget(t("2"))).1, vec![]);
+        assert_eq!(
+            step(&s, &Event::NewTarget(t("3"))).0,
+            State::Staging(t("3"))
+        );
+    }
+
+    #[test]
+    fn booting_the_old_version_after_the_flip_is_a_rollback() {
+        let s = State::Rebooting(t("2"));
+        let (s, a) = step(&s, &booted("1", true));
+        assert_eq!(s, State::RolledBack(t("2")));
+        assert_eq!(a, vec![Action::Uncordon, Action::Report(Phase::RolledBack)]);
+    }
+
+    #[test]
+    fn mid_upgrade_reboots_resume_from_the_committed_state() {
+        let d = tempfile::tempdir().unwrap();
+        let f = StateFile::new(&d.path().join("agent.json"));
+        assert_eq!(f.load().unwrap(), State::Idle);
+        // Staged, cordoned, draining — then the power goes.
+        let (s, _) = step(&State::Idle, &Event::NewTarget(t("2")));
+        let (s, _) = step(&s, &Event::Staged);
+        f.commit(&s).unwrap();
+        let after = f.load().unwrap();
+        assert_eq!(after, State::Draining(t("2")));
+        let (s, a) = step(&after, &booted("1", true));
+        assert_eq!(s, State::Draining(t("2")));
+        assert_eq!(
+            a,
+            vec![
+                Action::Cordon,
+                Action::Drain,
+                Action::Report(Phase::Draining)
+            ]
+        );
+        // Drained, flipped, rebooted into 2: the committed Rebooting state meets the new boot.
+        let (s, _) = step(&s, &Event::Drained);
+        f.commit(&s).unwrap();
+        let (s, a) = step(&f.load().unwrap(), &booted("2", true));
+        assert_eq!(s, State::Done(t("2")));
+        assert_eq!(a, vec![Action::Uncordon, Action::Report(Phase::Done)]);
+        assert!(!d.path().join("agent.tmp").exists());
+        std::fs::write(&f.path, "{").unwrap();
+        assert!(f.load().unwrap_err().to_string().contains("agent.json"));
+    }
+}
