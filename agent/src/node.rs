@@ -22,11 +22,8 @@ pub enum State {
     Idle,
     Staging(Target),
     Draining(Target),
-    /// Flipped and rebooting from `from`.
-    Rebooting {
-        target: Target,
-        from: String,
-    },
+    /// Flipped; rebooting into the target's slot.
+    Rebooting(Target),
     /// Booted the target's slot; waiting for mark-good.
     Verifying(Target),
     Done(Target),
