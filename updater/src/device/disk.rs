@@ -29,6 +29,26 @@ fn read_table(dev: &str) -> io::Result<Vec<PartEntry>> {
     parse_entries(&hdr, &entries).map_err(io::Error::other)
 }
 
+/// The image's own kernel arguments, from the running kernel's command line: without the
+/// per-slot words (`root=`, `ro`, `kiln.slot=`) and without what the loaders add at boot
+/// (`BOOT_IMAGE=` from GRUB, `initrd=` from systemd-boot for each initrd). Slot entries are
+/// rebuilt from this on every install, so anything a loader adds would otherwise accumulate —
+/// which the 200-cut campaign found: after ~110 updates systemd-boot's `initrd=` words made the
+/// command line longer than the EFI stub's 2 KiB and `console=` was cut off.
+pub fn extra_args(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .filter(|w| {
+            !w.starts_with("root=")
+                && !w.starts_with("kiln.slot=")
+                && !w.starts_with("BOOT_IMAGE=")
+                && !w.starts_with("initrd=")
+                && *w != "ro"
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl BootDisk {
     /// Finds the disk holding the booted root (`root=PARTUUID=` on /proc/cmdline).
     pub fn detect() -> io::Result<BootDisk> {
@@ -43,16 +63,7 @@ impl BootDisk {
             .unwrap_or("")
             .parse()
             .map_err(|_| io::Error::other("no kiln.slot= on the kernel command line"))?;
-        let extra_cmdline = cmdline
-            .split_whitespace()
-            .filter(|w| {
-                !w.starts_with("root=")
-                    && !w.starts_with("kiln.slot=")
-                    && !w.starts_with("BOOT_IMAGE=")
-                    && *w != "ro"
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        let extra_cmdline = extra_args(&cmdline);
         let mut disks: Vec<String> = fs::read_dir("/sys/block")?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -165,4 +176,30 @@ fn is_mountpoint(p: &Path) -> bool {
                 .any(|l| l.split(' ').nth(4) == Some(&*p.to_string_lossy()))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loader_added_words_do_not_accumulate_over_updates() {
+        let extra = "console=ttyS0,115200 quiet panic=5";
+        let mut options = format!("root=PARTUUID=aa ro kiln.slot=a {extra}");
+        for i in 0..300 {
+            let slot = if i % 2 == 0 { "a" } else { "b" };
+            // What the kernel sees: systemd-boot appends initrd= for the entry's initrd,
+            // GRUB prepends BOOT_IMAGE=.
+            let proc_cmdline = format!(
+                "BOOT_IMAGE=/kiln/{slot}/vmlinuz {options} initrd=\\kiln\\{slot}\\initrd.img\n"
+            );
+            let next = if slot == "a" { "b" } else { "a" };
+            options = format!(
+                "root=PARTUUID=bb ro kiln.slot={next} {}",
+                extra_args(&proc_cmdline)
+            );
+        }
+        assert_eq!(options, format!("root=PARTUUID=bb ro kiln.slot=a {extra}"));
+        assert_eq!(extra_args("root=x ro kiln.slot=b"), "");
+    }
 }
