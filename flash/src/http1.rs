@@ -209,8 +209,16 @@ mod tests {
         let url = format!("http://{}/f", l.local_addr().unwrap());
         std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
+            // Read the whole request first: closing with unread bytes would reset the
+            // connection under the client.
+            let mut req = Vec::new();
             let mut b = [0u8; 1024];
-            let _ = c.read(&mut b);
+            while !req.ends_with(b"\r\n\r\n") {
+                match c.read(&mut b) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&b[..n]),
+                }
+            }
             c.write_all(&raw).unwrap();
         });
         url
