@@ -492,17 +492,21 @@ impl Campaign {
             if rc != 0 || !out.contains("staged") {
                 return Err(format!("install after the cut did not complete: {out}"));
             }
+            // The install goes to the slot not booted now, which is not the one planned before
+            // the cut when the cut came before the install touched anything and the machine
+            // booted the slot an earlier install had staged.
+            let target_now = if slot_now == "a" { "b" } else { "a" };
             let s = status(self.con());
-            let t = slot(&s, target);
+            let t = slot(&s, target_now);
             if t["version"] != version.as_str() {
                 return Err(format!(
-                    "after the re-install slot {target} is not {version}: {s}"
+                    "after the re-install slot {target_now} is not {version}: {s}"
                 ));
             }
             // Staged and verified: a cut before the next install touches it boots it (its
             // tries), which is the fully verified new version of that install.
             self.known_good
-                .insert((target.to_string(), version.clone()));
+                .insert((target_now.to_string(), version.clone()));
         }
         Ok(())
     }
