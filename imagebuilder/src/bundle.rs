@@ -47,18 +47,7 @@ struct BuildInfo {
 
 pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
     let info: BuildInfo = crate::read_build_json(a.build)?;
-    let keys = a
-        .keys
-        .iter()
-        .map(|k| {
-            let text = fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?;
-            SecretKey::from_file(&text)
-                .with_context(|| format!("{}: not a kiln private key", k.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if keys.is_empty() {
-        bail!("no signing key given");
-    }
+    let keys = crate::keyfiles::secret_keys(a.keys)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let files = PayloadFiles {
         root: &a.build.join("root.img"),

@@ -4,8 +4,8 @@
 //! `kiln flash IMAGE DEV --key PUB` accepts the checksum only with a valid signature by a
 //! trusted key, then checks the image against it.
 
-use anyhow::{bail, Context, Result};
-use kiln_updater::bundle::keys::{self, PublicKey, SecretKey, Signatures};
+use anyhow::{Context, Result};
+use kiln_updater::bundle::keys::{self, Signatures};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Read;
@@ -19,17 +19,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Writes `IMAGE.sha256` and `IMAGE.sha256.sig`; returns the sha256 (hex).
 pub fn sign(image: &Path, key_files: &[PathBuf]) -> Result<String> {
-    if key_files.is_empty() {
-        bail!("no signing key given");
-    }
-    let keys = key_files
-        .iter()
-        .map(|k| {
-            let text = fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?;
-            SecretKey::from_file(&text)
-                .with_context(|| format!("{}: not a kiln private key", k.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let keys = crate::keyfiles::secret_keys(key_files)?;
     let name = image.to_str().context("image path is not UTF-8")?;
     let mut src = kiln_flash::source::open(name)?;
     let mut h = Sha256::new();
@@ -64,14 +54,7 @@ pub fn sign(image: &Path, key_files: &[PathBuf]) -> Result<String> {
 /// The checksum text of `IMAGE.sha256` (file or URL), accepted only with a valid signature in
 /// `IMAGE.sha256.sig` by one of `trusted`; returns (text, description for messages).
 pub fn verified(image: &str, trusted: &[PathBuf]) -> Result<(String, String)> {
-    let keys = trusted
-        .iter()
-        .map(|k| {
-            let text = fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?;
-            PublicKey::from_file(&text)
-                .with_context(|| format!("{}: not a kiln public key", k.display()))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let keys = crate::keyfiles::public_keys(trusted)?;
     let (text, from) = kiln_flash::source::sidecar(image, ".sha256")?
         .with_context(|| format!("{image}.sha256 is missing (make it with kiln sign)"))?;
     let (sig, sig_from) = kiln_flash::source::sidecar(image, ".sha256.sig")?

@@ -5,52 +5,16 @@
 mod common;
 
 use common::*;
+use kiln_testutil::LoopDev;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A loop device attached (with partition scanning) to a sparse file; detached on drop.
-struct Loop {
-    dev: String,
-}
-
-impl Loop {
-    fn attach(file: &Path) -> Loop {
-        let out = Command::new("losetup")
-            .args(["-f", "--show", "-P"])
-            .arg(file)
-            .output()
-            .expect("losetup (util-linux) is needed");
-        assert!(
-            out.status.success(),
-            "losetup -f --show -P {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop {
-            dev: String::from_utf8(out.stdout).unwrap().trim().to_string(),
-        }
-    }
-
-    fn partitions(&self) -> Vec<PathBuf> {
-        let name = self.dev.trim_start_matches("/dev/");
-        let mut v: Vec<PathBuf> = std::fs::read_dir(format!("/sys/class/block/{name}"))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("partition").is_file())
-            .map(|e| Path::new("/dev").join(e.file_name()))
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
+/// A loop device attached with partition scanning; detached on drop.
+fn attach(file: &Path) -> LoopDev {
+    LoopDev::attach(file, &["-P"])
 }
 
 /// A sparse file of `size` bytes with garbage (0xAA MiBs) at `garbage` offsets, standing for
@@ -107,7 +71,7 @@ fn same_bytes(image: &Path, dev: &str) -> bool {
 /// The partitions the kernel lists, fsck'ed. The kernel here (Firecracker's) has no GPT parser
 /// (CONFIG_EFI_PARTITION unset), so when the re-read found nothing `partx -a` adds them from the
 /// table on the device (as libblkid reads it).
-fn check_partitions(lo: &Loop) {
+fn check_partitions(lo: &LoopDev) {
     if lo.partitions().is_empty() {
         let px = Command::new("partx")
             .args(["-a", &lo.dev])
@@ -151,7 +115,7 @@ fn flashes_a_raw_image_byte_for_byte_over_old_contents() {
         2 << 30,
         &[0, len / 2, len - (1 << 20), len, 2 << 30],
     );
-    let lo = Loop::attach(&file);
+    let lo = attach(&file);
     let o = flash(&[image.to_str().unwrap(), &lo.dev]);
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
@@ -232,7 +196,7 @@ fn flashes_a_zstd_image_streamed_over_http_and_checks_the_published_sha256() {
     std::fs::write(www.join("disk.raw.zst.sha256"), sha256sum(&image)).unwrap();
     let base = serve(www);
     let file = used_disk(d.path(), "disk", 2 << 30, &[0, 1 << 30]);
-    let lo = Loop::attach(&file);
+    let lo = attach(&file);
     let o = flash(&[&format!("{base}/disk.raw.zst"), &lo.dev]);
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
@@ -246,7 +210,7 @@ fn refuses_a_mounted_device_and_a_too_small_one() {
     let d = tempfile::tempdir().unwrap();
     let image = build_default_image(&d.path().join("build"));
 
-    let small = Loop::attach(&used_disk(d.path(), "small", 64 << 20, &[]));
+    let small = attach(&used_disk(d.path(), "small", 64 << 20, &[]));
     let o = flash(&[image.to_str().unwrap(), &small.dev]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -255,7 +219,7 @@ fn refuses_a_mounted_device_and_a_too_small_one() {
         "{err}"
     );
 
-    let busy = Loop::attach(&used_disk(d.path(), "busy", 2 << 30, &[]));
+    let busy = attach(&used_disk(d.path(), "busy", 2 << 30, &[]));
     let mk = Command::new("mkfs.ext4")
         .args(["-q", &busy.dev])
         .status()
@@ -290,7 +254,7 @@ fn refuses_a_mounted_device_and_a_too_small_one() {
 }
 
 /// No partition table: LBA 0 is zero, blkid finds no table type, the kernel lists no partitions.
-fn assert_no_partition_table(lo: &Loop) {
+fn assert_no_partition_table(lo: &LoopDev) {
     let mut first = vec![0u8; 1 << 20];
     File::open(&lo.dev).unwrap().read_exact(&mut first).unwrap();
     assert!(first.iter().all(|&b| b == 0), "first MiB not wiped");
@@ -310,7 +274,7 @@ fn assert_no_partition_table(lo: &Loop) {
 fn an_image_failing_verification_leaves_no_partition_table() {
     let d = tempfile::tempdir().unwrap();
     let image = build_default_image(&d.path().join("build"));
-    let lo = Loop::attach(&used_disk(d.path(), "disk", 2 << 30, &[]));
+    let lo = attach(&used_disk(d.path(), "disk", 2 << 30, &[]));
     // A disk that had a good Kiln image on it.
     assert!(flash(&[image.to_str().unwrap(), &lo.dev]).status.success());
     check_partitions(&lo);
@@ -369,7 +333,7 @@ fn with_key_only_a_signed_checksum_is_trusted() {
         sha256sum(&image).replace(image.to_str().unwrap(), "disk.raw")
     );
 
-    let lo = Loop::attach(&used_disk(d.path(), "disk", 2 << 30, &[]));
+    let lo = attach(&used_disk(d.path(), "disk", 2 << 30, &[]));
     let pubkey = keys.join("dev.pub");
     let o = flash(&[
         image.to_str().unwrap(),

@@ -4,6 +4,7 @@
 //! And a disk grown under an installed image, with the power cut while kiln-init rewrote the
 //! primary GPT: the next boot uses the backup, restores the primary, grows, and keeps persist.
 
+use kiln_testutil::LoopDev;
 use qemu_tests::{fixtures, Console};
 use std::path::Path;
 use std::process::Command;
@@ -14,23 +15,13 @@ const DISK: u64 = 2 << 30;
 
 fn flash_onto_loop(image: &Path, disk: &Path) {
     std::fs::File::create(disk).unwrap().set_len(DISK).unwrap();
-    let out = Command::new("losetup")
-        .args(["-f", "--show"])
-        .arg(disk)
-        .output()
-        .expect("losetup");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let lo = LoopDev::attach(disk, &[]);
     let r = (|| {
-        let target = kiln_flash::target::Target::open_device(Path::new(&dev))?;
+        let target = kiln_flash::target::Target::open_device(Path::new(&lo.dev))?;
         let mut src = kiln_flash::source::open(image.to_str().unwrap())?;
         kiln_flash::write::flash(&mut src, &target, None, &kiln_flash::progress::Silent)
     })();
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    drop(lo);
     let r = r.unwrap();
     assert_eq!(r.bytes, std::fs::metadata(image).unwrap().len());
 }
@@ -58,17 +49,12 @@ fn check_grown_disk(disk: &Path, report: &imagebuilder::pipeline::BuildReport) {
 
 /// `e2fsck -fn` of the persist filesystem (partition 4) through a loop device at its offset.
 fn fsck_persist(disk: &Path, start_lba: u64, sectors: u64) {
-    let out = Command::new("losetup")
-        .args(["-f", "--show", "-r", "-o"])
-        .arg((start_lba * 512).to_string())
-        .arg("--sizelimit")
-        .arg((sectors * 512).to_string())
-        .arg(disk)
+    let lo = LoopDev::slice(disk, start_lba * 512, sectors * 512);
+    let fsck = Command::new("e2fsck")
+        .args(["-fn", &lo.dev])
         .output()
         .unwrap();
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let fsck = Command::new("e2fsck").args(["-fn", &dev]).output().unwrap();
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    drop(lo);
     assert!(
         fsck.status.success(),
         "{}",

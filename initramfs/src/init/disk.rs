@@ -46,7 +46,8 @@ pub fn wait_for_root(
     }
 }
 
-fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
+/// Whole disks in /sys/block, sorted, without loop and RAM devices.
+fn local_disks() -> Result<Vec<String>, String> {
     let mut disks: Vec<String> = fs::read_dir("/sys/block")
         .map_err(|e| format!("/sys/block: {e}"))?
         .flatten()
@@ -54,7 +55,11 @@ fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
         .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
         .collect();
     disks.sort();
-    for disk in disks {
+    Ok(disks)
+}
+
+fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
+    for disk in local_disks()? {
         let Ok(parts) = read_table(&format!("/dev/{disk}")) else {
             continue;
         };
@@ -88,14 +93,7 @@ fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
 /// A partition labelled `label` on any local disk (the persist of an installed Kiln disk, used
 /// by a live network boot when present).
 pub fn find_labelled(label: &str) -> Option<String> {
-    let mut disks: Vec<String> = fs::read_dir("/sys/block")
-        .ok()?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
-        .collect();
-    disks.sort();
-    disks.into_iter().find_map(|disk| {
+    local_disks().ok()?.into_iter().find_map(|disk| {
         let parts = read_table(&format!("/dev/{disk}")).ok()?;
         let p = parts.iter().find(|p| p.name == label)?;
         part_node(&disk, p.number)
