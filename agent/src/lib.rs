@@ -12,6 +12,12 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod crd;
+pub mod daemon;
+pub mod drain;
 pub mod node;
+pub mod operator;
+pub mod protocol;
 pub mod rollout;
+pub mod updater;
 pub mod window;

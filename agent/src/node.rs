@@ -15,6 +15,16 @@ use std::path::{Path, PathBuf};
 pub struct Target {
     pub version: String,
     pub bundle_url: String,
+    /// The OSUpgrade that handed it out (its drain policy applies).
+    #[serde(default)]
+    pub osupgrade: Option<String>,
+}
+
+impl Target {
+    /// The same target (version and bundle), whoever handed it out.
+    pub fn same(&self, o: &Target) -> bool {
+        self.version == o.version && self.bundle_url == o.bundle_url
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +88,9 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
             Event::NewTarget(t),
         ) => {
             let same = match state {
-                State::Done(d) | State::Failed { target: d, .. } | State::RolledBack(d) => d == t,
+                State::Done(d) | State::Failed { target: d, .. } | State::RolledBack(d) => {
+                    d.same(t)
+                }
                 _ => false,
             };
             if same {
@@ -87,12 +99,12 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
             }
             (
                 State::Staging(t.clone()),
-                vec![Stage(t.bundle_url.clone()), report(Phase::Staging)],
+                vec![report(Phase::Staging), Stage(t.bundle_url.clone())],
             )
         }
         (State::Staging(t), Event::Staged) => (
             State::Draining(t.clone()),
-            vec![Cordon, Drain, report(Phase::Draining)],
+            vec![report(Phase::Draining), Cordon, Drain],
         ),
         (State::Staging(t), Event::StageFailed(why)) => (
             State::Failed {
@@ -149,12 +161,43 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
         // chunks already verified in the slot; the node is still cordoned while draining).
         (State::Staging(t), Event::Booted { .. }) => (
             state.clone(),
-            vec![Stage(t.bundle_url.clone()), report(Phase::Staging)],
+            vec![report(Phase::Staging), Stage(t.bundle_url.clone())],
         ),
         (State::Draining(_), Event::Booted { .. }) => {
-            (state.clone(), vec![Cordon, Drain, report(Phase::Draining)])
+            (state.clone(), vec![report(Phase::Draining), Cordon, Drain])
         }
         _ => (state.clone(), vec![]),
+    }
+}
+
+/// What to do again when the API comes back (after a failed call or a lost connection): every
+/// action is idempotent, so the agent redoes the current state's actions and reports it.
+pub fn resume(state: &State) -> Vec<Action> {
+    use Action::*;
+    match state {
+        State::Idle => vec![],
+        State::Staging(t) => vec![report(Phase::Staging), Stage(t.bundle_url.clone())],
+        State::Draining(_) => vec![report(Phase::Draining), Cordon, Drain],
+        // The reboot happens only after the flip; the next boot decides.
+        State::Rebooting(_) => vec![report(Phase::Rebooting)],
+        State::Verifying(_) => vec![report(Phase::Verifying)],
+        State::Done(_) => vec![Uncordon, report(Phase::Done)],
+        State::Failed { reason, .. } => vec![Uncordon, report(Phase::Failed(reason.clone()))],
+        State::RolledBack(_) => vec![Uncordon, report(Phase::RolledBack)],
+    }
+}
+
+/// The target a state is about.
+pub fn target(state: &State) -> Option<&Target> {
+    match state {
+        State::Idle => None,
+        State::Staging(t)
+        | State::Draining(t)
+        | State::Rebooting(t)
+        | State::Verifying(t)
+        | State::Done(t)
+        | State::RolledBack(t)
+        | State::Failed { target: t, .. } => Some(t),
     }
 }
 
@@ -215,6 +258,7 @@ mod tests {
         Target {
             version: v.into(),
             bundle_url: format!("http://repo/{v}"),
+            osupgrade: None,
         }
     }
 
@@ -231,17 +275,17 @@ mod tests {
         assert_eq!(
             a,
             vec![
-                Action::Stage("http://repo/2".into()),
-                Action::Report(Phase::Staging)
+                Action::Report(Phase::Staging),
+                Action::Stage("http://repo/2".into())
             ]
         );
         let (s, a) = step(&s, &Event::Staged);
         assert_eq!(
             a,
             vec![
+                Action::Report(Phase::Draining),
                 Action::Cordon,
-                Action::Drain,
-                Action::Report(Phase::Draining)
+                Action::Drain
             ]
         );
         let (s, a) = step(&s, &Event::Drained);
@@ -306,9 +350,9 @@ mod tests {
         assert_eq!(
             a,
             vec![
+                Action::Report(Phase::Draining),
                 Action::Cordon,
-                Action::Drain,
-                Action::Report(Phase::Draining)
+                Action::Drain
             ]
         );
         // Drained, flipped, rebooted into 2: the committed Rebooting state meets the new boot.

@@ -38,6 +38,9 @@ pub struct NodeView {
     /// The target the operator handed it, if any.
     pub target: Option<String>,
     pub phase: Phase,
+    /// Not upgrading but unavailable all the same (cordoned by someone else, not Ready, or its
+    /// agent offline): counts against maxUnavailable and is not handed a target.
+    pub unavailable: bool,
 }
 
 /// The part of an OSUpgrade the planner needs.
@@ -57,6 +60,8 @@ pub struct Plan {
     pub selected: usize,
     pub done: usize,
     pub in_progress: Vec<String>,
+    /// Selected nodes unavailable for other reasons (see [`NodeView::unavailable`]).
+    pub unavailable: Vec<String>,
     pub pending: usize,
     /// Why the rollout stopped (a node failed or rolled back); nothing is assigned then.
     pub halted: Option<String>,
@@ -94,6 +99,7 @@ pub fn plan(r: &Rollout, nodes: &[NodeView], window_open: bool) -> Plan {
                 p.done += 1
             }
             (_, true) => p.in_progress.push(n.name.clone()),
+            (_, false) if n.unavailable => p.unavailable.push(n.name.clone()),
             (_, false) => candidates.push(n.name.clone()),
         }
     }
@@ -104,7 +110,7 @@ pub fn plan(r: &Rollout, nodes: &[NodeView], window_open: bool) -> Plan {
     let room = r
         .max_unavailable
         .resolve(p.selected)
-        .saturating_sub(p.in_progress.len());
+        .saturating_sub(p.in_progress.len() + p.unavailable.len());
     if room > 0 && !candidates.is_empty() && !window_open {
         p.waiting_for_window = true;
         return p;
@@ -125,6 +131,7 @@ mod tests {
             version: version.into(),
             target: None,
             phase: Phase::Idle,
+            unavailable: false,
         }
     }
 
@@ -207,6 +214,18 @@ mod tests {
         let p = plan(&r, &nodes, false);
         assert_eq!(p.in_progress, vec!["n1".to_string()]);
         assert!(p.waiting_for_window);
+    }
+
+    #[test]
+    fn nodes_unavailable_for_other_reasons_use_up_the_budget() {
+        let r = rollout(MaxUnavailable::Count(2));
+        let mut nodes: Vec<NodeView> = (1..=5).map(|i| node(&format!("n{i}"), "1.0.0")).collect();
+        nodes[0].unavailable = true; // cordoned by an admin
+        let p = plan(&r, &nodes, true);
+        assert_eq!(p.assign, vec!["n2".to_string()]);
+        assert_eq!(p.unavailable, vec!["n1".to_string()]);
+        nodes[1].unavailable = true;
+        assert!(plan(&r, &nodes, true).assign.is_empty());
     }
 
     #[test]

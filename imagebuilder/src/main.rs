@@ -156,6 +156,7 @@ fn real_main() -> Result<()> {
                     out_dir: out,
                     init_bin,
                     updater_bin: imagebuilder::find_device_binary("kiln-updater"),
+                    agent_bin: imagebuilder::find_device_binary("kiln-agent"),
                     epoch: source_date_epoch,
                 },
             )
@@ -219,6 +220,7 @@ fn real_main() -> Result<()> {
                         out_dir: out.join("build"),
                         init_bin,
                         updater_bin: imagebuilder::find_device_binary("kiln-updater"),
+                        agent_bin: imagebuilder::find_device_binary("kiln-agent"),
                         epoch: source_date_epoch,
                     },
                 )

@@ -34,6 +34,8 @@ pub struct BuildOptions {
     pub init_bin: PathBuf,
     /// The static `kiln-updater` binary, baked in when the spec trusts update keys.
     pub updater_bin: Option<PathBuf>,
+    /// The static `kiln-agent` binary, baked in when the spec has `[agent]`.
+    pub agent_bin: Option<PathBuf>,
     /// SOURCE_DATE_EPOCH.
     pub epoch: u64,
 }
@@ -344,6 +346,28 @@ fn sha256_file(p: &Path) -> Result<String, BuildError> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// A device binary to bake: it must exist (scripts/build-device) and be static.
+fn static_device_binary<'a>(
+    bin: Option<&'a Path>,
+    field: &str,
+    name: &str,
+) -> Result<&'a Path, BuildError> {
+    let bin = bin.ok_or_else(|| {
+        BuildError::Other(format!(
+            "{field} is set but {name} was not found (run scripts/build-device)"
+        ))
+    })?;
+    let is_static = crate::elf::is_static_elf64_file(bin)
+        .map_err(BuildError::io(format!("reading {}", bin.display())))?;
+    if !is_static {
+        return Err(BuildError::Other(format!(
+            "{} is not a static x86-64 binary",
+            bin.display()
+        )));
+    }
+    Ok(bin)
+}
+
 /// Base, overlays, baked files, generated files, mount points.
 fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), BuildError> {
     let spec = &r.spec;
@@ -365,21 +389,12 @@ fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), B
         dircopy::install_file(&f.source, tree, &f.dest, f.mode)?;
     }
     if !r.update_keys.is_empty() {
-        let bin = opts.updater_bin.as_ref().ok_or_else(|| {
-            BuildError::Other(
-                "update.keys is set but kiln-updater was not found (run scripts/build-device)"
-                    .into(),
-            )
-        })?;
-        let is_static = crate::elf::is_static_elf64_file(bin)
-            .map_err(BuildError::io(format!("reading {}", bin.display())))?;
-        if !is_static {
-            return Err(BuildError::Other(format!(
-                "{} is not a static x86-64 binary",
-                bin.display()
-            )));
-        }
+        let bin = static_device_binary(opts.updater_bin.as_deref(), "update.keys", "kiln-updater")?;
         dircopy::install_file(bin, tree, Path::new(services::UPDATER), 0o755)?;
+    }
+    if spec.agent.is_some() {
+        let bin = static_device_binary(opts.agent_bin.as_deref(), "[agent]", "kiln-agent")?;
+        dircopy::install_file(bin, tree, Path::new(services::AGENT), 0o755)?;
     }
     for (id, text) in &r.update_keys {
         let rel = format!("{}/{id}.pub", services::KEYS_DIR);

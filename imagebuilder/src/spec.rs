@@ -43,6 +43,9 @@ pub struct Spec {
     pub update: UpdateSpec,
     #[serde(default)]
     pub network: NetworkSpec,
+    /// The node agent for cluster-triggered upgrades (kiln-agent), when present.
+    #[serde(default)]
+    pub agent: Option<AgentSpec>,
 }
 
 /// Network set-up at boot.
@@ -52,6 +55,19 @@ pub struct NetworkSpec {
     /// Interfaces configured by DHCP (busybox udhcpc), in the background.
     #[serde(default)]
     pub dhcp: Vec<String>,
+}
+
+/// `[agent]`: bakes kiln-agent (from scripts/build-device) and runs it as the service
+/// `kiln-agent`. It needs the updater (`update.keys`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Absolute path on the device of the kubeconfig naming the API server and the agent's
+    /// credentials (provisioned into /etc, which lives on persist; the agent waits for it).
+    pub kubeconfig: String,
+    /// The node's name in the cluster (default: the hostname).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// Signed updates: the public keys baked into the read-only root.

@@ -330,6 +330,47 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
         ));
     }
 
+    if let Some(a) = &spec.agent {
+        if !a.kubeconfig.starts_with('/') || a.kubeconfig.contains(char::is_whitespace) {
+            return Err(ctx.err(
+                "agent.kubeconfig",
+                format!(
+                    "{:?}: must be an absolute path on the device, without spaces",
+                    a.kubeconfig
+                ),
+            ));
+        }
+        if let Some(n) = &a.node {
+            check_name(&ctx, "agent.node", n, true)?;
+        }
+        if update_keys.is_empty() {
+            return Err(ctx.err(
+                "agent",
+                "the node agent upgrades through kiln-updater: set update.keys",
+            ));
+        }
+        let at = format!("/{}", crate::services::AGENT);
+        if let Some(i) = spec.files.iter().position(|f| f.dest == at) {
+            return Err(ctx.err(
+                &format!("file[{i}].dest"),
+                format!("{at} is where [agent] bakes kiln-agent"),
+            ));
+        }
+        if spec
+            .services
+            .iter()
+            .any(|s| s.name == crate::services::AGENT_SERVICE)
+        {
+            return Err(ctx.err(
+                "service",
+                format!(
+                    "the service name {:?} is taken by [agent]",
+                    crate::services::AGENT_SERVICE
+                ),
+            ));
+        }
+    }
+
     Ok(Resolved {
         update_keys,
         spec_path: spec_path.to_path_buf(),

@@ -277,3 +277,15 @@ fn watchdog_shorter_than_the_health_timeout() {
     );
     assert_refused(&s, &[], &["boot.watchdog_secs", "health_timeout_secs"]);
 }
+
+#[test]
+fn agent_without_the_updater() {
+    let s = spec_text("", "[agent]\nkubeconfig = \"/etc/kiln/kubeconfig\"\n");
+    assert_refused(&s, &[], &["agent", "set update.keys"]);
+}
+
+#[test]
+fn agent_kubeconfig_that_is_not_absolute() {
+    let s = spec_text("", "[agent]\nkubeconfig = \"etc/kubeconfig\"\n");
+    assert_refused(&s, &[], &["agent.kubeconfig", "absolute path"]);
+}

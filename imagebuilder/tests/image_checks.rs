@@ -28,6 +28,7 @@ fn build_default(out: &Path, change: impl FnOnce(&mut imagebuilder::spec::Spec))
             out_dir: out.to_path_buf(),
             init_bin: init_bin(),
             updater_bin: imagebuilder::find_device_binary("kiln-updater"),
+            agent_bin: imagebuilder::find_device_binary("kiln-agent"),
             epoch: EPOCH,
         },
     )

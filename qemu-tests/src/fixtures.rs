@@ -28,6 +28,7 @@ pub fn build_spec(spec: &Path, out: &Path, epoch: u64) -> BuildReport {
             out_dir: out.to_path_buf(),
             init_bin: init_bin(),
             updater_bin: imagebuilder::find_device_binary("kiln-updater"),
+            agent_bin: imagebuilder::find_device_binary("kiln-agent"),
             epoch,
         },
     )
@@ -80,6 +81,7 @@ pub fn build_default_opts(
             out_dir: out.to_path_buf(),
             init_bin: init.to_path_buf(),
             updater_bin: updater.map(Path::to_path_buf),
+            agent_bin: imagebuilder::find_device_binary("kiln-agent"),
             epoch: 1_700_000_000,
         },
     )

@@ -25,9 +25,22 @@ enum Cmd {
         /// Do not reboot after staging.
         #[arg(long)]
         no_reboot: bool,
+        /// Write and verify the slot only: it does not boot until `activate` (implies
+        /// --no-reboot). The node agent stages before draining this way.
+        #[arg(long)]
+        no_activate: bool,
         /// Boot tries before the loader falls back.
         #[arg(long, default_value_t = 3)]
         tries: u8,
+    },
+    /// Make the slot written by `install --no-activate` boot next (verified again first).
+    Activate {
+        /// Boot tries before the loader falls back.
+        #[arg(long, default_value_t = 3)]
+        tries: u8,
+        /// Reboot into it.
+        #[arg(long)]
+        reboot: bool,
     },
     /// Booted slot, each slot's version and state, last install, rollbacks.
     Status {
@@ -72,6 +85,7 @@ fn run() -> Result<()> {
             source,
             allow_downgrade,
             no_reboot,
+            no_activate,
             tries,
         } => {
             ops::install(
@@ -79,9 +93,17 @@ fn run() -> Result<()> {
                 &ops::InstallOptions {
                     allow_downgrade,
                     tries,
+                    activate: !no_activate,
                 },
             )?;
-            if !no_reboot {
+            if !no_reboot && !no_activate {
+                println!("kiln-updater: rebooting");
+                let _ = std::process::Command::new("reboot").status();
+            }
+        }
+        Cmd::Activate { tries, reboot } => {
+            ops::activate(tries)?;
+            if reboot {
                 println!("kiln-updater: rebooting");
                 let _ = std::process::Command::new("reboot").status();
             }

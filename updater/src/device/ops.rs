@@ -190,6 +190,8 @@ impl<P: crate::install::Progress> crate::install::Progress for Failpointed<P> {
 pub struct InstallOptions {
     pub allow_downgrade: bool,
     pub tries: u8,
+    /// Make the slot boot next (false: write and verify only; `activate` later).
+    pub activate: bool,
 }
 
 /// Installs a bundle into the inactive slot and stages it. Returns the staged version.
@@ -230,6 +232,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         time: now(),
     });
     st.staged = None;
+    st.written = None;
     state_file::save(&ctx.state_dir, &st)?;
 
     let progress = Failpointed(super::progress::Reporter::new());
@@ -298,9 +301,11 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         // 4. Stage: committed last.
         let verified = VerifiedSlot::check(target, &m.version, &m.payloads.root.sha256, &root_sha)
             .context("the root read back does not match the manifest")?;
-        boot.stage(verified, booted, o.tries)?;
-        ctx.commit(&boot)?;
-        hit("install.staged");
+        if o.activate {
+            boot.stage(verified, booted, o.tries)?;
+            ctx.commit(&boot)?;
+            hit("install.staged");
+        }
         Ok(root_sha)
     })();
     match result {
@@ -309,23 +314,35 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 ctx.state_dir.join(format!("slot-{target}.manifest.json")),
                 &v.bytes,
             )?;
-            st.staged = Some(Staged {
+            let done = Staged {
                 slot: target.to_string(),
                 version: m.version.clone(),
                 sequence: m.sequence,
-            });
+            };
+            if o.activate {
+                st.staged = Some(done);
+            } else {
+                st.written = Some(done);
+            }
             st.slot_versions
                 .insert(target.to_string(), m.version.clone());
             st.last_install = Some(LastInstall {
                 version: m.version.clone(),
-                result: "staged".into(),
+                result: if o.activate { "staged" } else { "written" }.into(),
                 time: now(),
             });
             state_file::save(&ctx.state_dir, &st)?;
-            println!(
-                "kiln-updater: slot {target} staged with {} tries; reboot to try {}",
-                o.tries, m.version
-            );
+            if o.activate {
+                println!(
+                    "kiln-updater: slot {target} staged with {} tries; reboot to try {}",
+                    o.tries, m.version
+                );
+            } else {
+                println!(
+                    "kiln-updater: slot {target} written and verified with {}; not bootable until `kiln-updater activate`",
+                    m.version
+                );
+            }
             Ok(m.version.clone())
         }
         Err(e) => {
@@ -340,6 +357,66 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             )))
         }
     }
+}
+
+/// Makes the slot written by `install --no-activate` boot next (with `tries`), after verifying
+/// it again against the manifest recorded with it: root partition, kernel and initrd.
+pub fn activate(tries: u8) -> Result<String> {
+    let ctx = Ctx::open()?;
+    let booted = ctx.disk.booted;
+    let target = booted.other();
+    let mut st = state_file::load(&ctx.state_dir)?;
+    let w = st
+        .written
+        .clone()
+        .filter(|w| w.slot == target.to_string())
+        .with_context(|| {
+            format!("no written update waits in slot {target} (run `kiln-updater install --no-activate` first)")
+        })?;
+    let mpath = ctx.state_dir.join(format!("slot-{target}.manifest.json"));
+    let m: crate::bundle::manifest::Manifest = serde_json::from_slice(
+        &fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
+    )
+    .with_context(|| format!("parsing {}", mpath.display()))?;
+    if m.version != w.version || m.sequence != w.sequence {
+        bail!(
+            "{} is not the manifest of the written {}",
+            mpath.display(),
+            w.version
+        );
+    }
+    let node = ctx.disk.node(ctx.disk.part(target.partlabel())?);
+    let dev = fs::File::open(&node).with_context(|| format!("opening {node}"))?;
+    let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)
+        .with_context(|| format!("slot {target} changed since it was written"))?;
+    for (name, payload, dest) in [
+        ("kernel", &m.payloads.kernel, esp_kernel(target)),
+        ("initrd", &m.payloads.initrd, esp_initrd(target)),
+    ] {
+        let p = ctx.esp.path.join(&dest);
+        let f = fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+        verify_payload(name, payload, &f, 0)
+            .with_context(|| format!("slot {target} changed since it was written"))?;
+    }
+    let verified = VerifiedSlot::check(target, &m.version, &m.payloads.root.sha256, &root_sha)
+        .context("the root read back does not match the manifest")?;
+    let mut boot = ctx.read_boot()?;
+    boot.stage(verified, booted, tries)?;
+    ctx.commit(&boot)?;
+    hit("install.staged");
+    st.written = None;
+    st.staged = Some(w);
+    st.last_install = Some(LastInstall {
+        version: m.version.clone(),
+        result: "staged".into(),
+        time: now(),
+    });
+    state_file::save(&ctx.state_dir, &st)?;
+    println!(
+        "kiln-updater: slot {target} staged with {tries} tries; reboot to try {}",
+        m.version
+    );
+    Ok(m.version)
 }
 
 /// Notices a fallback: the staged slot ran out of tries and the loader booted the other one.

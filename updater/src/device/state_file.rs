@@ -20,6 +20,9 @@ pub struct UpdaterState {
     /// Sequence of the bundle staged in a slot, blessed → becomes installed_sequence.
     #[serde(default)]
     pub staged: Option<Staged>,
+    /// A slot written and verified by `install --no-activate`, not bootable until `activate`.
+    #[serde(default)]
+    pub written: Option<Staged>,
     #[serde(default)]
     pub last_install: Option<LastInstall>,
     /// Version that failed to boot and was rolled back from, if any.

@@ -1,0 +1,100 @@
+//! kiln-agent: the node agent baked into Kiln images. Connects out to the API server named by
+//! a kubeconfig, watches this node's Node object for an OS target handed out by kiln-operator,
+//! and upgrades through kiln-updater (stage, cordon, drain, flip, reboot, report).
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use kiln_agent::backoff::Backoff;
+use kiln_agent::daemon::Agent;
+use kiln_agent::node::StateFile;
+use kiln_agent::updater::Updater;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln-agent",
+    version,
+    about = "Kiln node agent: cluster-triggered OS upgrades"
+)]
+struct Cli {
+    /// Credentials and address of the API server.
+    #[arg(long, default_value = "/etc/kiln/kubeconfig")]
+    kubeconfig: PathBuf,
+    /// This node's name in the cluster (default: the hostname).
+    #[arg(long)]
+    node: Option<String>,
+    /// The agent's state (on persist, so it survives reboots).
+    #[arg(long, default_value = "/var/lib/kiln-agent/state.json")]
+    state: PathBuf,
+    #[arg(long, default_value = "/usr/bin/kiln-updater")]
+    updater: PathBuf,
+}
+
+/// A client from the kubeconfig (no connection yet): the server URL and the client.
+async fn client(path: &Path) -> Result<(String, Client)> {
+    if !path.exists() {
+        anyhow::bail!("{} does not exist yet", path.display());
+    }
+    let kc = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("{}: not a usable kubeconfig", path.display()))?;
+    // Retries (PodDisruptionBudget refusals, lost connections) are the agent's own, bounded
+    // by its deadlines and backoff.
+    cfg.default_retry = false;
+    cfg.connect_timeout = Some(Duration::from_secs(10));
+    cfg.read_timeout = Some(Duration::from_secs(300));
+    let server = cfg.cluster_url.to_string();
+    Ok((server, Client::try_from(cfg)?))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let node = cli.node.clone().unwrap_or_else(hostname);
+    if let Some(dir) = cli.state.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    eprintln!(
+        "kiln-agent: node {node}, kubeconfig {}",
+        cli.kubeconfig.display()
+    );
+    // The kubeconfig may arrive later (provisioning): wait for it with the same backoff.
+    let mut backoff = Backoff::default();
+    let mut attempt = 0u32;
+    let (server, client) = loop {
+        attempt += 1;
+        match client(&cli.kubeconfig).await {
+            Ok(c) => break c,
+            Err(e) => {
+                let d = backoff.next_delay();
+                eprintln!(
+                    "kiln-agent: no API client ({}); attempt {attempt} failed, next in {} s",
+                    kiln_agent::daemon::describe(e.as_ref()),
+                    d.as_secs()
+                );
+                tokio::time::sleep(d).await;
+            }
+        }
+    };
+    let device = Updater { bin: cli.updater };
+    let mut agent = Agent::new(client, &node, device, StateFile::new(&cli.state), &server)?;
+    agent.run().await;
+    Ok(())
+}

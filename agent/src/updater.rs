@@ -1,0 +1,75 @@
+//! [`Device`] on a Kiln node: the slots through `kiln-updater` (status, install --no-activate,
+//! activate --reboot).
+
+use crate::daemon::Device;
+use std::path::PathBuf;
+use tokio::process::Command;
+
+pub struct Updater {
+    pub bin: PathBuf,
+}
+
+async fn run(bin: &PathBuf, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{} {}: {}",
+            bin.display(),
+            args.join(" "),
+            err.lines().last().unwrap_or("failed").trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// (running version, blessed) from `kiln-updater status --json`.
+pub fn parse_status(json: &str) -> Result<(String, bool), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("kiln-updater status --json: {e}"))?;
+    let booted = v["booted"].as_str().ok_or("status: no booted slot")?;
+    let slot = v["slots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["slot"] == booted))
+        .ok_or_else(|| format!("status: no slot {booted}"))?;
+    Ok((
+        slot["version"].as_str().unwrap_or("").to_string(),
+        slot["state"] == "good",
+    ))
+}
+
+impl Device for Updater {
+    async fn running(&self) -> Result<(String, bool), String> {
+        parse_status(&run(&self.bin, &["status", "--json"]).await?)
+    }
+
+    async fn stage(&self, bundle_url: &str) -> Result<(), String> {
+        run(&self.bin, &["install", "--no-activate", bundle_url])
+            .await
+            .map(drop)
+    }
+
+    async fn flip_and_reboot(&self) -> Result<(), String> {
+        run(&self.bin, &["activate", "--reboot"]).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_booted_slot() {
+        let j = r#"{"booted":"b","next_boot":"b","slots":[
+            {"slot":"a","version":"1.0.0","state":"good","tries_left":null},
+            {"slot":"b","version":"2.0.0","state":"pending","tries_left":2}]}"#;
+        assert_eq!(parse_status(j), Ok(("2.0.0".into(), false)));
+        let j = j.replace("\"pending\"", "\"good\"");
+        assert_eq!(parse_status(&j), Ok(("2.0.0".into(), true)));
+        assert!(parse_status("{}").is_err());
+    }
+}
