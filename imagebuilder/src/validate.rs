@@ -352,7 +352,7 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
         let at = format!("/{}", crate::services::AGENT);
         if let Some(i) = spec.files.iter().position(|f| f.dest == at) {
             return Err(ctx.err(
-                &format!("file[{i}].dest"),
+                format!("file[{i}].dest"),
                 format!("{at} is where [agent] bakes kiln-agent"),
             ));
         }
