@@ -6,7 +6,7 @@
 //! changed since, and `activate --reboot` boots the verified slot.
 
 use imagebuilder::bundle::{bundle, BundleArgs};
-use imagebuilder::spec::{AgentSpec, BakedFile};
+use imagebuilder::spec::BakedFile;
 use qemu_tests::http::StaticServer;
 use qemu_tests::updater::{slot, status};
 use qemu_tests::{fixtures, Console};
@@ -36,17 +36,17 @@ fn agent_backs_off_without_delaying_ready_and_stages_without_activating() {
     let port = closed_port();
     let kc = work.path().join("kubeconfig");
     std::fs::write(&kc, kubeconfig(port)).unwrap();
+    // The default image's agent, given a kubeconfig (as provisioning would write it).
     let with_agent = |s: &mut imagebuilder::spec::Spec| {
-        // (Until the default image has [agent]: drop the shell stand-in.)
-        s.services.retain(|x| x.name != "agent");
-        s.files.retain(|f| f.dest != "/usr/bin/kiln-agent");
-        let a = s.agent.get_or_insert(AgentSpec {
-            kubeconfig: "/etc/kiln/kubeconfig".into(),
-            node: None,
-        });
+        let dest = s
+            .agent
+            .as_ref()
+            .expect("the default image has [agent]")
+            .kubeconfig
+            .clone();
         s.files.push(BakedFile {
             source: kc.clone(),
-            dest: a.kubeconfig.clone(),
+            dest,
             mode: "0600".into(),
         });
     };

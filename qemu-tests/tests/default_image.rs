@@ -32,7 +32,10 @@ fn default_image_boots_persists_and_restarts_services() {
         t.contains("control-plane: started pid"),
         "control-plane marker missing"
     );
-    assert!(t.contains("agent: started pid"), "agent marker missing");
+    assert!(
+        t.contains("kiln-agent: node kiln-default, kubeconfig /etc/kiln/kubeconfig"),
+        "kiln-agent did not start"
+    );
     c.ok("true").unwrap();
 
     // The control-plane stand-in is restarted when it exits.

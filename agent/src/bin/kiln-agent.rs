@@ -75,21 +75,21 @@ async fn main() -> Result<()> {
         "kiln-agent: node {node}, kubeconfig {}",
         cli.kubeconfig.display()
     );
-    // The kubeconfig may arrive later (provisioning): wait for it with the same backoff.
+    // The kubeconfig may arrive later (provisioning): wait for it with the same backoff. A node
+    // not configured for a cluster is not failing, so the same reason is logged once, not per
+    // attempt (the console stays quiet).
     let mut backoff = Backoff::default();
-    let mut attempt = 0u32;
+    let mut last = String::new();
     let (server, client) = loop {
-        attempt += 1;
         match client(&cli.kubeconfig).await {
             Ok(c) => break c,
             Err(e) => {
-                let d = backoff.next_delay();
-                eprintln!(
-                    "kiln-agent: no API client ({}); attempt {attempt} failed, next in {} s",
-                    kiln_agent::daemon::describe(e.as_ref()),
-                    d.as_secs()
-                );
-                tokio::time::sleep(d).await;
+                let why = kiln_agent::daemon::describe(e.as_ref());
+                if why != last {
+                    eprintln!("kiln-agent: no API client yet ({why}); checking again with backoff up to 60 s");
+                    last = why;
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     };
