@@ -3,7 +3,8 @@
 //! the agent retries with backoff 1, 2, 4, 8 s… and logs exactly one line per attempt. Then
 //! the staging mode the agent upgrades with: `kiln-updater install --no-activate` writes and
 //! verifies slot B without making it bootable (a reboot stays on A), `activate` refuses a slot
-//! changed since, and `activate --reboot` boots the verified slot.
+//! changed since, and `activate --reboot` boots the verified slot. The next update copies the
+//! chunks the running slot holds instead of downloading them.
 
 use imagebuilder::bundle::{bundle, BundleArgs};
 use imagebuilder::spec::BakedFile;
@@ -51,20 +52,23 @@ fn agent_backs_off_without_delaying_ready_and_stages_without_activating() {
         });
     };
     let v1 = fixtures::build_default_with(&work.path().join("v1"), with_agent);
-    fixtures::build_default_with(&work.path().join("v2"), |s| {
-        with_agent(s);
-        s.version = "2.0.0".into();
-    });
     let served = work.path().join("www");
-    bundle(&BundleArgs {
-        build: &work.path().join("v2"),
-        keys: &[fixtures::workspace().join("examples/default/keys/dev.key")],
-        out: &served.join("v2"),
-        sequence: 2,
-        expires_in: Duration::from_secs(86_400),
-        kbundle: None,
-    })
-    .unwrap();
+    for (v, seq) in [("2.0.0", 2), ("3.0.0", 3)] {
+        let b = work.path().join(format!("v{seq}"));
+        fixtures::build_default_with(&b, |s| {
+            with_agent(s);
+            s.version = v.into();
+        });
+        bundle(&BundleArgs {
+            build: &b,
+            keys: &[fixtures::workspace().join("examples/default/keys/dev.key")],
+            out: &served.join(format!("v{seq}")),
+            sequence: seq,
+            expires_in: Duration::from_secs(86_400),
+            kbundle: None,
+        })
+        .unwrap();
+    }
     let server = StaticServer::start(&served).unwrap();
 
     // 1. Backoff: attempt N is logged once, about 2^(N-1) s after attempt N-1 (lower bounds
@@ -170,4 +174,28 @@ fn agent_backs_off_without_delaying_ready_and_stages_without_activating() {
     c.expect("kiln-ready slot=b version=2.0.0", BOOT).unwrap();
     let s = status(&mut c);
     assert_eq!(slot(&s, "b")["state"], "good");
+
+    // 5. The next update (v3, into slot a) copies what slot b (v2, installed with a recorded
+    // manifest) already holds instead of downloading it.
+    let (rc, out) = c
+        .sh(
+            &format!(
+                "kiln-updater install --no-activate {}",
+                server.guest_url("v3")
+            ),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("reused from slot b"), "{out}");
+    let s = status(&mut c);
+    let (down, reused) = (
+        s["last_install"]["downloaded"].as_u64().unwrap(),
+        s["last_install"]["reused"].as_u64().unwrap(),
+    );
+    eprintln!("v2 -> v3 install: downloaded {down} bytes, reused {reused} bytes from slot b");
+    assert!(
+        reused > 4 * down && reused > 1 << 20,
+        "downloaded {down} bytes, reused {reused}: {out}"
+    );
 }

@@ -51,6 +51,7 @@ pub enum InstallError {
 /// What an install did, for progress and reports.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
+    /// Chunks fetched from the bundle.
     pub chunks: u64,
     /// Compressed bytes fetched from the bundle.
     pub fetched: u64,
@@ -59,6 +60,9 @@ pub struct Stats {
     /// Chunks already in the target with the right digest (an interrupted install run again):
     /// neither fetched nor written.
     pub present: u64,
+    /// Chunks copied from the running slot (the seed) instead of fetched, and their bytes.
+    pub reused: u64,
+    pub reused_bytes: u64,
 }
 
 /// Whether `target` already holds chunk `c` at `base` (read back and hashed).
@@ -158,6 +162,22 @@ pub fn write_payload(
     capacity: u64,
     progress: &dyn Progress,
 ) -> Result<Stats, InstallError> {
+    write_payload_seeded(src, name, payload, target, base, capacity, None, progress)
+}
+
+/// [`write_payload`], taking each chunk the target lacks from `seed` (the running slot) when it
+/// holds it, verified, before fetching it.
+#[allow(clippy::too_many_arguments)]
+pub fn write_payload_seeded(
+    src: &dyn BundleSource,
+    name: &str,
+    payload: &Payload,
+    target: &File,
+    base: u64,
+    capacity: u64,
+    seed: Option<&crate::seed::Seed<'_>>,
+    progress: &dyn Progress,
+) -> Result<Stats, InstallError> {
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::Mutex;
     if payload.size > capacity {
@@ -169,7 +189,9 @@ pub fn write_payload(
     }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let (chunks, fetched, written, present) = (
+    let (chunks, fetched, written, present, reused, reused_bytes) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
         AtomicU64::new(0),
         AtomicU64::new(0),
         AtomicU64::new(0),
@@ -192,7 +214,13 @@ pub fn write_payload(
                     progress.update(name, done, payload.size);
                     continue;
                 }
-                let r = fetch_verified(src, name, i, c).and_then(|(data, z)| {
+                let from_seed = seed.and_then(|s| s.take(c));
+                let was_seeded = from_seed.is_some();
+                let got = match from_seed {
+                    Some(data) => Ok((data, 0)),
+                    None => fetch_verified(src, name, i, c),
+                };
+                let r = got.and_then(|(data, z)| {
                     target
                         .write_all_at(&data, base + c.offset)
                         .map_err(|source| InstallError::Io {
@@ -203,8 +231,13 @@ pub fn write_payload(
                 });
                 match r {
                     Ok((n, z)) => {
-                        chunks.fetch_add(1, Ordering::SeqCst);
-                        fetched.fetch_add(z, Ordering::SeqCst);
+                        if was_seeded {
+                            reused.fetch_add(1, Ordering::SeqCst);
+                            reused_bytes.fetch_add(n, Ordering::SeqCst);
+                        } else {
+                            chunks.fetch_add(1, Ordering::SeqCst);
+                            fetched.fetch_add(z, Ordering::SeqCst);
+                        }
                         written.fetch_add(n, Ordering::SeqCst);
                         progress.update(
                             name,
@@ -237,6 +270,8 @@ pub fn write_payload(
         fetched: fetched.into_inner(),
         written: written.into_inner(),
         present: present.into_inner(),
+        reused: reused.into_inner(),
+        reused_bytes: reused_bytes.into_inner(),
     })
 }
 

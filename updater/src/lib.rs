@@ -3,9 +3,11 @@
 //! [`bundle`] is the bundle format shared by `kiln bundle` (host) and `kiln-updater` (device):
 //! a signed JSON manifest listing content-defined, zstd-compressed chunks of the root image,
 //! kernel and initrd. [`install`] streams a bundle's payloads into a target slot, verifying
-//! every chunk before it is written and the whole payload afterwards.
+//! every chunk before it is written and the whole payload afterwards, copying the chunks the
+//! running slot already holds ([`seed`]) instead of downloading them.
 
 pub mod bundle;
 #[cfg(feature = "device")]
 pub mod device;
 pub mod install;
+pub mod seed;

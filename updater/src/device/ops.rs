@@ -9,7 +9,8 @@ use crate::bundle::keys::PublicKey;
 use crate::bundle::manifest::Policy;
 use crate::bundle::open::{open_verified, Limits};
 use crate::bundle::source::{BundleSource, DirSource, KbundleSource};
-use crate::install::{verify_payload, write_payload};
+use crate::install::{verify_payload, write_payload_seeded, Stats};
+use crate::seed::Seed;
 use anyhow::{bail, Context, Result};
 use kiln_boot::failpoint::hit;
 use kiln_boot::grub::{self, GrubEnv};
@@ -194,6 +195,15 @@ pub struct InstallOptions {
     pub activate: bool,
 }
 
+fn add(t: &mut Stats, s: &Stats) {
+    t.chunks += s.chunks;
+    t.fetched += s.fetched;
+    t.written += s.written;
+    t.present += s.present;
+    t.reused += s.reused;
+    t.reused_bytes += s.reused_bytes;
+}
+
 /// Installs a bundle into the inactive slot and stages it. Returns the staged version.
 pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     let ctx = Ctx::open()?;
@@ -230,12 +240,20 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         version: m.version.clone(),
         result: "in-progress".into(),
         time: now(),
+        ..LastInstall::default()
     });
     st.staged = None;
     st.written = None;
     state_file::save(&ctx.state_dir, &st)?;
 
     let progress = Failpointed(super::progress::Reporter::new());
+    // What the running slot holds, from the manifest recorded when it was installed (none for
+    // a slot written at the factory: everything is downloaded then).
+    let running: Option<crate::bundle::manifest::Manifest> =
+        fs::read(ctx.state_dir.join(format!("slot-{booted}.manifest.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut totals = Stats::default();
     let result = (|| -> Result<String> {
         // 2. Root.
         let part = ctx.disk.part(target.partlabel())?;
@@ -246,26 +264,56 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             .custom_flags(nix::libc::O_EXCL)
             .open(&node)
             .with_context(|| format!("opening {node} exclusively"))?;
-        let stats = write_payload(
+        let running_root = match &running {
+            Some(_) => Some(
+                fs::File::open(ctx.disk.node(ctx.disk.part(booted.partlabel())?))
+                    .context("opening the running slot")?,
+            ),
+            None => None,
+        };
+        let seed = running
+            .as_ref()
+            .zip(running_root.as_ref())
+            .map(|(r, f)| Seed::new(f, 0, &r.payloads.root));
+        let stats = write_payload_seeded(
             src.as_ref(),
             "root",
             &m.payloads.root,
             &dev,
             0,
             BootDisk::size(part),
+            seed.as_ref(),
             &progress,
         )?;
+        add(&mut totals, &stats);
         hit("install.root-written");
         let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)?;
         println!(
-            "kiln-updater: root written and verified ({} chunks fetched ({} bytes), {} already in the slot)",
-            stats.chunks, stats.fetched, stats.present
+            "kiln-updater: root written and verified ({} chunks fetched ({} bytes), {} reused from slot {booted} ({} bytes), {} already in the slot)",
+            stats.chunks, stats.fetched, stats.reused, stats.reused_bytes, stats.present
         );
         // 3. Kernel and initrd on the ESP: temporary name, verify, rename, sync the directory.
-        for (name, payload, dest) in [
-            ("kernel", &m.payloads.kernel, esp_kernel(target)),
-            ("initrd", &m.payloads.initrd, esp_initrd(target)),
+        for (name, payload, dest, running_file, running_payload) in [
+            (
+                "kernel",
+                &m.payloads.kernel,
+                esp_kernel(target),
+                esp_kernel(booted),
+                running.as_ref().map(|r| &r.payloads.kernel),
+            ),
+            (
+                "initrd",
+                &m.payloads.initrd,
+                esp_initrd(target),
+                esp_initrd(booted),
+                running.as_ref().map(|r| &r.payloads.initrd),
+            ),
         ] {
+            let seed_file =
+                running_payload.and_then(|_| fs::File::open(ctx.esp.path.join(&running_file)).ok());
+            let seed = running_payload
+                .zip(seed_file.as_ref())
+                .map(|(p, f)| Seed::new(f, 0, p));
             let fin = ctx.esp.path.join(&dest);
             let dir = fin.parent().expect("slot dir").to_path_buf();
             fs::create_dir_all(&dir)?;
@@ -276,7 +324,17 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 .read(true)
                 .write(true)
                 .open(&tmp)?;
-            write_payload(src.as_ref(), name, payload, &f, 0, u64::MAX, &progress)?;
+            let stats = write_payload_seeded(
+                src.as_ref(),
+                name,
+                payload,
+                &f,
+                0,
+                u64::MAX,
+                seed.as_ref(),
+                &progress,
+            )?;
+            add(&mut totals, &stats);
             verify_payload(name, payload, &f, 0)?;
             drop(f);
             if name == "kernel" {
@@ -308,6 +366,13 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         }
         Ok(root_sha)
     })();
+    let total = totals.fetched + totals.reused_bytes;
+    println!(
+        "kiln-updater: downloaded {:.1} MiB, reused {:.1} MiB from slot {booted} ({}% of the update reused)",
+        totals.fetched as f64 / 1048576.0,
+        totals.reused_bytes as f64 / 1048576.0,
+        (totals.reused_bytes * 100).checked_div(total).unwrap_or(0)
+    );
     match result {
         Ok(_) => {
             fs::write(
@@ -330,6 +395,8 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 version: m.version.clone(),
                 result: if o.activate { "staged" } else { "written" }.into(),
                 time: now(),
+                downloaded: totals.fetched,
+                reused: totals.reused_bytes,
             });
             state_file::save(&ctx.state_dir, &st)?;
             if o.activate {
@@ -350,6 +417,8 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 version: m.version.clone(),
                 result: format!("failed: {e:#}"),
                 time: now(),
+                downloaded: totals.fetched,
+                reused: totals.reused_bytes,
             });
             state_file::save(&ctx.state_dir, &st)?;
             Err(e.context(format!(
@@ -410,6 +479,7 @@ pub fn activate(tries: u8) -> Result<String> {
         version: m.version.clone(),
         result: "staged".into(),
         time: now(),
+        ..st.last_install.clone().unwrap_or_default()
     });
     state_file::save(&ctx.state_dir, &st)?;
     println!(
@@ -443,6 +513,7 @@ pub fn reconcile() -> Result<()> {
         version: entry.version,
         result: "rolled-back".into(),
         time: now(),
+        ..LastInstall::default()
     });
     state_file::save(&ctx.state_dir, &st)?;
     Ok(())
@@ -482,6 +553,7 @@ pub fn mark_good() -> Result<bool> {
             version: s.version,
             result: "good".into(),
             time: now(),
+            ..st.last_install.clone().unwrap_or_default()
         });
         let m = ctx.state_dir.join(format!("slot-{booted}.manifest.json"));
         if m.exists() {

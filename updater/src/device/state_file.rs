@@ -37,11 +37,16 @@ pub struct Staged {
     pub sequence: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastInstall {
     pub version: String,
     pub result: String,
     pub time: u64,
+    /// Compressed bytes downloaded, and bytes copied from the running slot instead.
+    #[serde(default)]
+    pub downloaded: u64,
+    #[serde(default)]
+    pub reused: u64,
 }
 
 fn path(dir: &Path) -> PathBuf {

@@ -1,0 +1,150 @@
+//! Delta installs: the chunks the running slot holds are copied from it (verified as read)
+//! instead of downloaded, counted apart; a running slot that does not match its manifest at
+//! some chunk makes the install download that chunk, and the result still verifies.
+
+use kiln_updater::bundle::keys::SecretKey;
+use kiln_updater::bundle::manifest::{Manifest, Payload};
+use kiln_updater::bundle::source::DirSource;
+use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+use kiln_updater::install::{verify_payload, write_payload_seeded, Quiet};
+use kiln_updater::seed::Seed;
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Incompressible, reproducible bytes.
+fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn bundle(dir: &Path, name: &str, root: &[u8], key: &SecretKey) -> Manifest {
+    let d = dir.join(format!("{name}-files"));
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("root"), root).unwrap();
+    fs::write(d.join("kernel"), b"kernel").unwrap();
+    fs::write(d.join("initrd"), b"initrd").unwrap();
+    write_bundle(
+        PayloadFiles {
+            root: &d.join("root"),
+            kernel: &d.join("kernel"),
+            initrd: &d.join("initrd"),
+        },
+        &BundleInfo {
+            compatible: "test".into(),
+            version: name.into(),
+            sequence: 1,
+            created: 0,
+            expires: u64::MAX,
+        },
+        &[key],
+        &dir.join(name),
+    )
+    .unwrap()
+}
+
+fn empty_target(p: &Path, len: u64) -> fs::File {
+    let f = fs::File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    f.set_len(len).unwrap();
+    f
+}
+
+fn new_chunks(v2: &Payload, v1: &Payload) -> u64 {
+    let old: HashSet<&str> = v1.chunks.iter().map(|c| c.sha256.as_str()).collect();
+    v2.chunks
+        .iter()
+        .filter(|c| !old.contains(c.sha256.as_str()))
+        .count() as u64
+}
+
+#[test]
+fn chunks_of_the_running_slot_are_copied_not_downloaded() {
+    let d = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    // v1: 4 MiB. v2: 300 KiB rewritten at 1 MiB, 512 KiB appended.
+    let v1 = noise(4 << 20, 1);
+    let mut v2 = v1.clone();
+    v2[1 << 20..(1 << 20) + 300 * 1024].copy_from_slice(&noise(300 * 1024, 2));
+    v2.extend(noise(512 * 1024, 3));
+    let changed = (300 + 512) * 1024u64;
+    let m1 = bundle(d.path(), "v1", &v1, &key);
+    let m2 = bundle(d.path(), "v2", &v2, &key);
+    let running = d.path().join("running");
+    fs::write(&running, &v1).unwrap();
+    let running = fs::File::open(&running).unwrap();
+    let seed = Seed::new(&running, 0, &m1.payloads.root);
+    let src = DirSource(d.path().join("v2"));
+
+    let t = empty_target(&d.path().join("slot"), 8 << 20);
+    let s = write_payload_seeded(
+        &src,
+        "root",
+        &m2.payloads.root,
+        &t,
+        0,
+        8 << 20,
+        Some(&seed),
+        &Quiet,
+    )
+    .unwrap();
+    verify_payload("root", &m2.payloads.root, &t, 0).unwrap();
+    // Exactly the chunks v1 lacks were downloaded; every other one came from the running slot.
+    let fresh = new_chunks(&m2.payloads.root, &m1.payloads.root);
+    assert_eq!(s.chunks, fresh, "{s:?}");
+    assert_eq!(s.reused, m2.payloads.root.chunks.len() as u64 - fresh);
+    assert_eq!(s.written, m2.payloads.root.size);
+    assert!(
+        s.fetched < 3 * changed,
+        "downloaded {} bytes for {changed} changed bytes",
+        s.fetched
+    );
+    assert!(s.reused_bytes + 3 * changed > v2.len() as u64, "{s:?}");
+
+    // The running slot differs from its manifest in one reusable chunk: that one is
+    // downloaded, the rest still copied, and the slot verifies.
+    let c = m2
+        .payloads
+        .root
+        .chunks
+        .iter()
+        .find(|c| c.offset > 2 << 20)
+        .unwrap();
+    let damaged = d.path().join("damaged");
+    fs::write(&damaged, &v1).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&damaged)
+        .unwrap()
+        .write_all_at(b"X", c.offset + 7)
+        .unwrap();
+    let damaged = fs::File::open(&damaged).unwrap();
+    let seed = Seed::new(&damaged, 0, &m1.payloads.root);
+    let t = empty_target(&d.path().join("slot2"), 8 << 20);
+    let s2 = write_payload_seeded(
+        &src,
+        "root",
+        &m2.payloads.root,
+        &t,
+        0,
+        8 << 20,
+        Some(&seed),
+        &Quiet,
+    )
+    .unwrap();
+    verify_payload("root", &m2.payloads.root, &t, 0).unwrap();
+    assert_eq!(s2.chunks, fresh + 1);
+    assert_eq!(s2.reused, s.reused - 1);
+}
