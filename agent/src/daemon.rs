@@ -192,7 +192,13 @@ impl<D: Device> Agent<D> {
             bundle_url,
             osupgrade,
         };
-        self.apply(Event::NewTarget(t)).await.map(drop)
+        let (running, _) = self.device.running().await.map_err(Error::Device)?;
+        let ev = if running == t.version {
+            Event::AlreadyRunning(t)
+        } else {
+            Event::NewTarget(t)
+        };
+        self.apply(ev).await.map(drop)
     }
 
     /// Feeds an event through the state machine: the new state is committed before its actions
@@ -276,8 +282,10 @@ impl<D: Device> Agent<D> {
             }
             Action::FlipAndReboot => {
                 eprintln!("kiln-agent: switching to the staged slot and rebooting");
-                self.device.flip_and_reboot().await.map_err(Error::Device)?;
-                None
+                match self.device.flip_and_reboot().await {
+                    Ok(()) => None,
+                    Err(e) => Some(Event::FlipFailed(e)),
+                }
             }
             Action::Uncordon => {
                 crate::drain::uncordon(&self.client, &self.node).await?;

@@ -53,6 +53,10 @@ pub enum Event {
     Drained,
     /// Drain gave up (timeout; PodDisruptionBudget refusals until then).
     DrainFailed(String),
+    /// Making the staged slot boot next failed (nothing was flipped, or the reboot failed).
+    FlipFailed(String),
+    /// The operator handed a target this node already runs.
+    AlreadyRunning(Target),
     /// The agent started after a boot, running `version`; `blessed` once mark-good succeeded.
     Booted {
         version: String,
@@ -157,6 +161,25 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
                 blessed: true,
             },
         ) if *version == t.version => (State::Done(t.clone()), vec![Uncordon, report(Phase::Done)]),
+        // The new slot never got blessed and the loader went back to the old one.
+        (State::Verifying(t), Event::Booted { version, .. }) if *version != t.version => (
+            State::RolledBack(t.clone()),
+            vec![Uncordon, report(Phase::RolledBack)],
+        ),
+        (State::Rebooting(t), Event::FlipFailed(why)) => {
+            let reason = format!("switching to the new slot failed: {why}");
+            (
+                State::Failed {
+                    target: t.clone(),
+                    reason: reason.clone(),
+                },
+                vec![Uncordon, report(Phase::Failed(reason))],
+            )
+        }
+        (
+            State::Idle | State::Done(_) | State::Failed { .. } | State::RolledBack(_),
+            Event::AlreadyRunning(t),
+        ) => (State::Done(t.clone()), vec![Uncordon, report(Phase::Done)]),
         // A cut while staging or draining: start the step again (staging resumes from the
         // chunks already verified in the slot; the node is still cordoned while draining).
         (State::Staging(t), Event::Booted { .. }) => (
@@ -175,7 +198,8 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
 pub fn resume(state: &State) -> Vec<Action> {
     use Action::*;
     match state {
-        State::Idle => vec![],
+        // Tells the operator the running version.
+        State::Idle => vec![report(Phase::Idle)],
         State::Staging(t) => vec![report(Phase::Staging), Stage(t.bundle_url.clone())],
         State::Draining(_) => vec![report(Phase::Draining), Cordon, Drain],
         // The reboot happens only after the flip; the next boot decides.
@@ -267,6 +291,32 @@ mod tests {
             version: v.into(),
             blessed,
         }
+    }
+
+    #[test]
+    fn a_rollback_while_verifying_a_failed_flip_and_a_target_already_run() {
+        // Booted the new slot, never blessed; the loader went back to 1.
+        let (s, a) = step(&State::Verifying(t("2")), &booted("1", true));
+        assert_eq!(s, State::RolledBack(t("2")));
+        assert_eq!(a, vec![Action::Uncordon, Action::Report(Phase::RolledBack)]);
+        // Still on 2 and not yet blessed: keep waiting.
+        assert_eq!(
+            step(&State::Verifying(t("2")), &booted("2", false)).1,
+            vec![]
+        );
+        // activate failed: no reboot into an unflipped slot, the node is given back.
+        let (s, a) = step(&State::Rebooting(t("2")), &Event::FlipFailed("boom".into()));
+        assert!(matches!(s, State::Failed { .. }));
+        assert_eq!(a[0], Action::Uncordon);
+        // A node handed the version it runs is done without staging or draining.
+        let (s, a) = step(&State::Idle, &Event::AlreadyRunning(t("2")));
+        assert_eq!(s, State::Done(t("2")));
+        assert_eq!(a, vec![Action::Uncordon, Action::Report(Phase::Done)]);
+        assert_eq!(
+            step(&State::Staging(t("3")), &Event::AlreadyRunning(t("2"))).1,
+            vec![]
+        );
+        assert_eq!(resume(&State::Idle), vec![Action::Report(Phase::Idle)]);
     }
 
     #[test]

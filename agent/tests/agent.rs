@@ -303,6 +303,7 @@ async fn unreachable_api_backs_off_from_1_to_60_s_then_heartbeats_every_30_s() {
     );
     let mut held = vec![]; // the watch is left open, as a quiet API server does
     let mut beats = vec![];
+    let (mut reports, mut conditions) = (0, 0);
     while beats.len() < 3 {
         let c = srv.next().await;
         if c.method == "GET" && c.path == "/api/v1/nodes" {
@@ -316,13 +317,28 @@ async fn unreachable_api_backs_off_from_1_to_60_s_then_heartbeats_every_30_s() {
             held.push(c);
             continue;
         }
+        if c.line() == format!("PATCH {NODE}/status") {
+            assert_eq!(c.body["status"]["conditions"][0]["reason"], "Idle");
+            conditions += 1;
+            c.ok_echo();
+            continue;
+        }
         assert_eq!(c.line(), format!("PATCH {NODE}"));
+        if c.body["metadata"]["annotations"][PHASE].is_string() {
+            // An idle agent tells the operator what it runs.
+            assert_eq!(c.body["metadata"]["annotations"][PHASE], "Idle");
+            assert_eq!(c.body["metadata"]["annotations"][VERSION], "1.0.0");
+            reports += 1;
+            c.ok_echo();
+            continue;
+        }
         assert_eq!(c.body["metadata"]["annotations"][HEALTH], "healthy");
         assert!(c.body["metadata"]["annotations"][HEARTBEAT].is_string());
         beats.push(Instant::now());
         c.ok_echo();
     }
     assert_eq!(held.len(), 1);
+    assert_eq!((reports, conditions), (1, 1));
     assert_eq!(beats[1] - beats[0], HEARTBEAT_INTERVAL);
     assert_eq!(beats[2] - beats[1], HEARTBEAT_INTERVAL);
     runner.abort();

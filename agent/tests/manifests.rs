@@ -141,7 +141,6 @@ fn rbac_parses_and_is_least_privilege() {
         [
             "/nodes/status:patch",
             "/nodes:get",
-            "/nodes:list",
             "/nodes:patch",
             "/nodes:watch",
             "/pods/eviction:create",
