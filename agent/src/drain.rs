@@ -85,13 +85,7 @@ fn classify(p: &Pod, policy: &DrainPolicy) -> Class {
 pub async fn cordon(client: &Client, node: &str) -> Result<bool, kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let n = nodes.get(node).await?;
-    let ours = n
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(protocol::CORDONED))
-        .is_some_and(|v| v == "true");
-    if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) && !ours {
+    if n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) && !protocol::kiln_cordon(&n) {
         tracing::info!(
             node,
             "already cordoned by someone else; leaving their cordon alone"
@@ -112,13 +106,7 @@ pub async fn cordon(client: &Client, node: &str) -> Result<bool, kube::Error> {
 pub async fn uncordon(client: &Client, node: &str) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let n = nodes.get(node).await?;
-    let ours = n
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(protocol::CORDONED))
-        .is_some_and(|v| v == "true");
-    if ours {
+    if protocol::kiln_cordon(&n) {
         nodes
             .patch(
                 node,

@@ -12,7 +12,6 @@ use crate::backoff::{self, Health};
 use crate::rollout::{NodeView, Phase};
 use k8s_openapi::api::core::v1::Node;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const TARGET_VERSION: &str = "kiln.dev/target-version";
@@ -57,19 +56,26 @@ pub fn parse_phase(name: &str, message: &str) -> Phase {
     }
 }
 
-fn annotations(n: &Node) -> BTreeMap<String, String> {
-    n.metadata.annotations.clone().unwrap_or_default()
+fn annotation<'a>(n: &'a Node, key: &str) -> Option<&'a String> {
+    n.metadata.annotations.as_ref()?.get(key)
+}
+
+/// Whether the node carries Kiln's cordon mark (so Kiln may undo the cordon).
+pub fn kiln_cordon(n: &Node) -> bool {
+    annotation(n, CORDONED).is_some_and(|v| v == "true")
 }
 
 /// The target the operator handed this node: (version, bundle URL).
 pub fn target_of(n: &Node) -> Option<(String, String)> {
-    let a = annotations(n);
-    Some((a.get(TARGET_VERSION)?.clone(), a.get(BUNDLE_URL)?.clone()))
+    Some((
+        annotation(n, TARGET_VERSION)?.clone(),
+        annotation(n, BUNDLE_URL)?.clone(),
+    ))
 }
 
 /// Age of the node's last heartbeat at `now_unix` (None: never beat, or unreadable).
 pub fn heartbeat_age(n: &Node, now_unix: i64) -> Option<Duration> {
-    let t: k8s_openapi::jiff::Timestamp = annotations(n).get(HEARTBEAT)?.parse().ok()?;
+    let t: k8s_openapi::jiff::Timestamp = annotation(n, HEARTBEAT)?.parse().ok()?;
     Some(Duration::from_secs((now_unix - t.as_second()).max(0) as u64))
 }
 
@@ -80,7 +86,7 @@ pub fn health_of(n: &Node, now_unix: i64) -> Health {
         return Health::Offline;
     };
     match backoff::health(age, HEARTBEAT_INTERVAL) {
-        Health::Healthy if annotations(n).get(HEALTH).map(String::as_str) == Some("degraded") => {
+        Health::Healthy if annotation(n, HEALTH).is_some_and(|h| h == "degraded") => {
             Health::Degraded
         }
         h => h,
@@ -97,23 +103,22 @@ fn ready(n: &Node) -> bool {
 
 /// The operator's view of a node at `now_unix`.
 pub fn view(n: &Node, now_unix: i64) -> NodeView {
-    let a = annotations(n);
-    let target = a.get(TARGET_VERSION).cloned();
+    let target = annotation(n, TARGET_VERSION).cloned();
+    let text = |k| annotation(n, k).map_or("", String::as_str);
     // A phase counts only for the target it was reported for.
-    let phase = if a.contains_key(PHASE_TARGET) && a.get(PHASE_TARGET) == target.as_ref() {
-        parse_phase(
-            a.get(PHASE).map_or("", String::as_str),
-            a.get(MESSAGE).map_or("", String::as_str),
-        )
+    let phase = if annotation(n, PHASE_TARGET).is_some()
+        && annotation(n, PHASE_TARGET) == target.as_ref()
+    {
+        parse_phase(text(PHASE), text(MESSAGE))
     } else {
         Phase::Idle
     };
-    let cordoned_by_others = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
-        && a.get(CORDONED).map(String::as_str) != Some("true");
+    let cordoned_by_others =
+        n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) && !kiln_cordon(n);
     NodeView {
         name: n.metadata.name.clone().unwrap_or_default(),
         labels: n.metadata.labels.clone().unwrap_or_default(),
-        version: a.get(VERSION).cloned().unwrap_or_default(),
+        version: text(VERSION).to_string(),
         target,
         phase,
         unavailable: cordoned_by_others || !ready(n) || health_of(n, now_unix) == Health::Offline,

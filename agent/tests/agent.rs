@@ -174,14 +174,20 @@ fn node_json(unschedulable: bool, kiln_cordon: bool) -> Value {
     n
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_drain_timeout_uncordons_and_reports_without_flipping() {
+/// An agent on node n1 running 1.0.0 (blessed) whose committed state is `state`.
+fn agent_in(state: State) -> (tempfile::TempDir, Agent<FakeDevice>, ApiServer, FakeDevice) {
     let d = tempfile::tempdir().unwrap();
     let file = StateFile::new(&d.path().join("agent.json"));
-    file.commit(&State::Staging(target())).unwrap();
-    let (client, mut srv) = mock();
+    file.commit(&state).unwrap();
+    let (client, srv) = mock();
     let dev = FakeDevice::running("1.0.0", true);
-    let mut agent = Agent::new(client, "n1", dev.clone(), file, "https://10.0.0.1:6443").unwrap();
+    let agent = Agent::new(client, "n1", dev.clone(), file, "https://10.0.0.1:6443").unwrap();
+    (d, agent, srv, dev)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_timeout_uncordons_and_reports_without_flipping() {
+    let (_d, mut agent, mut srv, dev) = agent_in(State::Staging(target()));
     let server = tokio::spawn(async move {
         assert_eq!(serve_report(&mut srv).await.0, "Draining");
         // Cordon: not cordoned yet, so Kiln cordons and marks it.
@@ -242,12 +248,7 @@ async fn a_drain_timeout_uncordons_and_reports_without_flipping() {
 async fn a_reboot_mid_drain_resumes_the_drain_then_flips() {
     // The node rebooted (power cut) while draining: the committed state is Draining; the new
     // agent reports, cordons (its own cordon is still there), drains again, then flips.
-    let d = tempfile::tempdir().unwrap();
-    let file = StateFile::new(&d.path().join("agent.json"));
-    file.commit(&State::Draining(target())).unwrap();
-    let (client, mut srv) = mock();
-    let dev = FakeDevice::running("1.0.0", true);
-    let mut agent = Agent::new(client, "n1", dev.clone(), file, "https://10.0.0.1:6443").unwrap();
+    let (_d, mut agent, mut srv, dev) = agent_in(State::Draining(target()));
     let server = tokio::spawn(async move {
         assert_eq!(serve_report(&mut srv).await.0, "Draining");
         srv.expect("GET", NODE)

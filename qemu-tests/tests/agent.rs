@@ -26,6 +26,15 @@ fn kubeconfig(port: u16) -> String {
     )
 }
 
+/// `kiln-updater install --no-activate URL` in the guest: (exit status, output).
+fn stage(c: &mut Console, url: &str) -> (i32, String) {
+    c.sh(
+        &format!("kiln-updater install --no-activate {url}"),
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
 fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -118,15 +127,7 @@ fn agent_backs_off_without_delaying_ready_and_stages_without_activating() {
     assert!(t.contains("kiln-agent: node kiln-default, kubeconfig /etc/kiln/kubeconfig"));
 
     // 2. Stage without activating: slot B written and verified, still not bootable.
-    let out = c
-        .sh(
-            &format!(
-                "kiln-updater install --no-activate {}",
-                server.guest_url("v2")
-            ),
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let out = stage(&mut c, &server.guest_url("v2"));
     assert_eq!(out.0, 0, "{}", out.1);
     assert!(
         out.1.contains("slot b written and verified with 2.0.0"),
@@ -155,15 +156,7 @@ fn agent_backs_off_without_delaying_ready_and_stages_without_activating() {
     assert_eq!(status(&mut c)["next_boot"], "a");
 
     // 4. Written again (only the damaged chunk is fetched), activated, booted.
-    let (rc, out) = c
-        .sh(
-            &format!(
-                "kiln-updater install --no-activate {}",
-                server.guest_url("v2")
-            ),
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let (rc, out) = stage(&mut c, &server.guest_url("v2"));
     assert_eq!(rc, 0, "{out}");
     c.send_line("kiln-updater activate --reboot").unwrap();
     c.expect(
@@ -177,15 +170,7 @@ fn agent_backs_off_without_delaying_ready_and_stages_without_activating() {
 
     // 5. The next update (v3, into slot a) copies what slot b (v2, installed with a recorded
     // manifest) already holds instead of downloading it.
-    let (rc, out) = c
-        .sh(
-            &format!(
-                "kiln-updater install --no-activate {}",
-                server.guest_url("v3")
-            ),
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let (rc, out) = stage(&mut c, &server.guest_url("v3"));
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("reused from slot b"), "{out}");
     let s = status(&mut c);

@@ -65,6 +65,17 @@ pub struct Stats {
     pub reused_bytes: u64,
 }
 
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, s: Stats) {
+        self.chunks += s.chunks;
+        self.fetched += s.fetched;
+        self.written += s.written;
+        self.present += s.present;
+        self.reused += s.reused;
+        self.reused_bytes += s.reused_bytes;
+    }
+}
+
 /// Whether `target` already holds chunk `c` at `base` (read back and hashed).
 fn already_present(target: &File, base: u64, c: &crate::bundle::manifest::Chunk) -> bool {
     let mut buf = vec![0u8; c.length as usize];

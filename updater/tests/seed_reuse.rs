@@ -6,7 +6,7 @@ use kiln_updater::bundle::keys::SecretKey;
 use kiln_updater::bundle::manifest::{Manifest, Payload};
 use kiln_updater::bundle::source::DirSource;
 use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
-use kiln_updater::install::{verify_payload, write_payload_seeded, Quiet};
+use kiln_updater::install::{verify_payload, write_payload_seeded, Quiet, Stats};
 use kiln_updater::seed::Seed;
 use std::collections::HashSet;
 use std::fs;
@@ -62,6 +62,14 @@ fn empty_target(p: &Path, len: u64) -> fs::File {
     f
 }
 
+/// Installs `payload` seeded from `seed` into a fresh 8 MiB target at `at`, then verifies it.
+fn install_verified(src: &DirSource, payload: &Payload, seed: &Seed<'_>, at: &Path) -> Stats {
+    let t = empty_target(at, 8 << 20);
+    let s = write_payload_seeded(src, "root", payload, &t, 0, 8 << 20, Some(seed), &Quiet).unwrap();
+    verify_payload("root", payload, &t, 0).unwrap();
+    s
+}
+
 fn new_chunks(v2: &Payload, v1: &Payload) -> u64 {
     let old: HashSet<&str> = v1.chunks.iter().map(|c| c.sha256.as_str()).collect();
     v2.chunks
@@ -88,19 +96,7 @@ fn chunks_of_the_running_slot_are_copied_not_downloaded() {
     let seed = Seed::new(&running, 0, &m1.payloads.root);
     let src = DirSource(d.path().join("v2"));
 
-    let t = empty_target(&d.path().join("slot"), 8 << 20);
-    let s = write_payload_seeded(
-        &src,
-        "root",
-        &m2.payloads.root,
-        &t,
-        0,
-        8 << 20,
-        Some(&seed),
-        &Quiet,
-    )
-    .unwrap();
-    verify_payload("root", &m2.payloads.root, &t, 0).unwrap();
+    let s = install_verified(&src, &m2.payloads.root, &seed, &d.path().join("slot"));
     // Exactly the chunks v1 lacks were downloaded; every other one came from the running slot.
     let fresh = new_chunks(&m2.payloads.root, &m1.payloads.root);
     assert_eq!(s.chunks, fresh, "{s:?}");
@@ -132,19 +128,7 @@ fn chunks_of_the_running_slot_are_copied_not_downloaded() {
         .unwrap();
     let damaged = fs::File::open(&damaged).unwrap();
     let seed = Seed::new(&damaged, 0, &m1.payloads.root);
-    let t = empty_target(&d.path().join("slot2"), 8 << 20);
-    let s2 = write_payload_seeded(
-        &src,
-        "root",
-        &m2.payloads.root,
-        &t,
-        0,
-        8 << 20,
-        Some(&seed),
-        &Quiet,
-    )
-    .unwrap();
-    verify_payload("root", &m2.payloads.root, &t, 0).unwrap();
+    let s2 = install_verified(&src, &m2.payloads.root, &seed, &d.path().join("slot2"));
     assert_eq!(s2.chunks, fresh + 1);
     assert_eq!(s2.reused, s.reused - 1);
 }

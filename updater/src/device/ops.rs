@@ -195,15 +195,6 @@ pub struct InstallOptions {
     pub activate: bool,
 }
 
-fn add(t: &mut Stats, s: &Stats) {
-    t.chunks += s.chunks;
-    t.fetched += s.fetched;
-    t.written += s.written;
-    t.present += s.present;
-    t.reused += s.reused;
-    t.reused_bytes += s.reused_bytes;
-}
-
 /// Installs a bundle into the inactive slot and stages it. Returns the staged version.
 pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     let ctx = Ctx::open()?;
@@ -285,7 +276,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             seed.as_ref(),
             &progress,
         )?;
-        add(&mut totals, &stats);
+        totals += stats;
         hit("install.root-written");
         let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)?;
         println!(
@@ -334,7 +325,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 seed.as_ref(),
                 &progress,
             )?;
-            add(&mut totals, &stats);
+            totals += stats;
             verify_payload(name, payload, &f, 0)?;
             drop(f);
             if name == "kernel" {
