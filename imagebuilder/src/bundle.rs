@@ -39,6 +39,61 @@ pub struct BundleArgs<'a> {
     pub kbundle: Option<&'a Path>,
 }
 
+/// What a device running an older build downloads to install a bundle (`kiln bundle --from`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Estimate {
+    pub from_version: String,
+    /// Signed manifest (compressed pair) and the chunks the old build lacks.
+    pub download: u64,
+    pub chunks: u64,
+    /// The same for a device with nothing to reuse.
+    pub full: u64,
+    pub full_chunks: u64,
+    /// Chunk bytes to download, per payload (root, kernel, initrd).
+    pub payloads: Vec<(&'static str, u64)>,
+}
+
+/// Indexes `old` (a build directory) the way a device running it indexes its slot, and counts
+/// what installing the bundle at `bundle_dir` (manifest `m`) fetches.
+pub fn estimate(m: &Manifest, bundle_dir: &Path, old: &Path) -> Result<Estimate> {
+    use kiln_updater::bundle::{chunker, MANIFEST_ZST, SIGNATURES_ZST};
+    use kiln_updater::seed::expected_download;
+    let info: BuildInfo = crate::read_build_json(old)?;
+    let mut signed = 0;
+    for f in [MANIFEST_ZST, SIGNATURES_ZST] {
+        signed += fs::metadata(bundle_dir.join(f))
+            .with_context(|| format!("{}", bundle_dir.join(f).display()))?
+            .len();
+    }
+    let mut e = Estimate {
+        from_version: info.version,
+        download: signed,
+        chunks: 0,
+        full: signed,
+        full_chunks: 0,
+        payloads: Vec::new(),
+    };
+    for ((name, p), file) in
+        m.payloads
+            .named()
+            .into_iter()
+            .zip(["root.img", "vmlinuz", "initrd.img"])
+    {
+        let path = old.join(file);
+        let f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let index = chunker::index(std::io::BufReader::with_capacity(1 << 20, f))
+            .with_context(|| format!("indexing {} ({name})", path.display()))?;
+        let (n, b) = expected_download(p, Some(&index));
+        let (fn_, fb) = expected_download(p, None);
+        e.chunks += n;
+        e.download += b;
+        e.full_chunks += fn_;
+        e.full += fb;
+        e.payloads.push((name, b));
+    }
+    Ok(e)
+}
+
 #[derive(serde::Deserialize)]
 struct BuildInfo {
     compatible: String,

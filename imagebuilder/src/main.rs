@@ -59,6 +59,9 @@ enum Cmd {
         /// Also pack the bundle into this single `.kbundle` file.
         #[arg(long)]
         kbundle: Option<PathBuf>,
+        /// An older build directory: print what devices running it will download.
+        #[arg(long)]
+        from: Vec<PathBuf>,
     },
     /// Write an image to a whole disk: refuses a device that is mounted, swap, held or too small;
     /// opens it exclusively, writes all but the first MiB, verifies, then writes the partition
@@ -171,6 +174,7 @@ fn real_main() -> Result<()> {
             sequence,
             expires_in_days,
             kbundle,
+            from,
         } => {
             let m = imagebuilder::bundle::bundle(&imagebuilder::bundle::BundleArgs {
                 build: &build,
@@ -187,6 +191,20 @@ fn real_main() -> Result<()> {
                 m.version,
                 m.sequence
             );
+            let mib = |b: u64| b as f64 / 1048576.0;
+            for old in &from {
+                let e = imagebuilder::bundle::estimate(&m, &out, old)?;
+                println!(
+                    "from {} ({}): download {:.2} MiB in {} chunks, of {:.2} MiB in {} chunks for a full install ({:.1}%)",
+                    e.from_version,
+                    old.display(),
+                    mib(e.download),
+                    e.chunks,
+                    mib(e.full),
+                    e.full_chunks,
+                    e.download as f64 * 100.0 / e.full as f64
+                );
+            }
         }
         Cmd::Flash {
             image,

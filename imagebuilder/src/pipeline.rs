@@ -330,7 +330,8 @@ fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, BuildError>>) -> Res
         .unwrap_or_else(|_| Err(BuildError::Other("a build thread panicked".into())))
 }
 
-fn sha256_file(p: &Path) -> Result<String, BuildError> {
+/// The sha256 (hex) of the file at `p`.
+pub fn sha256_file(p: &Path) -> Result<String, BuildError> {
     let mut f = File::open(p).map_err(BuildError::io(format!("opening {}", p.display())))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

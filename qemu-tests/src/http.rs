@@ -1,17 +1,46 @@
 //! A small static-file HTTP/1.1 server on 127.0.0.1 for update tests (the guest reaches it at
-//! slirp's host alias 10.0.2.2). It counts requests and body bytes, and stops when dropped.
+//! slirp's host alias 10.0.2.2) and the delta benchmark. Keep-alive with TCP_NODELAY (no
+//! Nagle stall between a client's requests), an optional delay per request (a stand-in for
+//! network round trips), counters of requests, body bytes and connections, and a log of the
+//! paths served; it stops when dropped.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Counters of what the server sent.
 #[derive(Default, Debug)]
 pub struct Counters {
     pub requests: AtomicU64,
     pub body_bytes: AtomicU64,
+    pub connections: AtomicU64,
+    /// Paths whose whole body was sent, in order.
+    pub served: Mutex<Vec<String>>,
+    /// Delay before each response, in microseconds.
+    pub delay_us: AtomicU64,
+}
+
+impl Counters {
+    /// Zeroes the counters and the log (between benchmark runs).
+    pub fn reset(&self) {
+        self.requests.store(0, Ordering::SeqCst);
+        self.body_bytes.store(0, Ordering::SeqCst);
+        self.connections.store(0, Ordering::SeqCst);
+        self.served.lock().expect("log").clear();
+    }
+
+    /// The paths served so far.
+    pub fn served(&self) -> Vec<String> {
+        self.served.lock().expect("log").clone()
+    }
+
+    /// Waits `d` before every response from now on.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_us.store(d.as_micros() as u64, Ordering::SeqCst);
+    }
 }
 
 pub struct StaticServer {
@@ -34,6 +63,8 @@ impl StaticServer {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
+                let _ = conn.set_nodelay(true);
+                c2.connections.fetch_add(1, Ordering::SeqCst);
                 let (root, c) = (root.clone(), c2.clone());
                 std::thread::spawn(move || {
                     let _ = serve(conn, &root, &c);
@@ -93,6 +124,10 @@ fn serve(conn: TcpStream, root: &Path, c: &Counters) -> std::io::Result<()> {
             }
         }
         c.requests.fetch_add(1, Ordering::SeqCst);
+        let delay = c.delay_us.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
         let file = resolve(root, &path).filter(|p| p.is_file());
         match (method, file) {
             ("GET", Some(p)) => {
@@ -101,6 +136,7 @@ fn serve(conn: TcpStream, root: &Path, c: &Counters) -> std::io::Result<()> {
                 write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len())?;
                 out.write_all(&body)?;
                 c.body_bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
+                c.served.lock().expect("log").push(path.clone());
             }
             _ => {
                 write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;

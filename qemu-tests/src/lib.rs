@@ -3,6 +3,7 @@
 //! its own timeout; a failed wait reports what it waited for and the last console lines.
 
 mod console;
+pub mod delta;
 pub mod faults;
 pub mod fixtures;
 pub mod http;

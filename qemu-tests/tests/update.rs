@@ -84,8 +84,14 @@ fn scenario(loader: Loader) {
     // Install v2 over HTTP; the updater reboots into slot B, which blesses itself.
     c.send_line(&format!("kiln-updater install {}", server.guest_url("v2")))
         .unwrap();
-    c.expect("kiln-updater: slot b staged", Duration::from_secs(600))
+    let out = c
+        .expect("kiln-updater: slot b staged", Duration::from_secs(600))
         .unwrap();
+    // Slot A was written at build time (no manifest recorded for it): indexed, then reused.
+    assert!(
+        out.contains("kiln-updater: indexed the root of slot a (no manifest recorded for it)"),
+        "{out}"
+    );
     let boot2 = c.expect("kiln-ready slot=b version=2.0.0", BOOT).unwrap();
     assert!(
         boot2.contains("kiln-updater: slot b marked good"),
@@ -108,6 +114,11 @@ fn scenario(loader: Loader) {
         (Some("good"), Some("1.0.0"))
     );
     assert_eq!(s["installed_sequence"], 2);
+    let (down, reused) = (
+        s["last_install"]["downloaded"].as_u64().unwrap(),
+        s["last_install"]["reused"].as_u64().unwrap(),
+    );
+    assert!(reused > 4 * down, "downloaded {down}, reused {reused}");
     assert_eq!(
         c.ok("cat /etc/kiln-upd /var/kiln-upd").unwrap().trim(),
         "before-update\nbefore-update"

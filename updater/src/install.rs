@@ -144,8 +144,12 @@ pub fn fetch_chunk(
     Ok((data, z.len() as u64))
 }
 
-/// Chunks fetched at once by [`write_payload`].
-pub const PARALLEL: usize = 4;
+/// Chunks in flight by default (fetched, decompressed and verified at once by
+/// [`write_payload`]). Each worker holds at most one chunk (≤ [`MAX_CHUNK`] bytes, plus its
+/// compressed form), so memory is bounded by this times twice the largest chunk.
+pub const PARALLEL: usize = 8;
+/// The most chunks in flight an install may ask for.
+pub const MAX_PARALLEL: usize = 64;
 
 /// Receives progress: bytes of `payload` written so far, out of its size.
 pub trait Progress: Sync {
@@ -159,11 +163,32 @@ impl Progress for Quiet {
     fn update(&self, _: &str, _: u64, _: u64) {}
 }
 
+/// How [`write_payload`] gets the chunks the target lacks.
+#[derive(Clone, Copy)]
+pub struct WriteOptions<'a> {
+    /// The running slot: chunks it holds are copied from it (verified) instead of fetched.
+    pub seed: Option<&'a crate::seed::Seed<'a>>,
+    /// Chunks in flight (1..=[`MAX_PARALLEL`]).
+    pub parallel: usize,
+    pub progress: &'a dyn Progress,
+}
+
+impl Default for WriteOptions<'_> {
+    fn default() -> Self {
+        WriteOptions {
+            seed: None,
+            parallel: PARALLEL,
+            progress: &Quiet,
+        }
+    }
+}
+
 /// Writes `payload` at `base` of `target` (at most `capacity` bytes there), then fsyncs.
-/// [`PARALLEL`] workers each take the next chunk; a chunk the target already holds (read back
-/// and hashed: an interrupted install run again) is skipped; otherwise it is fetched, verified
-/// and written at its offset. Memory holds at most [`PARALLEL`] chunks. The first error stops
-/// every worker; nothing unverified is ever written.
+/// `o.parallel` workers each take the next chunk; a chunk the target already holds (read back
+/// and hashed: an interrupted install run again) is skipped; else one the seed holds is copied
+/// from it (hashed as read); else it is fetched, verified and written at its offset. Memory
+/// holds at most `o.parallel` chunks. The first error stops every worker; nothing unverified is
+/// ever written.
 pub fn write_payload(
     src: &dyn BundleSource,
     name: &str,
@@ -171,23 +196,7 @@ pub fn write_payload(
     target: &File,
     base: u64,
     capacity: u64,
-    progress: &dyn Progress,
-) -> Result<Stats, InstallError> {
-    write_payload_seeded(src, name, payload, target, base, capacity, None, progress)
-}
-
-/// [`write_payload`], taking each chunk the target lacks from `seed` (the running slot) when it
-/// holds it, verified, before fetching it.
-#[allow(clippy::too_many_arguments)]
-pub fn write_payload_seeded(
-    src: &dyn BundleSource,
-    name: &str,
-    payload: &Payload,
-    target: &File,
-    base: u64,
-    capacity: u64,
-    seed: Option<&crate::seed::Seed<'_>>,
-    progress: &dyn Progress,
+    o: &WriteOptions<'_>,
 ) -> Result<Stats, InstallError> {
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -211,7 +220,11 @@ pub fn write_payload_seeded(
     let done = AtomicU64::new(0); // progress: bytes written or found present
     let first_error: Mutex<Option<(usize, InstallError)>> = Mutex::new(None);
     std::thread::scope(|s| {
-        for _ in 0..PARALLEL.min(payload.chunks.len().max(1)) {
+        for _ in 0..o
+            .parallel
+            .clamp(1, MAX_PARALLEL)
+            .min(payload.chunks.len().max(1))
+        {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if failed.load(Ordering::SeqCst) || i >= payload.chunks.len() {
@@ -220,12 +233,12 @@ pub fn write_payload_seeded(
                 let c = &payload.chunks[i];
                 if already_present(target, base, c) {
                     present.fetch_add(1, Ordering::SeqCst);
-                    let done = written.fetch_add(u64::from(c.length), Ordering::SeqCst)
-                        + u64::from(c.length);
-                    progress.update(name, done, payload.size);
+                    let n = u64::from(c.length);
+                    o.progress
+                        .update(name, done.fetch_add(n, Ordering::SeqCst) + n, payload.size);
                     continue;
                 }
-                let from_seed = seed.and_then(|s| s.take(c));
+                let from_seed = o.seed.and_then(|s| s.take(c));
                 let was_seeded = from_seed.is_some();
                 let got = match from_seed {
                     Some(data) => Ok((data, 0)),
@@ -250,7 +263,7 @@ pub fn write_payload_seeded(
                             fetched.fetch_add(z, Ordering::SeqCst);
                         }
                         written.fetch_add(n, Ordering::SeqCst);
-                        progress.update(
+                        o.progress.update(
                             name,
                             done.fetch_add(n, Ordering::SeqCst) + n,
                             payload.size,

@@ -9,5 +9,6 @@
 pub mod bundle;
 #[cfg(feature = "device")]
 pub mod device;
+pub mod image_len;
 pub mod install;
 pub mod seed;

@@ -4,11 +4,36 @@
 //! the seed is read and hashed against the *new* manifest's digest, and a mismatch (a stale
 //! index, a damaged slot) falls back to downloading that chunk.
 
+use crate::bundle::chunker;
 use crate::bundle::manifest::{Chunk, Payload};
+use crate::image_len::{image_len, HEAD};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+
+/// Indexes the image in the slot device `dev` (over the length its superblock declares).
+/// `Ok(None)` when it holds no erofs or ext4 image.
+pub fn index_slot(dev: &File) -> io::Result<Option<Payload>> {
+    let mut head = vec![0u8; HEAD];
+    if dev.read_exact_at(&mut head, 0).is_err() {
+        return Ok(None);
+    }
+    let Some(len) = image_len(&head) else {
+        return Ok(None);
+    };
+    let mut f = dev.try_clone()?;
+    f.seek(SeekFrom::Start(0))?;
+    chunker::index(BufReader::with_capacity(1 << 20, f.take(len))).map(Some)
+}
+
+/// Indexes a whole file (a kernel or initrd on the ESP).
+pub fn index_file(f: &File) -> io::Result<Payload> {
+    let mut f = f.try_clone()?;
+    f.seek(SeekFrom::Start(0))?;
+    chunker::index(BufReader::with_capacity(1 << 20, f))
+}
 
 pub struct Seed<'a> {
     file: &'a File,
@@ -53,5 +78,51 @@ impl<'a> Seed<'a> {
             return None;
         }
         Some(buf)
+    }
+}
+
+/// What installing `new` costs a device whose running slot holds `old` (its chunks indexed the
+/// way [`Seed`] indexes them): the chunks [`crate::install::write_payload`] fetches — every
+/// occurrence of a digest `old` lacks — and their stored (compressed) bytes.
+pub fn expected_download(new: &Payload, old: Option<&Payload>) -> (u64, u64) {
+    let have: std::collections::HashSet<&str> = old
+        .map(|o| o.chunks.iter().map(|c| c.sha256.as_str()).collect())
+        .unwrap_or_default();
+    new.chunks
+        .iter()
+        .filter(|c| !have.contains(c.sha256.as_str()))
+        .fold((0, 0), |(n, b), c| (n + 1, b + c.stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(chunks: &[(&str, u64)]) -> Payload {
+        let mut off = 0;
+        Payload {
+            size: 0,
+            sha256: String::new(),
+            chunks: chunks
+                .iter()
+                .map(|&(s, stored)| {
+                    off += 10;
+                    Chunk {
+                        offset: off - 10,
+                        length: 10,
+                        sha256: s.into(),
+                        stored,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn chunks_the_old_slot_lacks_count_at_each_occurrence() {
+        let old = payload(&[("a", 0), ("b", 0)]);
+        let new = payload(&[("a", 5), ("c", 7), ("c", 7), ("b", 3), ("d", 11)]);
+        assert_eq!(expected_download(&new, Some(&old)), (3, 25));
+        assert_eq!(expected_download(&new, None), (5, 33));
     }
 }

@@ -76,7 +76,7 @@ fn outcome(src: &dyn BundleSource, threshold: usize, limits: &Limits) -> String 
             &target,
             base,
             (1 << 20) - base,
-            &kiln_updater::install::Quiet,
+            &kiln_updater::install::WriteOptions::default(),
         ) {
             Ok(stats) => assert_eq!(stats.written, p.size),
             Err(InstallError::Corrupt { .. }) => return "chunk:corrupt".into(),
@@ -273,7 +273,7 @@ fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
         &target,
         0,
         1 << 20,
-        &kiln_updater::install::Quiet,
+        &kiln_updater::install::WriteOptions::default(),
     )
     .unwrap();
     verify_payload("root", root, &target, 0).unwrap();

@@ -7,7 +7,7 @@ use kiln_updater::bundle::keys::PublicKey;
 use kiln_updater::bundle::manifest::{Manifest, Policy};
 use kiln_updater::bundle::open::{open_verified, Limits};
 use kiln_updater::device::http::{HttpOptions, HttpSource};
-use kiln_updater::install::{verify_payload, write_payload, InstallError, Quiet, Stats};
+use kiln_updater::install::{verify_payload, write_payload, InstallError, Stats, WriteOptions};
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -174,7 +174,15 @@ fn manifest(src: &HttpSource) -> Manifest {
 
 /// Installs the root payload into `target` (1 MiB file).
 fn install_root(src: &HttpSource, m: &Manifest, target: &fs::File) -> Result<Stats, InstallError> {
-    write_payload(src, "root", &m.payloads.root, target, 0, 1 << 20, &Quiet)
+    write_payload(
+        src,
+        "root",
+        &m.payloads.root,
+        target,
+        0,
+        1 << 20,
+        &WriteOptions::default(),
+    )
 }
 
 fn target(dir: &Path) -> fs::File {
@@ -221,7 +229,7 @@ fn each_fault_is_retried_and_the_install_verifies() {
             .write(true)
             .open(dir.path().join(name))
             .unwrap();
-        let stats = write_payload(&src, name, p, &f, 0, 1 << 20, &Quiet)
+        let stats = write_payload(&src, name, p, &f, 0, 1 << 20, &WriteOptions::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(stats.written, p.size);
         verify_payload(name, p, &f, 0).unwrap();

@@ -6,7 +6,7 @@ use kiln_updater::bundle::keys::SecretKey;
 use kiln_updater::bundle::manifest::{Manifest, Payload};
 use kiln_updater::bundle::source::DirSource;
 use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
-use kiln_updater::install::{verify_payload, write_payload_seeded, Quiet, Stats};
+use kiln_updater::install::{verify_payload, write_payload, Stats, WriteOptions};
 use kiln_updater::seed::Seed;
 use std::collections::HashSet;
 use std::fs;
@@ -65,7 +65,11 @@ fn empty_target(p: &Path, len: u64) -> fs::File {
 /// Installs `payload` seeded from `seed` into a fresh 8 MiB target at `at`, then verifies it.
 fn install_verified(src: &DirSource, payload: &Payload, seed: &Seed<'_>, at: &Path) -> Stats {
     let t = empty_target(at, 8 << 20);
-    let s = write_payload_seeded(src, "root", payload, &t, 0, 8 << 20, Some(seed), &Quiet).unwrap();
+    let o = WriteOptions {
+        seed: Some(seed),
+        ..WriteOptions::default()
+    };
+    let s = write_payload(src, "root", payload, &t, 0, 8 << 20, &o).unwrap();
     verify_payload("root", payload, &t, 0).unwrap();
     s
 }

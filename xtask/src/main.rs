@@ -12,12 +12,15 @@
 //! table (cut, slot and version booted after it, result) and exits non-zero on any invalid
 //! boot. A random cut is replayed with `--seed` (its seed is printed) and `--cuts`.
 //! Needs scripts/deps.sh and scripts/build-device (for `kiln-updater-failpoints`).
+//!
+//! `cargo xtask delta-bench`: delta installs against casync (xtask/src/delta.rs; bench/delta.sh).
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use imagebuilder::spec::Loader;
 use qemu_tests::faults::{self, Campaign, Cut, Outcome};
 
+mod delta;
 mod fuzz;
 
 #[derive(Parser)]
@@ -58,6 +61,17 @@ enum Cmd {
         /// Only the failpoint cuts whose description contains this (e.g. `Rollback:`).
         #[arg(long)]
         only: Option<String>,
+    },
+    /// Delta install benchmark against `casync extract --seed`.
+    DeltaBench {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Delays per request (ms), one table block each.
+        #[arg(long, value_delimiter = ',', default_value = "0,10")]
+        delay_ms: Vec<u64>,
+        /// Work directory (kept); default a temporary one.
+        #[arg(long)]
+        work: Option<std::path::PathBuf>,
     },
 }
 
@@ -121,6 +135,11 @@ fn main() -> Result<()> {
             jobs,
             targets,
         } => fuzz::run(seconds, jobs, &targets),
+        Cmd::DeltaBench {
+            runs,
+            delay_ms,
+            work,
+        } => delta::run(runs, &delay_ms, work),
         Cmd::Faults {
             cuts,
             loader,

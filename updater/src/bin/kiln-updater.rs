@@ -32,6 +32,40 @@ enum Cmd {
         /// Boot tries before the loader falls back.
         #[arg(long, default_value_t = 3)]
         tries: u8,
+        /// Chunks fetched at once.
+        #[arg(long, default_value_t = kiln_updater::install::PARALLEL, value_parser = parallel)]
+        parallel: usize,
+    },
+    /// Write one payload of a signed bundle into a file, reusing the chunks an older image
+    /// holds (like `casync extract --seed`); also runs on a host. An interrupted run resumes.
+    Extract {
+        source: String,
+        /// Public key file to trust (repeatable).
+        #[arg(long = "key", required = true)]
+        keys: Vec<std::path::PathBuf>,
+        /// Signatures needed.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// The compatible string the bundle must carry.
+        #[arg(long)]
+        compatible: String,
+        /// root, kernel or initrd.
+        #[arg(long, default_value = "root")]
+        payload: String,
+        /// Older image whose chunks are reused (indexed first unless --seed-manifest).
+        #[arg(long)]
+        seed: Option<std::path::PathBuf>,
+        /// Manifest of the seed's bundle (where its chunks lie).
+        #[arg(long)]
+        seed_manifest: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = kiln_updater::install::PARALLEL, value_parser = parallel)]
+        parallel: usize,
+        /// Print what was done as JSON on stdout (no progress lines).
+        #[arg(long)]
+        json: bool,
+        /// Output file (written as OUT.part, renamed once verified).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// Make the slot written by `install --no-activate` boot next (verified again first).
     Activate {
@@ -79,6 +113,14 @@ fn main() {
     }
 }
 
+fn parallel(s: &str) -> Result<usize, String> {
+    let max = kiln_updater::install::MAX_PARALLEL;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: expected 1 to {max}")),
+    }
+}
+
 fn run() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Install {
@@ -87,6 +129,7 @@ fn run() -> Result<()> {
             no_reboot,
             no_activate,
             tries,
+            parallel,
         } => {
             ops::install(
                 &source,
@@ -94,11 +137,54 @@ fn run() -> Result<()> {
                     allow_downgrade,
                     tries,
                     activate: !no_activate,
+                    parallel,
                 },
             )?;
             if !no_reboot && !no_activate {
                 println!("kiln-updater: rebooting");
                 let _ = std::process::Command::new("reboot").status();
+            }
+        }
+        Cmd::Extract {
+            source,
+            keys,
+            threshold,
+            compatible,
+            payload,
+            seed,
+            seed_manifest,
+            parallel,
+            json,
+            out,
+        } => {
+            let r = kiln_updater::device::extract::extract(
+                &source,
+                &kiln_updater::device::extract::ExtractOptions {
+                    keys,
+                    threshold,
+                    compatible,
+                    payload,
+                    out: out.clone(),
+                    seed,
+                    seed_manifest,
+                    parallel,
+                    progress: !json,
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "kiln-updater: {} {} verified into {}: downloaded {:.1} MiB in {} chunks, reused {:.1} MiB in {} chunks, {} chunks already there",
+                    r.version,
+                    r.sha256,
+                    out.display(),
+                    r.downloaded as f64 / 1048576.0,
+                    r.chunks_fetched,
+                    r.reused as f64 / 1048576.0,
+                    r.chunks_reused,
+                    r.chunks_present
+                );
             }
         }
         Cmd::Activate { tries, reboot } => {

@@ -4,7 +4,7 @@ use super::chunk_path;
 use super::manifest::{Chunk, Payload};
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::path::Path;
 
 /// Chunk size bounds (bytes): small enough that a changed file costs little, large enough
@@ -15,39 +15,69 @@ pub const MAX_CHUNK: u32 = 256 << 10;
 /// zstd level of stored chunks.
 pub const ZSTD_LEVEL: i32 = 3;
 
+/// One content-defined chunk of a stream: where it starts, its bytes and their sha256 (hex).
+pub struct Cut {
+    pub offset: u64,
+    pub data: Vec<u8>,
+    pub sha256: String,
+}
+
+/// The chunks of `r`, in order, with Kiln's boundaries: the same bytes always give the same
+/// chunks, so a bundle's chunks and an index of a slot holding the same image coincide.
+pub fn cuts<R: Read>(r: R) -> impl Iterator<Item = io::Result<Cut>> {
+    fastcdc::v2020::StreamCDC::new(r, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).map(|c| {
+        let c = c.map_err(io::Error::other)?;
+        Ok(Cut {
+            offset: c.offset,
+            sha256: hex::encode(Sha256::digest(&c.data)),
+            data: c.data,
+        })
+    })
+}
+
+/// Where each chunk of `r` lies (nothing stored: `stored` is 0), and the digest of the whole.
+pub fn index<R: Read>(r: R) -> io::Result<Payload> {
+    tile(r, |_| Ok(0))
+}
+
 /// Splits the file at `path` into chunks, storing each (once) under `bundle/chunks/`.
 pub fn chunk_file(path: &Path, bundle: &Path) -> io::Result<Payload> {
-    let f = fs::File::open(path)?;
+    tile(BufReader::new(fs::File::open(path)?), |c| store(c, bundle))
+}
+
+/// The payload of `r`: its chunks in order, `stored` given by `store` for each.
+fn tile<R: Read>(r: R, mut store: impl FnMut(&Cut) -> io::Result<u64>) -> io::Result<Payload> {
     let mut whole = Sha256::new();
     let mut chunks = Vec::new();
     let mut size = 0u64;
-    for c in fastcdc::v2020::StreamCDC::new(BufReader::new(f), MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
-        let c = c.map_err(io::Error::other)?;
+    for c in cuts(r) {
+        let c = c?;
         whole.update(&c.data);
-        let sha = hex::encode(Sha256::digest(&c.data));
-        let dest = bundle.join(chunk_path(&sha));
-        let stored = match fs::metadata(&dest) {
-            Ok(m) => m.len(),
-            Err(_) => {
-                let z = zstd::bulk::compress(&c.data, ZSTD_LEVEL)?;
-                fs::create_dir_all(dest.parent().expect("chunk dir"))?;
-                let tmp = dest.with_extension("tmp");
-                fs::write(&tmp, &z)?;
-                fs::rename(&tmp, &dest)?;
-                z.len() as u64
-            }
-        };
+        size += c.data.len() as u64;
         chunks.push(Chunk {
             offset: c.offset,
-            length: c.length as u32,
-            sha256: sha,
-            stored,
+            length: c.data.len() as u32,
+            stored: store(&c)?,
+            sha256: c.sha256,
         });
-        size += c.length as u64;
     }
     Ok(Payload {
         size,
         sha256: hex::encode(whole.finalize()),
         chunks,
     })
+}
+
+/// Stores `c` zstd-compressed under `bundle/chunks/` unless it is there; returns its stored size.
+fn store(c: &Cut, bundle: &Path) -> io::Result<u64> {
+    let dest = bundle.join(chunk_path(&c.sha256));
+    if let Ok(m) = fs::metadata(&dest) {
+        return Ok(m.len());
+    }
+    let z = zstd::bulk::compress(&c.data, ZSTD_LEVEL)?;
+    fs::create_dir_all(dest.parent().expect("chunk dir"))?;
+    let tmp = dest.with_extension("tmp");
+    fs::write(&tmp, &z)?;
+    fs::rename(&tmp, &dest)?;
+    Ok(z.len() as u64)
 }

@@ -5,10 +5,14 @@
 //! ```text
 //! manifest.json            the manifest (exact bytes are signed)
 //! manifest.sig             {"signatures":[{"key_id":…,"signature":…}]}
+//! manifest.json.zst        the same manifest, zstd-compressed (a quarter of the bytes to fetch)
+//! manifest.json.zst.sig    signatures over the exact compressed bytes
 //! chunks/ab/<sha256>.zst   chunk store, named by the sha256 of the uncompressed chunk
 //! ```
 //!
-//! Readers verify the signature over the exact manifest bytes before parsing anything else,
+//! Readers take the compressed pair when the bundle has it (its signature is checked before a
+//! byte is decompressed), else the plain one. They verify the signature over the exact bytes
+//! before parsing anything else,
 //! then check the manifest's structure and the device policy (compatible string, sequence,
 //! expiry); see [`open::open_verified`].
 
@@ -23,6 +27,11 @@ pub mod writer;
 pub const MANIFEST: &str = "manifest.json";
 /// Signature file name inside a bundle.
 pub const SIGNATURES: &str = "manifest.sig";
+/// The compressed manifest and the signatures over its bytes.
+pub const MANIFEST_ZST: &str = "manifest.json.zst";
+pub const SIGNATURES_ZST: &str = "manifest.json.zst.sig";
+/// zstd level of the compressed manifest (sha256 digests compress about 2×, the rest far more).
+pub const MANIFEST_ZSTD_LEVEL: i32 = 19;
 
 /// Path of a chunk inside a bundle: `chunks/ab/<sha256>.zst`.
 pub fn chunk_path(sha256: &str) -> String {

@@ -5,8 +5,9 @@ use super::manifest::{
     Manifest, Policy, PolicyError, StructureError, MANIFEST_CAP, SIGNATURES_CAP,
 };
 use super::source::{BundleSource, SourceError};
-use super::{MANIFEST, SIGNATURES};
+use super::{MANIFEST, MANIFEST_ZST, SIGNATURES, SIGNATURES_ZST};
 use std::collections::BTreeSet;
+use std::io::Read;
 
 /// Why a bundle was refused before anything was written.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +57,21 @@ pub fn open_verified(
     policy: &Policy,
     limits: &Limits,
 ) -> Result<Verified, OpenError> {
-    let bytes = src.read(MANIFEST, limits.manifest)?;
-    let sigs = src.read(SIGNATURES, limits.signatures)?;
-    let key_ids = verify(&bytes, &sigs, trusted, threshold)?;
+    let (bytes, key_ids) = match src.read(MANIFEST_ZST, limits.manifest) {
+        Ok(z) => {
+            let sigs = src.read(SIGNATURES_ZST, limits.signatures)?;
+            let key_ids = verify(&z, &sigs, trusted, threshold)?;
+            (decompress(&z, limits.manifest)?, key_ids)
+        }
+        // A bundle without the compressed pair (older `kiln bundle`): the plain one.
+        Err(SourceError::NotFound { .. }) => {
+            let bytes = src.read(MANIFEST, limits.manifest)?;
+            let sigs = src.read(SIGNATURES, limits.signatures)?;
+            let key_ids = verify(&bytes, &sigs, trusted, threshold)?;
+            (bytes, key_ids)
+        }
+        Err(e) => return Err(e.into()),
+    };
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| OpenError::Parse(e.to_string()))?;
     manifest.check_structure()?;
@@ -68,4 +81,19 @@ pub fn open_verified(
         bytes,
         key_ids,
     })
+}
+
+/// The signed, compressed manifest decompressed, at most `cap` bytes.
+fn decompress(z: &[u8], cap: u64) -> Result<Vec<u8>, OpenError> {
+    let bad = |e: &dyn std::fmt::Display| OpenError::Parse(format!("{MANIFEST_ZST}: {e}"));
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(z)
+        .map_err(|e| bad(&e))?
+        .take(cap + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(&e))?;
+    if out.len() as u64 > cap {
+        return Err(bad(&format!("more than {cap} bytes decompressed")));
+    }
+    Ok(out)
 }

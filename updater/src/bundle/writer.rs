@@ -3,7 +3,7 @@
 use super::chunker::chunk_file;
 use super::keys::{SecretKey, Signatures};
 use super::manifest::{Manifest, Payloads, FORMAT};
-use super::{MANIFEST, SIGNATURES};
+use super::{MANIFEST, MANIFEST_ZST, MANIFEST_ZSTD_LEVEL, SIGNATURES, SIGNATURES_ZST};
 use std::fs;
 use std::io;
 use std::path::Path;
@@ -65,14 +65,20 @@ pub fn write_bundle(
             },
         };
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
-        let sigs = Signatures {
-            signatures: keys.iter().map(|k| k.sign(&bytes)).collect(),
-        };
-        fs::write(tmp.join(MANIFEST), &bytes)?;
-        fs::write(
-            tmp.join(SIGNATURES),
-            serde_json::to_vec_pretty(&sigs).map_err(io::Error::other)?,
-        )?;
+        let z = zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL)?;
+        for (name, sig_name, data) in [
+            (MANIFEST, SIGNATURES, &bytes),
+            (MANIFEST_ZST, SIGNATURES_ZST, &z),
+        ] {
+            let sigs = Signatures {
+                signatures: keys.iter().map(|k| k.sign(data)).collect(),
+            };
+            fs::write(tmp.join(name), data)?;
+            fs::write(
+                tmp.join(sig_name),
+                serde_json::to_vec_pretty(&sigs).map_err(io::Error::other)?,
+            )?;
+        }
         fs::rename(&tmp, out)?;
         Ok(manifest)
     })();
@@ -87,8 +93,15 @@ pub fn pack(dir: &Path, file: &Path) -> io::Result<()> {
     let tmp = file.with_extension("kbundle.tmp");
     let mut b = tar::Builder::new(fs::File::create(&tmp)?);
     b.mode(tar::HeaderMode::Deterministic);
-    b.append_path_with_name(dir.join(MANIFEST), MANIFEST)?;
-    b.append_path_with_name(dir.join(SIGNATURES), SIGNATURES)?;
+    for name in [MANIFEST, SIGNATURES] {
+        b.append_path_with_name(dir.join(name), name)?;
+    }
+    // The compressed pair, unless the bundle predates it.
+    if dir.join(MANIFEST_ZST).exists() {
+        for name in [MANIFEST_ZST, SIGNATURES_ZST] {
+            b.append_path_with_name(dir.join(name), name)?;
+        }
+    }
     let mut chunk_files = Vec::new();
     for d in fs::read_dir(dir.join("chunks"))? {
         for f in fs::read_dir(d?.path())? {

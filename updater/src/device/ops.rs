@@ -6,11 +6,12 @@
 use super::disk::{BootDisk, Esp};
 use super::state_file::{self, LastInstall, Staged, UpdaterState};
 use crate::bundle::keys::PublicKey;
+use crate::bundle::manifest::Payload;
 use crate::bundle::manifest::Policy;
 use crate::bundle::open::{open_verified, Limits};
 use crate::bundle::source::{BundleSource, DirSource, KbundleSource};
-use crate::install::{verify_payload, write_payload_seeded, Stats};
-use crate::seed::Seed;
+use crate::install::{verify_payload, write_payload, Stats, WriteOptions};
+use crate::seed::{self, Seed};
 use anyhow::{bail, Context, Result};
 use kiln_boot::failpoint::hit;
 use kiln_boot::grub::{self, GrubEnv};
@@ -27,7 +28,7 @@ pub const RELEASE: &str = "/usr/lib/kiln/release";
 pub const KEYS_DIR: &str = "/usr/lib/kiln/keys";
 pub const HEALTH: &str = "/usr/lib/kiln/health";
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -193,6 +194,44 @@ pub struct InstallOptions {
     pub tries: u8,
     /// Make the slot boot next (false: write and verify only; `activate` later).
     pub activate: bool,
+    /// Chunks in flight.
+    pub parallel: usize,
+}
+
+/// Where the running slot's chunks of `name` lie: the payload recorded with it, else an index
+/// made now by `index` (a slot written at the factory). `None` (everything is downloaded) when
+/// neither works.
+fn seed_index(
+    recorded: Option<&Payload>,
+    index: impl FnOnce() -> std::io::Result<Option<Payload>>,
+    name: &str,
+    slot: Slot,
+) -> Option<Payload> {
+    if let Some(p) = recorded {
+        return Some(p.clone());
+    }
+    let t = std::time::Instant::now();
+    match index() {
+        Ok(Some(p)) => {
+            println!(
+                "kiln-updater: indexed the {name} of slot {slot} (no manifest recorded for it): {} chunks, {:.1} MiB in {} ms",
+                p.chunks.len(),
+                p.size as f64 / 1048576.0,
+                t.elapsed().as_millis()
+            );
+            Some(p)
+        }
+        Ok(None) => {
+            tracing::warn!(
+                "slot {slot}'s {name} holds no image Kiln can index; downloading all of it"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!("indexing slot {slot}'s {name}: {e}; downloading all of it");
+            None
+        }
+    }
 }
 
 /// Installs a bundle into the inactive slot and stages it. Returns the staged version.
@@ -238,8 +277,8 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     state_file::save(&ctx.state_dir, &st)?;
 
     let progress = Failpointed(super::progress::Reporter::new());
-    // What the running slot holds, from the manifest recorded when it was installed (none for
-    // a slot written at the factory: everything is downloaded then).
+    // What the running slot holds: the manifest recorded when it was installed, else (a slot
+    // written at the factory) an index made now by reading it.
     let running: Option<crate::bundle::manifest::Manifest> =
         fs::read(ctx.state_dir.join(format!("slot-{booted}.manifest.json")))
             .ok()
@@ -255,26 +294,27 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             .custom_flags(nix::libc::O_EXCL)
             .open(&node)
             .with_context(|| format!("opening {node} exclusively"))?;
-        let running_root = match &running {
-            Some(_) => Some(
-                fs::File::open(ctx.disk.node(ctx.disk.part(booted.partlabel())?))
-                    .context("opening the running slot")?,
-            ),
-            None => None,
-        };
-        let seed = running
-            .as_ref()
-            .zip(running_root.as_ref())
-            .map(|(r, f)| Seed::new(f, 0, &r.payloads.root));
-        let stats = write_payload_seeded(
+        let running_root = fs::File::open(ctx.disk.node(ctx.disk.part(booted.partlabel())?))
+            .context("opening the running slot")?;
+        let index = seed_index(
+            running.as_ref().map(|r| &r.payloads.root),
+            || seed::index_slot(&running_root),
+            "root",
+            booted,
+        );
+        let seed = index.as_ref().map(|p| Seed::new(&running_root, 0, p));
+        let stats = write_payload(
             src.as_ref(),
             "root",
             &m.payloads.root,
             &dev,
             0,
             BootDisk::size(part),
-            seed.as_ref(),
-            &progress,
+            &WriteOptions {
+                seed: seed.as_ref(),
+                parallel: o.parallel,
+                progress: &progress,
+            },
         )?;
         totals += stats;
         hit("install.root-written");
@@ -300,9 +340,17 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 running.as_ref().map(|r| &r.payloads.initrd),
             ),
         ] {
-            let seed_file =
-                running_payload.and_then(|_| fs::File::open(ctx.esp.path.join(&running_file)).ok());
-            let seed = running_payload
+            let seed_file = fs::File::open(ctx.esp.path.join(&running_file)).ok();
+            let index = seed_file.as_ref().and_then(|f| {
+                seed_index(
+                    running_payload,
+                    || seed::index_file(f).map(Some),
+                    name,
+                    booted,
+                )
+            });
+            let seed = index
+                .as_ref()
                 .zip(seed_file.as_ref())
                 .map(|(p, f)| Seed::new(f, 0, p));
             let fin = ctx.esp.path.join(&dest);
@@ -315,15 +363,18 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 .read(true)
                 .write(true)
                 .open(&tmp)?;
-            let stats = write_payload_seeded(
+            let stats = write_payload(
                 src.as_ref(),
                 name,
                 payload,
                 &f,
                 0,
                 u64::MAX,
-                seed.as_ref(),
-                &progress,
+                &WriteOptions {
+                    seed: seed.as_ref(),
+                    parallel: o.parallel,
+                    progress: &progress,
+                },
             )?;
             totals += stats;
             verify_payload(name, payload, &f, 0)?;
