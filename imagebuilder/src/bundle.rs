@@ -29,6 +29,9 @@ pub fn keygen(prefix: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The files of a build directory that a bundle carries: root, kernel, initrd.
+const PAYLOAD_FILES: [&str; 3] = ["root.img", "vmlinuz", "initrd.img"];
+
 /// Inputs of `kiln bundle`.
 pub struct BundleArgs<'a> {
     pub build: &'a Path,
@@ -56,8 +59,9 @@ pub struct Estimate {
 /// Indexes `old` (a build directory) the way a device running it indexes its slot, and counts
 /// what installing the bundle at `bundle_dir` (manifest `m`) fetches.
 pub fn estimate(m: &Manifest, bundle_dir: &Path, old: &Path) -> Result<Estimate> {
-    use kiln_updater::bundle::{chunker, MANIFEST_ZST, SIGNATURES_ZST};
+    use kiln_updater::bundle::{MANIFEST_ZST, SIGNATURES_ZST};
     use kiln_updater::seed::expected_download;
+    use kiln_updater::slot_index;
     let info: BuildInfo = crate::read_build_json(old)?;
     let mut signed = 0;
     for f in [MANIFEST_ZST, SIGNATURES_ZST] {
@@ -73,16 +77,16 @@ pub fn estimate(m: &Manifest, bundle_dir: &Path, old: &Path) -> Result<Estimate>
         full_chunks: 0,
         payloads: Vec::new(),
     };
-    for ((name, p), file) in
-        m.payloads
-            .named()
-            .into_iter()
-            .zip(["root.img", "vmlinuz", "initrd.img"])
-    {
+    for ((name, p), file) in m.payloads.named().into_iter().zip(PAYLOAD_FILES) {
         let path = old.join(file);
         let f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let index = chunker::index(std::io::BufReader::with_capacity(1 << 20, f))
-            .with_context(|| format!("indexing {} ({name})", path.display()))?;
+        // As the device indexes its running slot (the root over its superblock's length).
+        let index = if name == "root" {
+            slot_index::index_image(&f)
+        } else {
+            slot_index::index_file(&f)
+        }
+        .with_context(|| format!("indexing {} ({name})", path.display()))?;
         let (n, b) = expected_download(p, Some(&index));
         let (fn_, fb) = expected_download(p, None);
         e.chunks += n;
@@ -104,10 +108,11 @@ pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
     let info: BuildInfo = crate::read_build_json(a.build)?;
     let keys = crate::keyfiles::secret_keys(a.keys)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let [root, kernel, initrd] = PAYLOAD_FILES.map(|f| a.build.join(f));
     let files = PayloadFiles {
-        root: &a.build.join("root.img"),
-        kernel: &a.build.join("vmlinuz"),
-        initrd: &a.build.join("initrd.img"),
+        root: &root,
+        kernel: &kernel,
+        initrd: &initrd,
     };
     for p in [files.root, files.kernel, files.initrd] {
         if !p.is_file() {

@@ -7,6 +7,7 @@ use crate::fixtures::{build_default_with, dev_bundle};
 use imagebuilder::pipeline::BuildReport;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The file v2 rewrites (4 MiB) and the one it adds (1 MiB).
 pub const CHANGED: &str = "usr/lib/extra/libbig.so.4";
@@ -114,4 +115,30 @@ pub fn build_pair(work: &Path, extra: u64) -> Pair {
         v2,
         changed_compressed: z(&new4) + z(&new1),
     }
+}
+
+/// `kiln-updater extract` (the device build, static: it runs on the host) of the root of the
+/// bundle at `url` into `out`, trusting the default example's key, with JSON output.
+pub fn extract_cmd(
+    url: &str,
+    seed: Option<&Path>,
+    seed_manifest: Option<&Path>,
+    out: &Path,
+) -> Command {
+    let updater = imagebuilder::find_device_binary("kiln-updater")
+        .expect("kiln-updater not found: run scripts/build-device (scripts/test does)");
+    let mut c = Command::new(updater);
+    c.arg("extract")
+        .arg(url)
+        .arg("--key")
+        .arg(crate::fixtures::workspace().join("examples/default/keys/dev.pub"))
+        .args(["--compatible", "kiln-default-x86_64", "--json", "--out"])
+        .arg(out);
+    if let Some(s) = seed {
+        c.arg("--seed").arg(s);
+    }
+    if let Some(m) = seed_manifest {
+        c.arg("--seed-manifest").arg(m);
+    }
+    c
 }

@@ -17,8 +17,10 @@ pub struct Counters {
     pub requests: AtomicU64,
     pub body_bytes: AtomicU64,
     pub connections: AtomicU64,
-    /// Paths whose whole body was sent, in order.
+    /// Paths answered with a body, in order (logged before the body is sent).
     pub served: Mutex<Vec<String>>,
+    /// Responses being sent now.
+    pub in_flight: AtomicU64,
     /// Delay before each response, in microseconds.
     pub delay_us: AtomicU64,
 }
@@ -133,10 +135,13 @@ fn serve(conn: TcpStream, root: &Path, c: &Counters) -> std::io::Result<()> {
             ("GET", Some(p)) => {
                 let mut body = Vec::new();
                 std::fs::File::open(&p)?.read_to_end(&mut body)?;
-                write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len())?;
-                out.write_all(&body)?;
-                c.body_bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
                 c.served.lock().expect("log").push(path.clone());
+                c.in_flight.fetch_add(1, Ordering::SeqCst);
+                let sent = write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n", body.len())
+                    .and_then(|()| out.write_all(&body));
+                c.in_flight.fetch_sub(1, Ordering::SeqCst);
+                sent?;
+                c.body_bytes.fetch_add(body.len() as u64, Ordering::SeqCst);
             }
             _ => {
                 write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;

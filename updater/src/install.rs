@@ -103,6 +103,10 @@ fn fetch_verified(
     }
 }
 
+/// log2 of the largest zstd window a stored chunk may use: [`MAX_CHUNK`] (256 KiB) rounded up,
+/// with room; zstd's default limit would let a hostile server make each worker allocate 128 MiB.
+const CHUNK_WINDOW_LOG: u32 = 20;
+
 /// Fetches, decompresses and verifies one chunk; returns its bytes.
 pub fn fetch_chunk(
     src: &dyn BundleSource,
@@ -125,9 +129,12 @@ pub fn fetch_chunk(
             source,
         })?;
     let mut data = Vec::with_capacity(c.length.min(MAX_CHUNK) as usize);
-    zstd::stream::read::Decoder::new(&z[..])
-        .map_err(|e| corrupt(format!("not zstd: {e}")))?
-        .take(u64::from(c.length) + 1)
+    let mut d =
+        zstd::stream::read::Decoder::new(&z[..]).map_err(|e| corrupt(format!("not zstd: {e}")))?;
+    // A frame from the server may not ask for more memory than a chunk needs.
+    d.window_log_max(CHUNK_WINDOW_LOG)
+        .map_err(|e| corrupt(format!("zstd: {e}")))?;
+    d.take(u64::from(c.length) + 1)
         .read_to_end(&mut data)
         .map_err(|e| corrupt(format!("decompressing: {e}")))?;
     if data.len() != c.length as usize {

@@ -12,3 +12,4 @@ pub mod device;
 pub mod image_len;
 pub mod install;
 pub mod seed;
+pub mod slot_index;

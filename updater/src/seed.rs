@@ -2,38 +2,15 @@
 //! downloading them. The index (where each chunk lies in the running slot) comes from the
 //! manifest recorded when that slot was installed; it is not trusted: every chunk taken from
 //! the seed is read and hashed against the *new* manifest's digest, and a mismatch (a stale
-//! index, a damaged slot) falls back to downloading that chunk.
+//! index, a damaged slot) falls back to downloading that chunk. A slot with no recorded
+//! manifest (written at the factory, or its record lost) is indexed instead
+//! ([`crate::slot_index`]).
 
-use crate::bundle::chunker;
 use crate::bundle::manifest::{Chunk, Payload};
-use crate::image_len::{image_len, HEAD};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-
-/// Indexes the image in the slot device `dev` (over the length its superblock declares).
-/// `Ok(None)` when it holds no erofs or ext4 image.
-pub fn index_slot(dev: &File) -> io::Result<Option<Payload>> {
-    let mut head = vec![0u8; HEAD];
-    if dev.read_exact_at(&mut head, 0).is_err() {
-        return Ok(None);
-    }
-    let Some(len) = image_len(&head) else {
-        return Ok(None);
-    };
-    let mut f = dev.try_clone()?;
-    f.seek(SeekFrom::Start(0))?;
-    chunker::index(BufReader::with_capacity(1 << 20, f.take(len))).map(Some)
-}
-
-/// Indexes a whole file (a kernel or initrd on the ESP).
-pub fn index_file(f: &File) -> io::Result<Payload> {
-    let mut f = f.try_clone()?;
-    f.seek(SeekFrom::Start(0))?;
-    chunker::index(BufReader::with_capacity(1 << 20, f))
-}
 
 pub struct Seed<'a> {
     file: &'a File,

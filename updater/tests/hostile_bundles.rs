@@ -50,6 +50,7 @@ fn outcome(src: &dyn BundleSource, threshold: usize, limits: &Limits) -> String 
                 OpenError::Signature(SignatureError::NotEnough { .. }) => "signature:not-enough",
                 OpenError::Signature(SignatureError::Malformed(_)) => "signature:malformed",
                 OpenError::Parse(_) => "parse",
+                OpenError::Decompress(_) => "decompress",
                 OpenError::Structure(_) => "structure",
                 OpenError::Policy(PolicyError::Expired { .. }) => "policy:expired",
                 OpenError::Policy(PolicyError::Downgrade { .. }) => "policy:downgrade",
@@ -226,6 +227,9 @@ fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
 
 #[test]
 fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
+    use kiln_updater::bundle::keys::SecretKey;
+    use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+    use kiln_updater::install::{WriteOptions, PARALLEL};
     use std::sync::atomic::{AtomicUsize, Ordering};
     struct Slow {
         inner: DirSource,
@@ -245,42 +249,68 @@ fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
             self.inner.describe()
         }
     }
+    // A root of 2 MiB of noise: about 30 chunks, more than any worker count below.
+    let dir = tempfile::tempdir().unwrap();
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let root: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    for (f, data) in [
+        ("root", &root[..]),
+        ("kernel", &b"kernel"[..]),
+        ("initrd", &b"initrd"[..]),
+    ] {
+        fs::write(dir.path().join(f), data).unwrap();
+    }
+    let key = SecretKey::generate().unwrap();
+    let m = write_bundle(
+        PayloadFiles {
+            root: &dir.path().join("root"),
+            kernel: &dir.path().join("kernel"),
+            initrd: &dir.path().join("initrd"),
+        },
+        &BundleInfo {
+            compatible: "c".into(),
+            version: "1".into(),
+            sequence: 1,
+            created: 0,
+            expires: u64::MAX,
+        },
+        &[&key],
+        &dir.path().join("b"),
+    )
+    .unwrap();
+    let root = &m.payloads.root;
+    assert!(root.chunks.len() >= 16, "{} chunks", root.chunks.len());
     let src = Slow {
-        inner: DirSource(fixtures().join("bundles/valid")),
+        inner: DirSource(dir.path().join("b")),
         now: AtomicUsize::new(0),
         max: AtomicUsize::new(0),
     };
-    let v = open_verified(&src, &trusted(), 1, &policy(), &Limits::default()).unwrap();
-    let root = &v.manifest.payloads.root;
-    assert!(
-        root.chunks.len() >= 2,
-        "fixture root has {} chunks",
-        root.chunks.len()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let target = fs::File::options()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(dir.path().join("t"))
-        .unwrap();
-    src.max.store(0, Ordering::SeqCst);
-    write_payload(
-        &src,
-        "root",
-        root,
-        &target,
-        0,
-        1 << 20,
-        &kiln_updater::install::WriteOptions::default(),
-    )
-    .unwrap();
-    verify_payload("root", root, &target, 0).unwrap();
-    let max = src.max.load(Ordering::SeqCst);
-    assert!(max >= 2, "chunks were fetched one at a time");
-    assert!(
-        max <= kiln_updater::install::PARALLEL,
-        "{max} fetches at once"
-    );
+    for (parallel, at_least) in [(1, 1), (3, 2), (PARALLEL, 2)] {
+        let target = fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join(format!("t{parallel}")))
+            .unwrap();
+        src.max.store(0, Ordering::SeqCst);
+        let o = WriteOptions {
+            parallel,
+            ..WriteOptions::default()
+        };
+        write_payload(&src, "root", root, &target, 0, 4 << 20, &o).unwrap();
+        verify_payload("root", root, &target, 0).unwrap();
+        let max = src.max.load(Ordering::SeqCst);
+        assert!(
+            (at_least..=parallel).contains(&max),
+            "parallel {parallel}: {max} fetches at once"
+        );
+    }
 }

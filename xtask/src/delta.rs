@@ -74,8 +74,9 @@ pub fn run(runs: usize, delays_ms: &[u64], work: Option<PathBuf>) -> Result<()> 
     if Command::new("casync").arg("--version").output().is_err() {
         bail!("casync is not installed (scripts/deps.sh installs it)");
     }
-    let updater = imagebuilder::find_device_binary("kiln-updater")
-        .context("kiln-updater not found: run scripts/build-device")?;
+    if imagebuilder::find_device_binary("kiln-updater").is_none() {
+        bail!("kiln-updater not found: run scripts/build-device");
+    }
     let tmp;
     let work = match work {
         Some(w) => w,
@@ -121,19 +122,7 @@ pub fn run(runs: usize, delays_ms: &[u64], work: Option<PathBuf>) -> Result<()> 
         c
     };
     let kiln = |manifest: Option<&Path>| {
-        let mut c = Command::new(&updater);
-        c.arg("extract")
-            .arg(format!("{base}/v2.bundle"))
-            .arg("--key")
-            .arg(qemu_tests::fixtures::workspace().join("examples/default/keys/dev.pub"))
-            .args(["--compatible", "kiln-default-x86_64", "--json", "--out"])
-            .arg(&out)
-            .arg("--seed")
-            .arg(&v1_root);
-        if let Some(m) = manifest {
-            c.arg("--seed-manifest").arg(m);
-        }
-        c
+        qemu_tests::delta::extract_cmd(&format!("{base}/v2.bundle"), Some(&v1_root), manifest, &out)
     };
     let v1_manifest = pair.v1.bundle.join("manifest.json");
     let want = &pair.v2.report.root_image_sha256;

@@ -64,8 +64,8 @@ enum Cmd {
     },
     /// Delta install benchmark against `casync extract --seed`.
     DeltaBench {
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
         /// Delays per request (ms), one table block each.
         #[arg(long, value_delimiter = ',', default_value = "0,10")]
         delay_ms: Vec<u64>,
@@ -139,7 +139,7 @@ fn main() -> Result<()> {
             runs,
             delay_ms,
             work,
-        } => delta::run(runs, &delay_ms, work),
+        } => delta::run(runs as usize, &delay_ms, work),
         Cmd::Faults {
             cuts,
             loader,

@@ -10,11 +10,10 @@
 //! chunks/ab/<sha256>.zst   chunk store, named by the sha256 of the uncompressed chunk
 //! ```
 //!
-//! Readers take the compressed pair when the bundle has it (its signature is checked before a
-//! byte is decompressed), else the plain one. They verify the signature over the exact bytes
-//! before parsing anything else,
-//! then check the manifest's structure and the device policy (compatible string, sequence,
-//! expiry); see [`open::open_verified`].
+//! Readers take the compressed pair when the bundle has it, else the plain one. They verify the
+//! signature over the exact bytes read before decompressing or parsing anything, then check the
+//! manifest's structure and the device policy (compatible string, sequence, expiry); see
+//! [`open::open_verified`].
 
 pub mod chunker;
 pub mod keys;

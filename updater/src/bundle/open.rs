@@ -18,13 +18,16 @@ pub enum OpenError {
     Signature(#[from] SignatureError),
     #[error("manifest.json is not a valid manifest: {0}")]
     Parse(String),
+    #[error("manifest.json.zst (signed) does not decompress: {0}")]
+    Decompress(String),
     #[error("manifest.json is inconsistent")]
     Structure(#[from] StructureError),
     #[error("bundle refused")]
     Policy(#[from] PolicyError),
 }
 
-/// A manifest that passed every check, with the exact bytes that were signed.
+/// A manifest that passed every check, with its bytes (the signed bytes, or what the signed
+/// compressed bytes decompress to).
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub manifest: Manifest,
@@ -83,15 +86,17 @@ pub fn open_verified(
     })
 }
 
+/// log2 of the largest zstd window a compressed manifest may use (8 MiB: `MANIFEST_CAP`).
+const MANIFEST_WINDOW_LOG: u32 = 23;
+
 /// The signed, compressed manifest decompressed, at most `cap` bytes.
 fn decompress(z: &[u8], cap: u64) -> Result<Vec<u8>, OpenError> {
-    let bad = |e: &dyn std::fmt::Display| OpenError::Parse(format!("{MANIFEST_ZST}: {e}"));
+    let bad = |e: &dyn std::fmt::Display| OpenError::Decompress(e.to_string());
     let mut out = Vec::new();
-    zstd::stream::read::Decoder::new(z)
-        .map_err(|e| bad(&e))?
-        .take(cap + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| bad(&e))?;
+    let mut d = zstd::stream::read::Decoder::new(z).map_err(|e| bad(&e))?;
+    // The window (memory) a frame may ask for: the cap's size, not zstd's default 128 MiB.
+    d.window_log_max(MANIFEST_WINDOW_LOG).map_err(|e| bad(&e))?;
+    d.take(cap + 1).read_to_end(&mut out).map_err(|e| bad(&e))?;
     if out.len() as u64 > cap {
         return Err(bad(&format!("more than {cap} bytes decompressed")));
     }

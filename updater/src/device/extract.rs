@@ -8,7 +8,8 @@ use crate::bundle::keys::PublicKey;
 use crate::bundle::manifest::{Manifest, Payload, Policy};
 use crate::bundle::open::{open_verified, Limits};
 use crate::install::{verify_payload, write_payload, Stats, WriteOptions};
-use crate::seed::{self, Seed};
+use crate::seed::Seed;
+use crate::slot_index;
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -102,8 +103,7 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
         }
         None => None,
     };
-    let t_index = Instant::now();
-    let index = match (&seed_file, &o.seed_manifest) {
+    let recorded = match (&seed_file, &o.seed_manifest) {
         (Some(_), Some(mp)) => {
             let m: Manifest = serde_json::from_slice(
                 &fs::read(mp).with_context(|| format!("reading {}", mp.display()))?,
@@ -111,18 +111,20 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
             .with_context(|| format!("{}: not a bundle manifest", mp.display()))?;
             Some(pick(&m, &o.payload)?.clone())
         }
-        (Some(f), None) => Some(match seed::index_slot(f)? {
-            Some(p) => p,
-            None => seed::index_file(f)?,
-        }),
         (None, Some(_)) => bail!("--seed-manifest needs --seed"),
-        (None, None) => None,
+        _ => None,
     };
-    let seed_index_ms = if o.seed_manifest.is_some() {
-        0
-    } else {
-        t_index.elapsed().as_millis() as u64
+    // As an install: the seed is optional, a seed that cannot be indexed means a full download.
+    let (index, took) = match &seed_file {
+        Some(f) => slot_index::locate(
+            recorded.as_ref(),
+            || slot_index::index_image(f).map(Some),
+            "seed",
+        )
+        .map_or((None, None), |(p, t)| (Some(p), t)),
+        None => (None, None),
     };
+    let seed_index_ms = took.map_or(0, |t| t.as_millis() as u64);
     let seed = index
         .as_ref()
         .zip(seed_file.as_ref())

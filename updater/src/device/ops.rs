@@ -11,7 +11,8 @@ use crate::bundle::manifest::Policy;
 use crate::bundle::open::{open_verified, Limits};
 use crate::bundle::source::{BundleSource, DirSource, KbundleSource};
 use crate::install::{verify_payload, write_payload, Stats, WriteOptions};
-use crate::seed::{self, Seed};
+use crate::seed::Seed;
+use crate::slot_index;
 use anyhow::{bail, Context, Result};
 use kiln_boot::failpoint::hit;
 use kiln_boot::grub::{self, GrubEnv};
@@ -198,40 +199,23 @@ pub struct InstallOptions {
     pub parallel: usize,
 }
 
-/// Where the running slot's chunks of `name` lie: the payload recorded with it, else an index
-/// made now by `index` (a slot written at the factory). `None` (everything is downloaded) when
-/// neither works.
+/// [`slot_index::locate`], saying on stdout when the running slot had to be indexed.
 fn seed_index(
     recorded: Option<&Payload>,
     index: impl FnOnce() -> std::io::Result<Option<Payload>>,
     name: &str,
     slot: Slot,
 ) -> Option<Payload> {
-    if let Some(p) = recorded {
-        return Some(p.clone());
+    let (p, took) = slot_index::locate(recorded, index, &format!("{name} of slot {slot}"))?;
+    if let Some(t) = took {
+        println!(
+            "kiln-updater: indexed the {name} of slot {slot} (no manifest recorded for it): {} chunks, {:.1} MiB in {} ms",
+            p.chunks.len(),
+            p.size as f64 / 1048576.0,
+            t.as_millis()
+        );
     }
-    let t = std::time::Instant::now();
-    match index() {
-        Ok(Some(p)) => {
-            println!(
-                "kiln-updater: indexed the {name} of slot {slot} (no manifest recorded for it): {} chunks, {:.1} MiB in {} ms",
-                p.chunks.len(),
-                p.size as f64 / 1048576.0,
-                t.elapsed().as_millis()
-            );
-            Some(p)
-        }
-        Ok(None) => {
-            tracing::warn!(
-                "slot {slot}'s {name} holds no image Kiln can index; downloading all of it"
-            );
-            None
-        }
-        Err(e) => {
-            tracing::warn!("indexing slot {slot}'s {name}: {e}; downloading all of it");
-            None
-        }
-    }
+    Some(p)
 }
 
 /// Installs a bundle into the inactive slot and stages it. Returns the staged version.
@@ -294,15 +278,25 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             .custom_flags(nix::libc::O_EXCL)
             .open(&node)
             .with_context(|| format!("opening {node} exclusively"))?;
-        let running_root = fs::File::open(ctx.disk.node(ctx.disk.part(booted.partlabel())?))
-            .context("opening the running slot")?;
-        let index = seed_index(
-            running.as_ref().map(|r| &r.payloads.root),
-            || seed::index_slot(&running_root),
-            "root",
-            booted,
-        );
-        let seed = index.as_ref().map(|p| Seed::new(&running_root, 0, p));
+        // The seed is optional: a running slot that cannot be read means a full download.
+        let running_root = ctx
+            .disk
+            .part(booted.partlabel())
+            .and_then(|p| fs::File::open(ctx.disk.node(p)))
+            .map_err(|e| tracing::warn!("opening the running slot {booted}: {e:#}"))
+            .ok();
+        let index = running_root.as_ref().and_then(|f| {
+            seed_index(
+                running.as_ref().map(|r| &r.payloads.root),
+                || slot_index::index_slot(f),
+                "root",
+                booted,
+            )
+        });
+        let seed = index
+            .as_ref()
+            .zip(running_root.as_ref())
+            .map(|(p, f)| Seed::new(f, 0, p));
         let stats = write_payload(
             src.as_ref(),
             "root",
@@ -344,7 +338,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             let index = seed_file.as_ref().and_then(|f| {
                 seed_index(
                     running_payload,
-                    || seed::index_file(f).map(Some),
+                    || slot_index::index_file(f).map(Some),
                     name,
                     booted,
                 )
