@@ -29,7 +29,7 @@ for i in $(seq "$n"); do
 
   rm -f "$work/floor.img" "$work/floor.raw"
   t0=$(now)
-  mkfs.erofs --quiet -x-1 -T"$SOURCE_DATE_EPOCH" "$work/floor.img" "$work/tree"
+  mkfs.erofs --quiet -x-1 -Enoinline_data -T"$SOURCE_DATE_EPOCH" "$work/floor.img" "$work/tree"
   cp --sparse=always "$work/out/disk.raw" "$work/floor.raw"
   sync -f "$work/floor.raw"
   t1=$(now)
