@@ -45,7 +45,10 @@ pub struct Agent<D: Device> {
     /// Where the API server is, for log lines.
     pub server: String,
     pub heartbeat: Duration,
-    /// A new boot not yet told to the state machine.
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`).
+    boot_id: String,
+    /// A new boot not yet told to the state machine: the boot id differs from the one recorded
+    /// when the last boot was told (a restart of the agent process alone is not a boot).
     booted: bool,
 }
 
@@ -60,8 +63,10 @@ impl<D: Device> Agent<D> {
         device: D,
         file: StateFile,
         server: &str,
+        boot_id: &str,
     ) -> Result<Self, Error> {
         let state = file.load()?;
+        let booted = file.last_boot()?.as_deref() != Some(boot_id);
         Ok(Agent {
             client,
             node: node.into(),
@@ -70,8 +75,14 @@ impl<D: Device> Agent<D> {
             state,
             server: server.into(),
             heartbeat: protocol::HEARTBEAT_INTERVAL,
-            booted: true,
+            boot_id: boot_id.into(),
+            booted,
         })
+    }
+
+    /// Whether this boot is still to be told to the state machine.
+    pub fn new_boot(&self) -> bool {
+        self.booted
     }
 
     fn nodes(&self) -> Api<Node> {
@@ -133,6 +144,10 @@ impl<D: Device> Agent<D> {
         if self.booted {
             let (version, blessed) = self.device.running().await.map_err(Error::Device)?;
             acted = self.apply(Event::Booted { version, blessed }).await?;
+            // After the state it led to is committed: a crash before this tells the same boot
+            // again, which each state takes as nothing new or redoes idempotently (a stage, a
+            // drain).
+            self.file.record_boot(&self.boot_id)?;
             self.booted = false;
         }
         if acted == 0 {

@@ -202,8 +202,10 @@ pub fn resume(state: &State) -> Vec<Action> {
         State::Idle => vec![report(Phase::Idle)],
         State::Staging(t) => vec![report(Phase::Staging), Stage(t.bundle_url.clone())],
         State::Draining(_) => vec![report(Phase::Draining), Cordon, Drain],
-        // The reboot happens only after the flip; the next boot decides.
-        State::Rebooting(_) => vec![report(Phase::Rebooting)],
+        // Still the boot that committed Rebooting (the agent process was restarted, or the API
+        // came back before the reboot): flip and reboot again — `kiln-updater activate` is
+        // idempotent. After a real boot the Booted event decides instead.
+        State::Rebooting(_) => vec![report(Phase::Rebooting), FlipAndReboot],
         State::Verifying(_) => vec![report(Phase::Verifying)],
         State::Done(_) => vec![Uncordon, report(Phase::Done)],
         State::Failed { reason, .. } => vec![Uncordon, report(Phase::Failed(reason.clone()))],
@@ -260,14 +262,41 @@ impl StateFile {
     }
 
     pub fn commit(&self, s: &State) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(s).map_err(|e| self.err(e))?;
+        self.write_durable(&self.path, &bytes)
+    }
+
+    /// Where the id of the last boot told to the state machine is kept.
+    fn boot_path(&self) -> PathBuf {
+        self.path.with_extension("boot")
+    }
+
+    /// The boot id recorded by [`StateFile::record_boot`], if any.
+    pub fn last_boot(&self) -> Result<Option<String>, StateError> {
+        match std::fs::read_to_string(self.boot_path()) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Records that boot `id` has been told to the state machine.
+    pub fn record_boot(&self, id: &str) -> Result<(), StateError> {
+        self.write_durable(&self.boot_path(), format!("{id}\n").as_bytes())
+    }
+
+    /// Temporary file, fsync, rename, fsync of the directory.
+    fn write_durable(&self, path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         use std::io::Write;
-        let tmp = self.path.with_extension("tmp");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let mut f = std::fs::File::create(&tmp).map_err(|e| self.err(e))?;
-        f.write_all(&serde_json::to_vec_pretty(s).map_err(|e| self.err(e))?)
+        f.write_all(bytes)
             .and_then(|_| f.sync_all())
             .map_err(|e| self.err(e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::rename(&tmp, path).map_err(|e| self.err(e))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| self.err(e))
@@ -411,8 +440,28 @@ mod tests {
         let (s, a) = step(&f.load().unwrap(), &booted("2", true));
         assert_eq!(s, State::Done(t("2")));
         assert_eq!(a, vec![Action::Uncordon, Action::Report(Phase::Done)]);
-        assert!(!d.path().join("agent.tmp").exists());
+        assert!(!d.path().join("agent.json.tmp").exists());
         std::fs::write(&f.path, "{").unwrap();
         assert!(f.load().unwrap_err().to_string().contains("agent.json"));
+    }
+
+    #[test]
+    fn the_same_boot_rebooting_flips_again_and_the_boot_id_is_kept_apart() {
+        // The agent restarted before the reboot: no boot decides, the flip is asked again.
+        assert_eq!(
+            resume(&State::Rebooting(t("2"))),
+            vec![Action::Report(Phase::Rebooting), Action::FlipAndReboot]
+        );
+        let d = tempfile::tempdir().unwrap();
+        let f = StateFile::new(&d.path().join("agent.json"));
+        assert_eq!(f.last_boot().unwrap(), None);
+        f.commit(&State::Rebooting(t("2"))).unwrap();
+        f.record_boot("6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
+            .unwrap();
+        assert_eq!(
+            f.last_boot().unwrap().as_deref(),
+            Some("6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
+        );
+        assert_eq!(f.load().unwrap(), State::Rebooting(t("2")));
     }
 }

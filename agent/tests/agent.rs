@@ -48,6 +48,7 @@ impl Device for FakeDevice {
 }
 
 const NODE: &str = "/api/v1/nodes/n1";
+const API: &str = "https://10.0.0.1:6443";
 const PODS: &str = "/api/v1/pods";
 const EVICT: &str = "/api/v1/namespaces/app/pods/web-0/eviction";
 
@@ -181,7 +182,7 @@ fn agent_in(state: State) -> (tempfile::TempDir, Agent<FakeDevice>, ApiServer, F
     file.commit(&state).unwrap();
     let (client, srv) = mock();
     let dev = FakeDevice::running("1.0.0", true);
-    let agent = Agent::new(client, "n1", dev.clone(), file, "https://10.0.0.1:6443").unwrap();
+    let agent = Agent::new(client, "n1", dev.clone(), file, API, "boot-1").unwrap();
     (d, agent, srv, dev)
 }
 
@@ -284,7 +285,7 @@ async fn unreachable_api_backs_off_from_1_to_60_s_then_heartbeats_every_30_s() {
     let file = StateFile::new(&d.path().join("agent.json"));
     let (client, mut srv) = mock();
     let dev = FakeDevice::running("1.0.0", true);
-    let mut agent = Agent::new(client, "n1", dev, file, "https://10.0.0.1:6443").unwrap();
+    let mut agent = Agent::new(client, "n1", dev, file, API, "boot-1").unwrap();
     let runner = tokio::spawn(async move { agent.run().await });
     let mut attempts = vec![];
     for _ in 0..9 {
@@ -343,4 +344,45 @@ async fn unreachable_api_backs_off_from_1_to_60_s_then_heartbeats_every_30_s() {
     assert_eq!(beats[1] - beats[0], HEARTBEAT_INTERVAL);
     assert_eq!(beats[2] - beats[1], HEARTBEAT_INTERVAL);
     runner.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_restarted_in_the_same_boot_while_rebooting_flips_again() {
+    // The agent process died after committing Rebooting, before the machine rebooted, and was
+    // started again: same boot id, so no boot happened and nothing rolled back; it reports
+    // Rebooting and asks for the flip and reboot again (kiln-updater activate is idempotent).
+    let d = tempfile::tempdir().unwrap();
+    let file = StateFile::new(&d.path().join("agent.json"));
+    file.commit(&State::Rebooting(target())).unwrap();
+    file.record_boot("boot-1").unwrap();
+    let (client, mut srv) = mock();
+    let dev = FakeDevice::running("1.0.0", true);
+    let mut agent = Agent::new(client, "n1", dev.clone(), file, API, "boot-1").unwrap();
+    assert!(!agent.new_boot());
+    let runner = tokio::spawn(async move { agent.run().await });
+    let mut n = node_json(true, true);
+    n["metadata"]["resourceVersion"] = json!("7");
+    srv.expect("GET", NODE).await.reply(200, n);
+    let mut phases = vec![];
+    loop {
+        let c = srv.next().await;
+        if c.method == "GET" && c.path == "/api/v1/nodes" {
+            break; // watching: the restart's work is done
+        }
+        if c.line() == format!("PATCH {NODE}") {
+            if let Some(p) = c.body["metadata"]["annotations"][PHASE].as_str() {
+                phases.push(p.to_string());
+            }
+        }
+        c.ok_echo();
+    }
+    runner.abort();
+    assert_eq!(phases, ["Rebooting"]);
+    assert_eq!(dev.calls(), ["flip"]);
+
+    // A new boot id is a boot: the state machine is told (here: still 1.0.0, a rollback).
+    let file = StateFile::new(&d.path().join("agent.json"));
+    let (client, _srv) = mock();
+    let agent = Agent::new(client, "n1", dev, file, API, "boot-2").unwrap();
+    assert!(agent.new_boot());
 }

@@ -57,6 +57,9 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// The kernel's id of this boot: a restarted agent process sees the same one.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -94,7 +97,18 @@ async fn main() -> Result<()> {
         }
     };
     let device = Updater { bin: cli.updater };
-    let mut agent = Agent::new(client, &node, device, StateFile::new(&cli.state), &server)?;
+    let boot_id = std::fs::read_to_string(BOOT_ID)
+        .with_context(|| format!("reading {BOOT_ID}"))?
+        .trim()
+        .to_string();
+    let mut agent = Agent::new(
+        client,
+        &node,
+        device,
+        StateFile::new(&cli.state),
+        &server,
+        &boot_id,
+    )?;
     agent.run().await;
     Ok(())
 }

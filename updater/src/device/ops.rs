@@ -471,6 +471,23 @@ pub fn activate(tries: u8) -> Result<String> {
     let booted = ctx.disk.booted;
     let target = booted.other();
     let mut st = state_file::load(&ctx.state_dir)?;
+    // Already activated (a second call, e.g. the node agent restarted before its reboot):
+    // nothing to do while that slot is still what boots next.
+    if st
+        .written
+        .as_ref()
+        .is_none_or(|w| w.slot != target.to_string())
+    {
+        if let Some(s) = st.staged.as_ref().filter(|s| s.slot == target.to_string()) {
+            if ctx.read_boot()?.next_boot() == Some(target) {
+                println!(
+                    "kiln-updater: slot {target} is already staged with {}; reboot to try it",
+                    s.version
+                );
+                return Ok(s.version.clone());
+            }
+        }
+    }
     let w = st
         .written
         .clone()
