@@ -27,8 +27,19 @@ pub enum DrainError {
     },
     #[error("{0} is not managed by a controller (drain.force deletes it)")]
     Unmanaged(String),
+    /// An answer that will not change by asking again (e.g. 403: the agent's role lacks a
+    /// verb): the drain fails now instead of being retried with the node cordoned.
+    #[error("the API server refused to list the node's pods: {0}")]
+    Refused(kube::Error),
+    /// Anything else (unreachable, 5xx, 429): the caller retries with backoff.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+}
+
+/// Whether asking again cannot help: a 4xx other than 408 (timeout), 409 (conflict) and 429
+/// (too many requests).
+pub fn permanent(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && ![408, 409, 429].contains(&s.code))
 }
 
 /// What a drain did.
@@ -129,7 +140,14 @@ pub async fn drain(
     let pods: Api<Pod> = Api::all(client.clone());
     let list = pods
         .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-        .await?;
+        .await
+        .map_err(|e| {
+            if permanent(&e) {
+                DrainError::Refused(e)
+            } else {
+                DrainError::Kube(e)
+            }
+        })?;
     let mut out = Drained::default();
     let mut todo = Vec::new();
     for p in list.items {

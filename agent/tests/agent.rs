@@ -386,3 +386,80 @@ async fn an_agent_restarted_in_the_same_boot_while_rebooting_flips_again() {
     let agent = Agent::new(client, "n1", dev, file, API, "boot-2").unwrap();
     assert!(agent.new_boot());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_list_the_api_forbids_fails_the_drain_and_uncordons() {
+    // 403 on the pod list (the agent's role lacks a verb) will not change by retrying: the
+    // drain fails now, the node is given back, nothing flips. A 5xx would be retried instead.
+    let (_d, mut agent, mut srv, dev) = agent_in(State::Draining(target()));
+    let server = tokio::spawn(async move {
+        assert_eq!(serve_report(&mut srv).await.0, "Draining");
+        srv.expect("GET", NODE)
+            .await
+            .reply(200, node_json(true, true));
+        srv.expect("PATCH", NODE).await.ok_echo();
+        let c = srv
+            .expect("GET", "/apis/kiln.dev/v1alpha1/osupgrades/os-2")
+            .await;
+        c.reply(404, status_failure(404, "NotFound", "not found"));
+        srv.expect("GET", PODS).await.reply(
+            403,
+            status_failure(
+                403,
+                "Forbidden",
+                "pods is forbidden: User \"n1\" cannot list resource \"pods\"",
+            ),
+        );
+        // Uncordon (Kiln's cordon is there), then the report.
+        srv.expect("GET", NODE)
+            .await
+            .reply(200, node_json(true, true));
+        let c = srv.expect("PATCH", NODE).await;
+        assert_eq!(c.body["spec"]["unschedulable"], false);
+        c.reply(200, node_json(false, false));
+        serve_report(&mut srv).await
+    });
+    agent
+        .apply(Event::Booted {
+            version: "1.0.0".into(),
+            blessed: true,
+        })
+        .await
+        .unwrap();
+    let (phase, message) = server.await.unwrap();
+    assert_eq!(phase, "Failed");
+    assert!(
+        message.starts_with("drain failed: the API server refused to list the node's pods:")
+            && message.contains("cannot list resource"),
+        "{message}"
+    );
+    assert!(dev.calls().is_empty(), "{:?}", dev.calls());
+    assert!(matches!(agent.file.load().unwrap(), State::Failed { .. }));
+
+    // The same with a 503: an error for the session to retry, the node stays in Draining.
+    let (_d, mut agent, mut srv, _dev) = agent_in(State::Draining(target()));
+    let server = tokio::spawn(async move {
+        assert_eq!(serve_report(&mut srv).await.0, "Draining");
+        srv.expect("GET", NODE)
+            .await
+            .reply(200, node_json(true, true));
+        srv.expect("PATCH", NODE).await.ok_echo();
+        let c = srv
+            .expect("GET", "/apis/kiln.dev/v1alpha1/osupgrades/os-2")
+            .await;
+        c.reply(404, status_failure(404, "NotFound", "not found"));
+        srv.expect("GET", PODS).await.reply(
+            503,
+            status_failure(503, "ServiceUnavailable", "etcd is down"),
+        );
+    });
+    let r = agent
+        .apply(Event::Booted {
+            version: "1.0.0".into(),
+            blessed: true,
+        })
+        .await;
+    server.await.unwrap();
+    assert!(r.is_err());
+    assert_eq!(agent.file.load().unwrap(), State::Draining(target()));
+}
