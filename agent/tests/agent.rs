@@ -167,6 +167,30 @@ async fn serve_report(srv: &mut ApiServer) -> (String, String) {
     )
 }
 
+/// What an agent resuming a drain asks (after a boot in `Draining`): the report, its node (still
+/// cordoned by Kiln), the cordon again, the OSUpgrade's drain policy (gone: the defaults).
+async fn serve_drain_again(srv: &mut ApiServer) {
+    assert_eq!(serve_report(srv).await.0, "Draining");
+    srv.expect("GET", NODE)
+        .await
+        .reply(200, node_json(true, true));
+    srv.expect("PATCH", NODE).await.ok_echo();
+    let c = srv
+        .expect("GET", "/apis/kiln.dev/v1alpha1/osupgrades/os-2")
+        .await;
+    c.reply(404, status_failure(404, "NotFound", "not found"));
+}
+
+/// The agent is told it booted, still on 1.0.0 (blessed).
+async fn boot_on_1_0_0(agent: &mut Agent<FakeDevice>) -> Result<usize, kiln_agent::daemon::Error> {
+    agent
+        .apply(Event::Booted {
+            version: "1.0.0".into(),
+            blessed: true,
+        })
+        .await
+}
+
 fn node_json(unschedulable: bool, kiln_cordon: bool) -> Value {
     let mut n = json!({"metadata": {"name": "n1", "annotations": {}}, "spec": {"unschedulable": unschedulable}});
     if kiln_cordon {
@@ -251,15 +275,7 @@ async fn a_reboot_mid_drain_resumes_the_drain_then_flips() {
     // agent reports, cordons (its own cordon is still there), drains again, then flips.
     let (_d, mut agent, mut srv, dev) = agent_in(State::Draining(target()));
     let server = tokio::spawn(async move {
-        assert_eq!(serve_report(&mut srv).await.0, "Draining");
-        srv.expect("GET", NODE)
-            .await
-            .reply(200, node_json(true, true));
-        srv.expect("PATCH", NODE).await.ok_echo();
-        let c = srv
-            .expect("GET", "/apis/kiln.dev/v1alpha1/osupgrades/os-2")
-            .await;
-        c.reply(404, status_failure(404, "NotFound", "not found"));
+        serve_drain_again(&mut srv).await;
         let c = srv.expect("GET", PODS).await;
         c.reply(
             200,
@@ -267,13 +283,7 @@ async fn a_reboot_mid_drain_resumes_the_drain_then_flips() {
         );
         assert_eq!(serve_report(&mut srv).await.0, "Rebooting");
     });
-    agent
-        .apply(Event::Booted {
-            version: "1.0.0".into(),
-            blessed: true,
-        })
-        .await
-        .unwrap();
+    boot_on_1_0_0(&mut agent).await.unwrap();
     server.await.unwrap();
     assert_eq!(dev.calls(), vec!["flip"]);
     assert_eq!(agent.file.load().unwrap(), State::Rebooting(target()));
@@ -393,15 +403,7 @@ async fn a_pod_list_the_api_forbids_fails_the_drain_and_uncordons() {
     // drain fails now, the node is given back, nothing flips. A 5xx would be retried instead.
     let (_d, mut agent, mut srv, dev) = agent_in(State::Draining(target()));
     let server = tokio::spawn(async move {
-        assert_eq!(serve_report(&mut srv).await.0, "Draining");
-        srv.expect("GET", NODE)
-            .await
-            .reply(200, node_json(true, true));
-        srv.expect("PATCH", NODE).await.ok_echo();
-        let c = srv
-            .expect("GET", "/apis/kiln.dev/v1alpha1/osupgrades/os-2")
-            .await;
-        c.reply(404, status_failure(404, "NotFound", "not found"));
+        serve_drain_again(&mut srv).await;
         srv.expect("GET", PODS).await.reply(
             403,
             status_failure(
@@ -419,13 +421,7 @@ async fn a_pod_list_the_api_forbids_fails_the_drain_and_uncordons() {
         c.reply(200, node_json(false, false));
         serve_report(&mut srv).await
     });
-    agent
-        .apply(Event::Booted {
-            version: "1.0.0".into(),
-            blessed: true,
-        })
-        .await
-        .unwrap();
+    boot_on_1_0_0(&mut agent).await.unwrap();
     let (phase, message) = server.await.unwrap();
     assert_eq!(phase, "Failed");
     assert!(
@@ -439,26 +435,13 @@ async fn a_pod_list_the_api_forbids_fails_the_drain_and_uncordons() {
     // The same with a 503: an error for the session to retry, the node stays in Draining.
     let (_d, mut agent, mut srv, _dev) = agent_in(State::Draining(target()));
     let server = tokio::spawn(async move {
-        assert_eq!(serve_report(&mut srv).await.0, "Draining");
-        srv.expect("GET", NODE)
-            .await
-            .reply(200, node_json(true, true));
-        srv.expect("PATCH", NODE).await.ok_echo();
-        let c = srv
-            .expect("GET", "/apis/kiln.dev/v1alpha1/osupgrades/os-2")
-            .await;
-        c.reply(404, status_failure(404, "NotFound", "not found"));
+        serve_drain_again(&mut srv).await;
         srv.expect("GET", PODS).await.reply(
             503,
             status_failure(503, "ServiceUnavailable", "etcd is down"),
         );
     });
-    let r = agent
-        .apply(Event::Booted {
-            version: "1.0.0".into(),
-            blessed: true,
-        })
-        .await;
+    let r = boot_on_1_0_0(&mut agent).await;
     server.await.unwrap();
     assert!(r.is_err());
     assert_eq!(agent.file.load().unwrap(), State::Draining(target()));

@@ -2,11 +2,13 @@
 //! its signature checked before a byte is decompressed, decompression capped, and the plain
 //! pair used for bundles that lack it.
 
+mod common;
+
+use common::{noise, test_bundle};
 use kiln_updater::bundle::keys::{SecretKey, SignatureError, Signatures};
 use kiln_updater::bundle::manifest::Policy;
 use kiln_updater::bundle::open::{open_verified, Limits, OpenError};
 use kiln_updater::bundle::source::{BundleSource, DirSource, SourceError};
-use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
 use kiln_updater::bundle::{MANIFEST, MANIFEST_ZST, SIGNATURES_ZST};
 use std::fs;
 use std::path::Path;
@@ -35,33 +37,8 @@ fn policy() -> Policy {
 }
 
 fn bundle(dir: &Path, key: &SecretKey) -> std::path::PathBuf {
-    let f = dir.join("files");
-    fs::create_dir_all(&f).unwrap();
-    let root: Vec<u8> = (0..3u32 << 20)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    fs::write(f.join("root"), root).unwrap();
-    fs::write(f.join("kernel"), b"kernel").unwrap();
-    fs::write(f.join("initrd"), b"initrd").unwrap();
-    let out = dir.join("b");
-    write_bundle(
-        PayloadFiles {
-            root: &f.join("root"),
-            kernel: &f.join("kernel"),
-            initrd: &f.join("initrd"),
-        },
-        &BundleInfo {
-            compatible: "test".into(),
-            version: "1".into(),
-            sequence: 1,
-            created: 0,
-            expires: u64::MAX,
-        },
-        &[key],
-        &out,
-    )
-    .unwrap();
-    out
+    test_bundle(dir, "b", &noise(3 << 20, 7), key);
+    dir.join("b")
 }
 
 fn open(b: &Path, key: &SecretKey) -> (Result<Vec<u8>, OpenError>, Vec<String>) {

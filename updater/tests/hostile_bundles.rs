@@ -2,6 +2,8 @@
 //! bundle is refused before anything is written (manifest-level cases) or before the payload
 //! is complete and verified (chunk-level cases).
 
+mod common;
+
 use kiln_updater::bundle::keys::PublicKey;
 use kiln_updater::bundle::keys::SignatureError;
 use kiln_updater::bundle::manifest::Policy;
@@ -228,7 +230,6 @@ fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
 #[test]
 fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
     use kiln_updater::bundle::keys::SecretKey;
-    use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
     use kiln_updater::install::{WriteOptions, PARALLEL};
     use std::sync::atomic::{AtomicUsize, Ordering};
     struct Slow {
@@ -251,40 +252,8 @@ fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
     }
     // A root of 2 MiB of noise: about 30 chunks, more than any worker count below.
     let dir = tempfile::tempdir().unwrap();
-    let mut x = 0x1234_5678_9abc_def1u64;
-    let root: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    for (f, data) in [
-        ("root", &root[..]),
-        ("kernel", &b"kernel"[..]),
-        ("initrd", &b"initrd"[..]),
-    ] {
-        fs::write(dir.path().join(f), data).unwrap();
-    }
     let key = SecretKey::generate().unwrap();
-    let m = write_bundle(
-        PayloadFiles {
-            root: &dir.path().join("root"),
-            kernel: &dir.path().join("kernel"),
-            initrd: &dir.path().join("initrd"),
-        },
-        &BundleInfo {
-            compatible: "c".into(),
-            version: "1".into(),
-            sequence: 1,
-            created: 0,
-            expires: u64::MAX,
-        },
-        &[&key],
-        &dir.path().join("b"),
-    )
-    .unwrap();
+    let m = common::test_bundle(dir.path(), "b", &common::noise(2 << 20, 11), &key);
     let root = &m.payloads.root;
     assert!(root.chunks.len() >= 16, "{} chunks", root.chunks.len());
     let src = Slow {

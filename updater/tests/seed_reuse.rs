@@ -2,52 +2,17 @@
 //! instead of downloaded, counted apart; a running slot that does not match its manifest at
 //! some chunk makes the install download that chunk, and the result still verifies.
 
+mod common;
+
+use common::{noise, test_bundle};
 use kiln_updater::bundle::keys::SecretKey;
-use kiln_updater::bundle::manifest::{Manifest, Payload};
+use kiln_updater::bundle::manifest::Payload;
 use kiln_updater::bundle::source::DirSource;
-use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
 use kiln_updater::install::{verify_payload, write_payload, Stats, WriteOptions};
 use kiln_updater::seed::{expected_download, Seed};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-/// Incompressible, reproducible bytes.
-fn noise(len: usize, mut x: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn bundle(dir: &Path, name: &str, root: &[u8], key: &SecretKey) -> Manifest {
-    let d = dir.join(format!("{name}-files"));
-    fs::create_dir_all(&d).unwrap();
-    fs::write(d.join("root"), root).unwrap();
-    fs::write(d.join("kernel"), b"kernel").unwrap();
-    fs::write(d.join("initrd"), b"initrd").unwrap();
-    write_bundle(
-        PayloadFiles {
-            root: &d.join("root"),
-            kernel: &d.join("kernel"),
-            initrd: &d.join("initrd"),
-        },
-        &BundleInfo {
-            compatible: "test".into(),
-            version: name.into(),
-            sequence: 1,
-            created: 0,
-            expires: u64::MAX,
-        },
-        &[key],
-        &dir.join(name),
-    )
-    .unwrap()
-}
 
 fn empty_target(p: &Path, len: u64) -> fs::File {
     let f = fs::File::options()
@@ -83,8 +48,8 @@ fn chunks_of_the_running_slot_are_copied_not_downloaded() {
     v2[1 << 20..(1 << 20) + 300 * 1024].copy_from_slice(&noise(300 * 1024, 2));
     v2.extend(noise(512 * 1024, 3));
     let changed = (300 + 512) * 1024u64;
-    let m1 = bundle(d.path(), "v1", &v1, &key);
-    let m2 = bundle(d.path(), "v2", &v2, &key);
+    let m1 = test_bundle(d.path(), "v1", &v1, &key);
+    let m2 = test_bundle(d.path(), "v2", &v2, &key);
     let running = d.path().join("running");
     fs::write(&running, &v1).unwrap();
     let running = fs::File::open(&running).unwrap();

@@ -4,7 +4,6 @@
 //! a host too, for mirrors, tests and the delta benchmark. Written to `OUT.part`, verified,
 //! then renamed; a `.part` left by an interrupted run is resumed (chunks it holds are kept).
 
-use crate::bundle::keys::PublicKey;
 use crate::bundle::manifest::{Manifest, Payload, Policy};
 use crate::bundle::open::{open_verified, Limits};
 use crate::install::{verify_payload, write_payload, Stats, WriteOptions};
@@ -72,11 +71,11 @@ pub fn part_path(out: &Path) -> PathBuf {
 
 pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
     let t0 = Instant::now();
-    let mut keys = Vec::new();
-    for k in &o.keys {
-        let text = fs::read_to_string(k).with_context(|| format!("reading {}", k.display()))?;
-        keys.push(PublicKey::from_file(&text).with_context(|| k.display().to_string())?);
-    }
+    let keys = o
+        .keys
+        .iter()
+        .map(|k| super::ops::read_public_key(k))
+        .collect::<Result<Vec<_>>>()?;
     if keys.is_empty() {
         bail!("no --key given: extract trusts no key by default");
     }

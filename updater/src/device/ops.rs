@@ -63,6 +63,12 @@ fn release() -> Result<Release> {
     })
 }
 
+/// A public key file (`kiln keygen`'s `.pub`).
+pub fn read_public_key(p: &Path) -> Result<PublicKey> {
+    let text = fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    PublicKey::from_file(&text).with_context(|| p.display().to_string())
+}
+
 fn trusted_keys() -> Result<Vec<PublicKey>> {
     let mut keys = Vec::new();
     let rd = fs::read_dir(KEYS_DIR)
@@ -70,8 +76,7 @@ fn trusted_keys() -> Result<Vec<PublicKey>> {
     for e in rd {
         let p = e?.path();
         if p.extension().is_some_and(|x| x == "pub") {
-            let text = fs::read_to_string(&p)?;
-            keys.push(PublicKey::from_file(&text).with_context(|| format!("{}", p.display()))?);
+            keys.push(read_public_key(&p)?);
         }
     }
     if keys.is_empty() {
@@ -199,14 +204,20 @@ pub struct InstallOptions {
     pub parallel: usize,
 }
 
-/// [`slot_index::locate`], saying on stdout when the running slot had to be indexed.
-fn seed_index(
+/// The running slot's `name` as a seed: the opened `file` and where its chunks lie — the
+/// payload `recorded` with it, else `index` of it now ([`slot_index::locate`], said on stdout).
+/// The seed is optional: `None` (a full download) when the file cannot be opened or located.
+fn running_seed(
+    file: std::io::Result<fs::File>,
     recorded: Option<&Payload>,
-    index: impl FnOnce() -> std::io::Result<Option<Payload>>,
+    index: impl FnOnce(&fs::File) -> std::io::Result<Option<Payload>>,
     name: &str,
     slot: Slot,
-) -> Option<Payload> {
-    let (p, took) = slot_index::locate(recorded, index, &format!("{name} of slot {slot}"))?;
+) -> Option<(fs::File, Payload)> {
+    let f = file
+        .map_err(|e| tracing::warn!("opening the running {name} of slot {slot}: {e}"))
+        .ok()?;
+    let (p, took) = slot_index::locate(recorded, || index(&f), &format!("{name} of slot {slot}"))?;
     if let Some(t) = took {
         println!(
             "kiln-updater: indexed the {name} of slot {slot} (no manifest recorded for it): {} chunks, {:.1} MiB in {} ms",
@@ -215,7 +226,7 @@ fn seed_index(
             t.as_millis()
         );
     }
-    Some(p)
+    Some((f, p))
 }
 
 /// Installs a bundle into the inactive slot and stages it. Returns the staged version.
@@ -278,25 +289,16 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             .custom_flags(nix::libc::O_EXCL)
             .open(&node)
             .with_context(|| format!("opening {node} exclusively"))?;
-        // The seed is optional: a running slot that cannot be read means a full download.
-        let running_root = ctx
-            .disk
-            .part(booted.partlabel())
-            .and_then(|p| fs::File::open(ctx.disk.node(p)))
-            .map_err(|e| tracing::warn!("opening the running slot {booted}: {e:#}"))
-            .ok();
-        let index = running_root.as_ref().and_then(|f| {
-            seed_index(
-                running.as_ref().map(|r| &r.payloads.root),
-                || slot_index::index_slot(f),
-                "root",
-                booted,
-            )
-        });
-        let seed = index
-            .as_ref()
-            .zip(running_root.as_ref())
-            .map(|(p, f)| Seed::new(f, 0, p));
+        let running_root = running_seed(
+            ctx.disk
+                .part(booted.partlabel())
+                .and_then(|p| fs::File::open(ctx.disk.node(p))),
+            running.as_ref().map(|r| &r.payloads.root),
+            slot_index::index_slot,
+            "root",
+            booted,
+        );
+        let seed = running_root.as_ref().map(|(f, p)| Seed::new(f, 0, p));
         let stats = write_payload(
             src.as_ref(),
             "root",
@@ -334,19 +336,14 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 running.as_ref().map(|r| &r.payloads.initrd),
             ),
         ] {
-            let seed_file = fs::File::open(ctx.esp.path.join(&running_file)).ok();
-            let index = seed_file.as_ref().and_then(|f| {
-                seed_index(
-                    running_payload,
-                    || slot_index::index_file(f).map(Some),
-                    name,
-                    booted,
-                )
-            });
-            let seed = index
-                .as_ref()
-                .zip(seed_file.as_ref())
-                .map(|(p, f)| Seed::new(f, 0, p));
+            let running = running_seed(
+                fs::File::open(ctx.esp.path.join(&running_file)),
+                running_payload,
+                |f| slot_index::index_file(f).map(Some),
+                name,
+                booted,
+            );
+            let seed = running.as_ref().map(|(f, p)| Seed::new(f, 0, p));
             let fin = ctx.esp.path.join(&dest);
             let dir = fin.parent().expect("slot dir").to_path_buf();
             fs::create_dir_all(&dir)?;

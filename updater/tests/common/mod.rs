@@ -1,0 +1,46 @@
+//! Test bundles made on the spot.
+
+use kiln_updater::bundle::keys::SecretKey;
+use kiln_updater::bundle::manifest::Manifest;
+use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+use std::fs;
+use std::path::Path;
+
+/// Incompressible, reproducible bytes.
+pub fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Writes the bundle `dir/name` (compatible "test", version `name`, sequence 1, never
+/// expires) of `root` and a tiny kernel and initrd, signed by `key`.
+pub fn test_bundle(dir: &Path, name: &str, root: &[u8], key: &SecretKey) -> Manifest {
+    let d = dir.join(format!("{name}-files"));
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("root"), root).unwrap();
+    fs::write(d.join("kernel"), b"kernel").unwrap();
+    fs::write(d.join("initrd"), b"initrd").unwrap();
+    write_bundle(
+        PayloadFiles {
+            root: &d.join("root"),
+            kernel: &d.join("kernel"),
+            initrd: &d.join("initrd"),
+        },
+        &BundleInfo {
+            compatible: "test".into(),
+            version: name.into(),
+            sequence: 1,
+            created: 0,
+            expires: u64::MAX,
+        },
+        &[key],
+        &dir.join(name),
+    )
+    .unwrap()
+}
