@@ -3,6 +3,7 @@
 //! Everything here is pure: it renders file names and file contents; the image builder writes
 //! them into the FAT filesystem and (later) the updater commits them on the device.
 
+pub mod contract;
 pub mod failpoint;
 pub mod grub;
 mod slot;

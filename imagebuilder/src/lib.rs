@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod pxe;
 pub mod qcow2;
 pub mod qemu;
+pub mod root_facts;
 pub mod services;
 pub mod signed_checksum;
 pub mod spec;

@@ -9,6 +9,7 @@ use crate::layout::{DiskLayout, Ids};
 use crate::services;
 use crate::spec::{Base, FsFormat, OutputFormat};
 use crate::validate::Resolved;
+use kiln_boot::contract;
 use kiln_boot::grub;
 use kiln_boot::state::{BootState, Health, SlotEntry};
 use kiln_boot::systemd_boot::{self, counting};
@@ -92,13 +93,6 @@ impl Timer {
     }
 }
 
-/// The kernel command line of a slot.
-pub fn cmdline(partuuid: &uuid::Uuid, slot: Slot, extra: &str) -> String {
-    format!("root=PARTUUID={partuuid} ro kiln.slot={slot} {extra}")
-        .trim()
-        .to_string()
-}
-
 /// Runs the whole build.
 pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let spec = &r.spec;
@@ -134,7 +128,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         .map_err(BuildError::io("sizing disk.raw"))?;
     t.step("write GPT", || write_gpt(&mut disk, &layout))
         .map_err(BuildError::io("writing the GPT"))?;
-    let line = cmdline(&layout.root_a.guid, Slot::A, &spec.boot.cmdline);
+    let line = kiln_boot::contract::slot_cmdline(layout.root_a.guid, Slot::A, &spec.boot.cmdline);
 
     // Three independent jobs write disjoint parts of the disk: the root (tree, image, copy into
     // root-a), persist (mke2fs in place), and the boot files (initramfs, ESP).
@@ -391,23 +385,46 @@ fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), B
     }
     if !r.update_keys.is_empty() {
         let bin = static_device_binary(opts.updater_bin.as_deref(), "update.keys", "kiln-updater")?;
-        dircopy::install_file(bin, tree, Path::new(services::UPDATER), 0o755)?;
+        dircopy::install_file(
+            bin,
+            tree,
+            Path::new(contract::in_tree(contract::UPDATER)),
+            0o755,
+        )?;
     }
     if spec.agent.is_some() {
         let bin = static_device_binary(opts.agent_bin.as_deref(), "[agent]", "kiln-agent")?;
-        dircopy::install_file(bin, tree, Path::new(services::AGENT), 0o755)?;
+        dircopy::install_file(
+            bin,
+            tree,
+            Path::new(contract::in_tree(contract::AGENT)),
+            0o755,
+        )?;
     }
     for (id, text) in &r.update_keys {
-        let rel = format!("{}/{id}.pub", services::KEYS_DIR);
+        let rel = format!("{}/{id}.pub", contract::in_tree(contract::KEYS_DIR));
         dircopy::write_file(tree, Path::new(&rel), text.as_bytes(), 0o644)?;
     }
-    for g in services::generated(spec) {
-        dircopy::write_file(tree, Path::new(g.path), g.content.as_bytes(), g.mode)?;
+    let facts = crate::root_facts::inspect(spec, &r.spec_path.display().to_string(), tree)?;
+    if facts.init == services::InitSystem::Systemd {
+        // kiln-init writes a fresh id through the /etc overlay on first boot (so it lives on
+        // persist); an id shipped in the base would be every device's.
+        dircopy::write_file(tree, Path::new("etc/machine-id"), b"", 0o444)?;
+        copy_modules(r, tree)?;
+    }
+    let images = bake_containers(r, &facts, tree)?;
+    let gen = services::generated(spec, &facts, &images);
+    for g in &gen.files {
+        dircopy::write_file(tree, Path::new(&g.path), g.content.as_bytes(), g.mode)?;
+    }
+    for l in &gen.links {
+        dircopy::write_symlink(tree, Path::new(&l.path), &l.target)?;
     }
     let mut dirs: Vec<(String, u32)> = ["/proc", "/sys", "/dev"]
         .iter()
         .map(|d| (d.to_string(), 0o755))
         .collect();
+    dirs.extend(gen.dirs.iter().map(|d| (d.clone(), 0o755)));
     dirs.extend(
         spec.persist
             .mount_points()
@@ -416,15 +433,93 @@ fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), B
     for (d, mode) in dirs {
         dircopy::ensure_dir(tree, Path::new(d.trim_start_matches('/')), mode)?;
     }
-    let init = tree.join("sbin/init");
-    if fs::symlink_metadata(&init).is_err() {
-        return Err(crate::SpecError {
-            file: r.spec_path.display().to_string(),
-            field: "base".into(),
-            message: "the root has no /sbin/init".into(),
-        }
+    Ok(())
+}
+
+/// Bakes each `[[container]]`'s image into `/usr/lib/kiln/containers/<name>.tar` (systemd
+/// roots with containerd only); returns them in spec order.
+fn bake_containers(
+    r: &Resolved,
+    facts: &services::RootFacts,
+    tree: &Path,
+) -> Result<Vec<services::BakedImage>, BuildError> {
+    let spec = &r.spec;
+    if spec.containers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let err = |field: String, message: String| crate::SpecError {
+        file: r.spec_path.display().to_string(),
+        field,
+        message,
+    };
+    if facts.init != services::InitSystem::Systemd {
+        return Err(err(
+            "container".into(),
+            format!(
+                "containers run under systemd and containerd; this root's init is {}",
+                facts.init.name()
+            ),
+        )
         .into());
     }
+    let missing: Vec<&str> = ["/usr/bin/containerd", "/usr/bin/ctr"]
+        .into_iter()
+        .filter(|p| !kiln_rootfs::tree::exists(tree, p))
+        .collect();
+    if !missing.is_empty() {
+        return Err(err(
+            "container".into(),
+            format!(
+                "the root has no containerd ({} missing)",
+                missing.join(", ")
+            ),
+        )
+        .into());
+    }
+    let dir = Path::new(services::containers::DIR);
+    dircopy::ensure_dir(tree, dir, 0o755)?;
+    let mut out = Vec::new();
+    for (i, (c, input)) in spec.containers.iter().zip(&r.container_images).enumerate() {
+        let work = tempfile::tempdir_in(tree.parent().unwrap_or(tree))
+            .map_err(BuildError::io("creating a directory for a container image"))?;
+        let baked = kiln_rootfs::oci_image::bake(
+            input,
+            &c.name,
+            work.path(),
+            &tree.join(dir).join(format!("{}.tar", c.name)),
+            spec.partitions.root,
+        )
+        .map_err(|e| err(format!("container[{i}].image"), e.to_string()))?;
+        let argv = services::containers::argv(c, &baked.entrypoint, &baked.cmd);
+        if argv.is_empty() {
+            return Err(err(
+                format!("container[{i}].command"),
+                "the image has no entrypoint or cmd: set command".into(),
+            )
+            .into());
+        }
+        out.push(services::BakedImage {
+            reference: baked.reference,
+            digest: baked.manifest_digest,
+            argv,
+        });
+    }
+    Ok(out)
+}
+
+/// The kernel's modules (`lib/modules/<version>` of `[kernel] dir`, with `modules.dep`) at
+/// `/lib/modules/<version>` of the root, wherever `/lib` leads there: udev and modprobe load
+/// what kiln-init did not (bridge, br_netfilter, nf_conntrack…).
+fn copy_modules(r: &Resolved, tree: &Path) -> Result<(), BuildError> {
+    let at = format!("/lib/modules/{}", r.kernel_version);
+    let rel = kiln_rootfs::tree::resolve(tree, &at, true).map_err(|e| crate::SpecError {
+        file: r.spec_path.display().to_string(),
+        field: "base".into(),
+        message: format!("{at}: {e}"),
+    })?;
+    let dest = tree.join(&rel);
+    fs::create_dir_all(&dest).map_err(BuildError::io(format!("creating {}", dest.display())))?;
+    dircopy::copy_tree(&r.modules_dir, &dest)?;
     Ok(())
 }
 

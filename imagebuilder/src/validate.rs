@@ -35,6 +35,8 @@ pub struct Resolved {
     pub loader_efi: Option<PathBuf>,
     /// Trusted update keys: (key id, public key file text).
     pub update_keys: Vec<(String, String)>,
+    /// The image input of each `[[container]]`, in order, resolved.
+    pub container_images: Vec<PathBuf>,
 }
 
 struct Ctx<'a> {
@@ -94,6 +96,117 @@ fn check_name(ctx: &Ctx, field: &str, v: &str, allow_dots: bool) -> Result<(), S
             ),
         ))
     }
+}
+
+/// An absolute path with no empty, `.` or `..` component (and not `/` itself).
+fn normalised_abs(p: &str) -> bool {
+    p.strip_prefix('/').is_some_and(|r| {
+        !r.is_empty() && r.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    })
+}
+
+/// One argument, environment value or path: no control characters (they would break the
+/// generated unit lines) and at most 4 KiB.
+fn plain_text(ctx: &Ctx, field: &str, v: &str) -> Result<(), SpecError> {
+    if v.len() > 4096 || v.chars().any(char::is_control) {
+        return Err(ctx.err(
+            field,
+            format!("{v:?}: control characters or more than 4096 bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `[[container]]` entries; returns their image paths, resolved.
+fn containers(ctx: &Ctx, spec: &Spec) -> Result<Vec<PathBuf>, SpecError> {
+    use crate::spec::{ContainerMode, ContainerRestart};
+    let mut names = BTreeSet::new();
+    let mut images = Vec::new();
+    // Where a container may mount from: persist itself and the persisted layout paths.
+    let persisted: Vec<&str> = std::iter::once(kiln_overlays::PERSIST_MOUNT)
+        .chain(spec.persist.overlay.iter().map(String::as_str))
+        .chain(spec.persist.bind.iter().map(String::as_str))
+        .collect();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let f = |k: &str| format!("container[{i}].{k}");
+        check_name(ctx, &f("name"), &c.name, false)?;
+        if !names.insert(c.name.clone()) {
+            return Err(ctx.err(f("name"), format!("duplicate container {:?}", c.name)));
+        }
+        let image = ctx.path(&c.image);
+        if std::fs::symlink_metadata(&image).is_err() {
+            return Err(ctx.err(
+                f("image"),
+                format!("{}: no such file or directory", image.display()),
+            ));
+        }
+        images.push(image);
+        for (k, list) in [("command", &c.command), ("args", &c.args)] {
+            if let Some(list) = list {
+                for (j, a) in list.iter().enumerate() {
+                    plain_text(ctx, &format!("{}[{j}]", f(k)), a)?;
+                }
+            }
+        }
+        if c.command.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ctx.err(f("command"), "must name a program"));
+        }
+        for (k, v) in &c.env {
+            let ok = !k.is_empty()
+                && !k.starts_with(|ch: char| ch.is_ascii_digit())
+                && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+            if !ok {
+                return Err(ctx.err(format!("{}.{k}", f("env")), "not a valid variable name"));
+            }
+            plain_text(ctx, &format!("{}.{k}", f("env")), v)?;
+        }
+        for (j, m) in c.mounts.iter().enumerate() {
+            let mf = |k: &str| format!("{}[{j}].{k}", f("mounts"));
+            if !normalised_abs(&m.source) || m.source.contains(char::is_whitespace) {
+                return Err(ctx.err(
+                    mf("source"),
+                    format!(
+                        "{:?} must be an absolute, normalised path without spaces",
+                        m.source
+                    ),
+                ));
+            }
+            let on_persist = persisted.iter().any(|p| {
+                m.source
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            });
+            if !on_persist {
+                return Err(ctx.err(
+                    mf("source"),
+                    format!(
+                        "{:?} is not on persist (allowed: under {})",
+                        m.source,
+                        persisted.join(", ")
+                    ),
+                ));
+            }
+            if !normalised_abs(&m.target)
+                || m.target.contains(char::is_whitespace)
+                || m.target.contains(',')
+            {
+                return Err(ctx.err(
+                    mf("target"),
+                    format!(
+                        "{:?} must be an absolute, normalised path without spaces or commas",
+                        m.target
+                    ),
+                ));
+            }
+        }
+        if c.mode == ContainerMode::Once && c.restart == ContainerRestart::Always {
+            return Err(ctx.err(
+                f("restart"),
+                "a container run once runs to completion: restart must be \"on-failure\" or \"never\"",
+            ));
+        }
+    }
+    Ok(images)
 }
 
 /// Parses and resolves the spec file at `spec_path`.
@@ -242,6 +355,7 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
     spec.persist
         .validate()
         .map_err(|e| ctx.err("persist", e.to_string()))?;
+    let container_images = containers(&ctx, &spec)?;
 
     // Boot.
     let loader_efi = match (spec.boot.loader, &spec.boot.efi) {
@@ -349,7 +463,7 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
                 "the node agent upgrades through kiln-updater: set update.keys",
             ));
         }
-        let at = format!("/{}", crate::services::AGENT);
+        let at = kiln_boot::contract::AGENT;
         if let Some(i) = spec.files.iter().position(|f| f.dest == at) {
             return Err(ctx.err(
                 format!("file[{i}].dest"),
@@ -373,6 +487,7 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
 
     Ok(Resolved {
         update_keys,
+        container_images,
         spec_path: spec_path.to_path_buf(),
         kernel_image,
         kernel_version,

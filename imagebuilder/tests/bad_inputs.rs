@@ -289,3 +289,103 @@ fn agent_kubeconfig_that_is_not_absolute() {
     let s = spec_text("", "[agent]\nkubeconfig = \"etc/kubeconfig\"\n");
     assert_refused(&s, &[], &["agent.kubeconfig", "absolute path"]);
 }
+
+#[test]
+fn unknown_init() {
+    let s = spec_text("", "[boot]\ninit = \"openrc\"\n");
+    assert_refused(&s, &[], &["image.toml", "init", "unknown variant `openrc`"]);
+}
+
+/// A tarball of a stand-in systemd root (the builder only looks at these paths): `/sbin/init`
+/// → systemd, systemctl, and containerd + ctr when `containerd`.
+fn systemd_base(containerd: bool) -> Vec<u8> {
+    use tar::EntryType::{Directory, Regular, Symlink};
+    let mut e = vec![
+        ("usr/", Directory, None),
+        ("usr/bin/", Directory, None),
+        ("usr/sbin/", Directory, None),
+        ("usr/lib/", Directory, None),
+        ("usr/lib/systemd/", Directory, None),
+        ("usr/lib/systemd/systemd", Regular, None),
+        ("usr/bin/systemctl", Regular, None),
+        ("sbin", Symlink, Some("usr/sbin")),
+        ("lib", Symlink, Some("usr/lib")),
+        ("usr/sbin/init", Symlink, Some("/lib/systemd/systemd")),
+    ];
+    if containerd {
+        e.push(("usr/bin/containerd", Regular, None));
+        e.push(("usr/bin/ctr", Regular, None));
+    }
+    raw_tar(&e)
+}
+
+/// The test spec on a stand-in systemd root, with `extra` (containers) after it.
+fn systemd_spec(extra: &str) -> String {
+    spec_with_base("base.tar").replace("[[service]]", &format!("{extra}\n[[service]]"))
+}
+
+#[test]
+fn container_whose_image_is_not_an_image() {
+    assert_refused(
+        &systemd_spec("[[container]]\nname = \"web\"\nimage = \"web.tar\"\n"),
+        &[
+            ("base.tar", systemd_base(true)),
+            ("web.tar", b"this is no archive".repeat(100)),
+        ],
+        &["container[0].image", "web.tar", "archive"],
+    );
+    assert_refused(
+        &systemd_spec("[[container]]\nname = \"web\"\nimage = \"web-layout\"\n"),
+        &[
+            ("base.tar", systemd_base(true)),
+            ("web-layout/index.json", b"{}".to_vec()),
+        ],
+        &[
+            "container[0].image",
+            "web-layout",
+            "not an OCI image layout",
+        ],
+    );
+}
+
+#[test]
+fn container_whose_image_is_missing() {
+    assert_refused(
+        &systemd_spec("[[container]]\nname = \"web\"\nimage = \"nope.tar\"\n"),
+        &[("base.tar", systemd_base(true))],
+        &["container[0].image", "nope.tar", "no such file"],
+    );
+}
+
+#[test]
+fn two_containers_with_one_name() {
+    assert_refused(
+        &systemd_spec("[[container]]\nname = \"web\"\nimage = \"a.tar\"\n[[container]]\nname = \"web\"\nimage = \"a.tar\"\n"),
+        &[("base.tar", systemd_base(true)), ("a.tar", Vec::new())],
+        &["container[1].name", "duplicate container \"web\""],
+    );
+}
+
+#[test]
+fn container_mount_outside_persist() {
+    assert_refused(
+        &systemd_spec("[[container]]\nname = \"web\"\nimage = \"a.tar\"\nmounts = [{ source = \"/usr/lib/web\", target = \"/data\" }]\n"),
+        &[("base.tar", systemd_base(true)), ("a.tar", Vec::new())],
+        &["container[0].mounts[0].source", "/usr/lib/web", "not on persist"],
+    );
+}
+
+#[test]
+fn container_in_a_root_without_containerd() {
+    assert_refused(
+        &systemd_spec("[[container]]\nname = \"web\"\nimage = \"a.tar\"\n"),
+        &[("base.tar", systemd_base(false)), ("a.tar", Vec::new())],
+        &["container", "the root has no containerd", "/usr/bin/ctr"],
+    );
+    // The busybox test root: containers need systemd.
+    assert_refused(
+        &spec_text("", "[[container]]\nname = \"web\"\nimage = \"a.tar\"\n"),
+        &[("a.tar", Vec::new())],
+        &["container", "init is busybox"],
+    );
+}

@@ -88,6 +88,77 @@ pub fn build_default_opts(
     .unwrap_or_else(|e| panic!("building the changed default image: {e}"))
 }
 
+/// Builds the example `spec` (relative to the workspace, e.g. `examples/debian/image.toml`),
+/// changed by `change`, into `out`. Relative paths a change adds resolve against the spec's
+/// directory.
+pub fn build_example_with(
+    spec: &Path,
+    out: &Path,
+    change: impl FnOnce(&mut imagebuilder::spec::Spec),
+) -> BuildReport {
+    let path = workspace().join(spec);
+    let mut s = imagebuilder::validate::load(&path)
+        .unwrap_or_else(|e| panic!("{e} (did scripts/deps.sh and scripts/debian-base.sh run?)"))
+        .spec;
+    change(&mut s);
+    let resolved = imagebuilder::validate::resolve(s, &path).unwrap_or_else(|e| panic!("{e}"));
+    build(
+        &resolved,
+        &BuildOptions {
+            out_dir: out.to_path_buf(),
+            init_bin: init_bin(),
+            updater_bin: imagebuilder::find_device_binary("kiln-updater"),
+            agent_bin: imagebuilder::find_device_binary("kiln-agent"),
+            epoch: 1_700_000_000,
+        },
+    )
+    .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
+}
+
+/// Writes an OCI image layout at `dir` holding the host's static busybox as `/bin/busybox`
+/// with a few applet links (sh, sleep, cat, echo, date, mkdir, true, false) and `cmd` as its
+/// command: a container image made by the test itself, no registry involved.
+pub fn busybox_oci_layout(dir: &Path, cmd: &[&str]) -> String {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .expect("busybox-static is installed by scripts/deps.sh");
+    let data = std::fs::read(busybox).unwrap();
+    assert!(
+        imagebuilder::elf::is_static_elf64(&data),
+        "{} is not static",
+        busybox.display()
+    );
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    h.set_cksum();
+    t.append_data(&mut h.clone(), "bin/", std::io::empty())
+        .unwrap();
+    t.append_data(&mut h, "data/", std::io::empty()).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o755);
+    h.set_size(data.len() as u64);
+    h.set_cksum();
+    t.append_data(&mut h, "bin/busybox", &data[..]).unwrap();
+    for app in [
+        "sh", "sleep", "cat", "echo", "date", "mkdir", "true", "false",
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        t.append_link(&mut h, format!("bin/{app}"), "busybox")
+            .unwrap();
+    }
+    let layer = t.into_inner().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    kiln_rootfs::oci_image::write_test_layout(dir, &layer, cmd).unwrap()
+}
+
 /// Signs a bundle of the build in `build` with the development key of the default example.
 pub fn dev_bundle(
     build: &Path,

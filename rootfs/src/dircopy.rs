@@ -104,6 +104,24 @@ pub fn write_file(root: &Path, rel: &Path, content: &[u8], mode: u32) -> Result<
     set_owner_mode(&dest, 0, 0, mode, false)
 }
 
+/// Creates the symlink `rel` → `target` inside `root` (replacing what is there), owned by root.
+pub fn write_symlink(root: &Path, rel: &Path, target: &str) -> Result<(), RootfsError> {
+    check_parents(root, rel).map_err(|why| RootfsError::Escape {
+        source_name: "generated link".into(),
+        member: rel.display().to_string(),
+        why: why.why(),
+    })?;
+    let dest = root.join(rel);
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)
+            .map_err(RootfsError::io(format!("creating {}", parent.display())))?;
+    }
+    remove_any(&dest)?;
+    std::os::unix::fs::symlink(target, &dest)
+        .map_err(RootfsError::io(format!("creating {}", dest.display())))?;
+    set_owner_mode(&dest, 0, 0, 0, true)
+}
+
 /// Makes sure `rel` is a directory in `root` (for mount points).
 pub fn ensure_dir(root: &Path, rel: &Path, mode: u32) -> Result<(), RootfsError> {
     check_parents(root, rel).map_err(|why| RootfsError::Escape {

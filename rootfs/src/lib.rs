@@ -9,7 +9,9 @@ pub mod dircopy;
 mod error;
 pub mod mkfs;
 pub mod oci;
+pub mod oci_image;
 pub mod safe_path;
 pub mod tarball;
+pub mod tree;
 
 pub use error::RootfsError;

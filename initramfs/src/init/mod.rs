@@ -9,6 +9,7 @@ mod disk;
 mod grow;
 mod layout;
 mod loopdev;
+mod machine_id;
 mod net;
 mod pxe;
 mod sys;
@@ -92,6 +93,7 @@ fn run(started: Instant) -> Result<Never, InitError> {
         None => disk_boot(&cmd, &cfg)?,
     };
     layout::apply(&cfg.layout, &persist)?;
+    machine_id::ensure(SYSROOT);
     say(format!(
         "switching root after {} ms",
         started.elapsed().as_millis()

@@ -113,12 +113,11 @@ impl BootDisk {
     /// The kernel command line of `slot`.
     pub fn cmdline(&self, slot: Slot) -> io::Result<String> {
         let p = self.part(slot.partlabel())?;
-        Ok(format!(
-            "root=PARTUUID={} ro kiln.slot={slot} {}",
-            p.part_guid, self.extra_cmdline
-        )
-        .trim()
-        .to_string())
+        Ok(kiln_boot::contract::slot_cmdline(
+            &p.part_guid,
+            slot,
+            &self.extra_cmdline,
+        ))
     }
 }
 

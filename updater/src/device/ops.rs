@@ -24,10 +24,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Image identity and trust settings from the read-only root.
-pub const RELEASE: &str = "/usr/lib/kiln/release";
-pub const KEYS_DIR: &str = "/usr/lib/kiln/keys";
-pub const HEALTH: &str = "/usr/lib/kiln/health";
+use kiln_boot::contract::{LoaderKind, Release};
+pub use kiln_boot::contract::{HEALTH, KEYS_DIR, RELEASE};
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -36,31 +34,9 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `KEY='value'` lines of the release file.
-pub fn release_value(text: &str, key: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .map(|v| v.trim().trim_matches('\'').to_string())
-}
-
-struct Release {
-    name: String,
-    compatible: String,
-    threshold: usize,
-    grub: bool,
-}
-
 fn release() -> Result<Release> {
     let text = fs::read_to_string(RELEASE).with_context(|| format!("reading {RELEASE}"))?;
-    let get = |k| release_value(&text, k).with_context(|| format!("{RELEASE} has no {k}"));
-    Ok(Release {
-        name: get("KILN_NAME")?,
-        compatible: get("KILN_COMPATIBLE")?,
-        threshold: get("KILN_UPDATE_THRESHOLD")?
-            .parse()
-            .context("KILN_UPDATE_THRESHOLD")?,
-        grub: release_value(&text, "KILN_LOADER").as_deref() == Some("grub"),
-    })
+    Ok(Release::parse(&text)?)
 }
 
 /// A public key file (`kiln keygen`'s `.pub`).
@@ -150,7 +126,7 @@ impl Ctx {
 
     /// The A/B state from the loader's own records (grubenv or systemd-boot entries).
     fn read_boot(&self) -> Result<BootState> {
-        if self.release.grub {
+        if self.release.loader == LoaderKind::Grub {
             return Ok(self.grubenv().read().context("reading grubenv")?.0);
         }
         Ok(self
@@ -169,7 +145,7 @@ impl Ctx {
                 .map(|(_, c)| c.clone())
                 .unwrap_or_default()
         };
-        if self.release.grub {
+        if self.release.loader == LoaderKind::Grub {
             return self
                 .grubenv()
                 .commit(boot, cmd)
