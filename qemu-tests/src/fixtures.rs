@@ -75,17 +75,19 @@ pub fn build_default_opts(
         .spec;
     change(&mut spec);
     let resolved = imagebuilder::validate::resolve(spec, &path).unwrap_or_else(|e| panic!("{e}"));
-    build(
-        &resolved,
-        &BuildOptions {
-            out_dir: out.to_path_buf(),
-            init_bin: init.to_path_buf(),
-            updater_bin: updater.map(Path::to_path_buf),
-            agent_bin: imagebuilder::find_device_binary("kiln-agent"),
-            epoch: 1_700_000_000,
-        },
-    )
-    .unwrap_or_else(|e| panic!("building the changed default image: {e}"))
+    build(&resolved, &options(out, init, updater))
+        .unwrap_or_else(|e| panic!("building the changed default image: {e}"))
+}
+
+/// Build options with these device binaries (and the built kiln-agent) at the tests' epoch.
+fn options(out: &Path, init: &Path, updater: Option<&Path>) -> BuildOptions {
+    BuildOptions {
+        out_dir: out.to_path_buf(),
+        init_bin: init.to_path_buf(),
+        updater_bin: updater.map(Path::to_path_buf),
+        agent_bin: imagebuilder::find_device_binary("kiln-agent"),
+        epoch: 1_700_000_000,
+    }
 }
 
 /// Builds the example `spec` (relative to the workspace, e.g. `examples/debian/image.toml`),
@@ -102,17 +104,9 @@ pub fn build_example_with(
         .spec;
     change(&mut s);
     let resolved = imagebuilder::validate::resolve(s, &path).unwrap_or_else(|e| panic!("{e}"));
-    build(
-        &resolved,
-        &BuildOptions {
-            out_dir: out.to_path_buf(),
-            init_bin: init_bin(),
-            updater_bin: imagebuilder::find_device_binary("kiln-updater"),
-            agent_bin: imagebuilder::find_device_binary("kiln-agent"),
-            epoch: 1_700_000_000,
-        },
-    )
-    .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
+    let updater = imagebuilder::find_device_binary("kiln-updater");
+    build(&resolved, &options(out, &init_bin(), updater.as_deref()))
+        .unwrap_or_else(|e| panic!("building {}: {e}", path.display()))
 }
 
 /// Writes an OCI image layout at `dir` holding the host's static busybox as `/bin/busybox`

@@ -6,7 +6,7 @@ use crate::tarball::{remove_any, set_owner_mode};
 use crate::RootfsError;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Copies the tree at `src` over `root` (files replace, directories merge).
 pub fn copy_tree(src: &Path, root: &Path) -> Result<u64, RootfsError> {
@@ -65,11 +65,11 @@ fn copy_dir(src_root: &Path, root: &Path, rel: &Path, count: &mut u64) -> Result
     Ok(())
 }
 
-/// Installs one host file at `rel` inside `root` with `mode`, owned by root; parent
-/// directories are created (0755).
-pub fn install_file(src: &Path, root: &Path, rel: &Path, mode: u32) -> Result<(), RootfsError> {
+/// Makes room for `rel` inside `root`: no parent may be a symlink (`source_name` is named in
+/// the refusal), parents are created, whatever is at `rel` is removed; returns the full path.
+fn make_room(root: &Path, rel: &Path, source_name: &str) -> Result<PathBuf, RootfsError> {
     check_parents(root, rel).map_err(|why| RootfsError::Escape {
-        source_name: src.display().to_string(),
+        source_name: source_name.to_string(),
         member: rel.display().to_string(),
         why: why.why(),
     })?;
@@ -79,6 +79,13 @@ pub fn install_file(src: &Path, root: &Path, rel: &Path, mode: u32) -> Result<()
             .map_err(RootfsError::io(format!("creating {}", parent.display())))?;
     }
     remove_any(&dest)?;
+    Ok(dest)
+}
+
+/// Installs one host file at `rel` inside `root` with `mode`, owned by root; parent
+/// directories are created (0755).
+pub fn install_file(src: &Path, root: &Path, rel: &Path, mode: u32) -> Result<(), RootfsError> {
+    let dest = make_room(root, rel, &src.display().to_string())?;
     fs::copy(src, &dest).map_err(RootfsError::io(format!(
         "copying {} to {}",
         src.display(),
@@ -89,34 +96,14 @@ pub fn install_file(src: &Path, root: &Path, rel: &Path, mode: u32) -> Result<()
 
 /// Writes generated content at `rel` inside `root` (mode, owned by root).
 pub fn write_file(root: &Path, rel: &Path, content: &[u8], mode: u32) -> Result<(), RootfsError> {
-    check_parents(root, rel).map_err(|why| RootfsError::Escape {
-        source_name: "generated file".into(),
-        member: rel.display().to_string(),
-        why: why.why(),
-    })?;
-    let dest = root.join(rel);
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent)
-            .map_err(RootfsError::io(format!("creating {}", parent.display())))?;
-    }
-    remove_any(&dest)?;
+    let dest = make_room(root, rel, "generated file")?;
     fs::write(&dest, content).map_err(RootfsError::io(format!("writing {}", dest.display())))?;
     set_owner_mode(&dest, 0, 0, mode, false)
 }
 
 /// Creates the symlink `rel` → `target` inside `root` (replacing what is there), owned by root.
 pub fn write_symlink(root: &Path, rel: &Path, target: &str) -> Result<(), RootfsError> {
-    check_parents(root, rel).map_err(|why| RootfsError::Escape {
-        source_name: "generated link".into(),
-        member: rel.display().to_string(),
-        why: why.why(),
-    })?;
-    let dest = root.join(rel);
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent)
-            .map_err(RootfsError::io(format!("creating {}", parent.display())))?;
-    }
-    remove_any(&dest)?;
+    let dest = make_room(root, rel, "generated link")?;
     std::os::unix::fs::symlink(target, &dest)
         .map_err(RootfsError::io(format!("creating {}", dest.display())))?;
     set_owner_mode(&dest, 0, 0, 0, true)

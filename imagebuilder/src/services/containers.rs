@@ -132,6 +132,12 @@ fn unit(spec: &Spec, c: &Container, image: &BakedImage) -> String {
             ))
         ));
     }
+    // `ctr run` forwards SIGTERM to the task; a task that ignores it (a shell as PID 1) is
+    // killed for good once ctr is gone: the task lives in containerd's shim, not this unit.
+    u.push_str(&format!(
+        "ExecStopPost=-/usr/bin/ctr -n {NAMESPACE} task delete -f {}\nTimeoutStopSec=10\n",
+        exec_quote(&c.name)
+    ));
     u.push_str(&format!(
         "Restart={}\nRestartSec=1\nKillMode=mixed\nSyslogIdentifier={}\n",
         match c.restart {
@@ -312,6 +318,10 @@ restart = "never"
         let app = file("usr/lib/systemd/system/kiln-container-app.service");
         assert!(app.contains("Requires=containerd.service"), "{app}");
         assert!(app.contains("Restart=always"), "{app}");
+        assert!(
+            app.contains("ExecStopPost=-/usr/bin/ctr -n kiln task delete -f \"app\""),
+            "{app}"
+        );
         assert!(
             app.contains(r#"ExecStart="/usr/bin/ctr" "-n" "kiln" "run" "--rm" "--net-host" "--env" "GREETING=hi $$USER 100%%" "--mount" "type=bind,src=/var/lib/app,dst=/data,options=rbind:rw" "kiln.local/a:sha256-"#),
             "{app}"
