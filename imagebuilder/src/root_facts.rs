@@ -33,18 +33,12 @@ pub fn inspect(spec: &Spec, file: &str, root: &Path) -> Result<RootFacts, SpecEr
         InitChoice::Auto => {
             let target = tree::resolve(root, "/sbin/init", true)
                 .map_err(|e| err("base", format!("resolving /sbin/init: {e}")))?;
-            match target.file_name().and_then(|n| n.to_str()) {
-                Some("systemd") => InitSystem::Systemd,
-                Some("busybox") => InitSystem::Busybox,
-                _ => {
-                    return Err(err(
-                        "boot.init",
-                        format!(
-                            "auto: /sbin/init resolves to /{}, which is neither systemd nor busybox; set boot.init",
-                            target.display()
-                        ),
-                    ))
-                }
+            // Anything but systemd gets the busybox inittab, as every root did before
+            // `init` existed: a custom /sbin/init may read it or ignore it.
+            if target.file_name().and_then(|n| n.to_str()) == Some("systemd") {
+                InitSystem::Systemd
+            } else {
+                InitSystem::Busybox
             }
         }
     };
@@ -194,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_inits_and_missing_init_are_named() {
+    fn a_missing_init_is_named_and_other_inits_get_the_inittab() {
         let d = tempfile::tempdir().unwrap();
         let e = inspect(&spec(""), "image.toml", d.path()).unwrap_err();
         assert_eq!(
@@ -202,11 +196,12 @@ mod tests {
             ("base", "the root has no /sbin/init")
         );
         fs::create_dir_all(d.path().join("sbin")).unwrap();
-        fs::write(d.path().join("sbin/runit-init"), b"").unwrap();
-        symlink("runit-init", d.path().join("sbin/init")).unwrap();
-        let e = inspect(&spec(""), "image.toml", d.path()).unwrap_err();
-        assert_eq!(e.field, "boot.init");
-        assert!(e.to_string().contains("/sbin/runit-init"), "{e}");
+        fs::write(d.path().join("sbin/custom-init"), b"#!/bin/sh\n").unwrap();
+        symlink("custom-init", d.path().join("sbin/init")).unwrap();
+        assert_eq!(
+            inspect(&spec(""), "image.toml", d.path()).unwrap().init,
+            InitSystem::Busybox
+        );
     }
 
     #[test]

@@ -349,7 +349,8 @@ pub struct BootSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InitChoice {
-    /// What `/sbin/init` resolves to in the assembled root: systemd or busybox.
+    /// systemd when `/sbin/init` resolves to systemd in the assembled root, else busybox (the
+    /// generated inittab; a custom init may read it or ignore it).
     #[default]
     Auto,
     /// busybox `init` with a generated `/etc/inittab`.
