@@ -50,6 +50,11 @@ pub struct OSUpgradeSpec {
     pub max_unavailable: String,
     #[serde(default)]
     pub drain: DrainPolicy,
+    /// Pins the bundle: `sha256:` and the hex SHA-256 of its `manifest.json` (`kiln bundle`
+    /// prints it). Nodes refuse any other bundle, whatever the server at `bundleUrl` answers;
+    /// without it they still refuse any version but `targetVersion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
     /// Nodes only start upgrading inside this window; nodes already upgrading finish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance_window: Option<MaintenanceWindow>,

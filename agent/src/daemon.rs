@@ -20,8 +20,10 @@ use std::time::Duration;
 pub trait Device: Send + Sync + 'static {
     /// The running version and whether the booted slot is blessed.
     fn running(&self) -> impl Future<Output = Result<(String, bool), String>> + Send;
-    /// Download and verify the bundle into the inactive slot, without making it boot.
-    fn stage(&self, bundle_url: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Download and verify the target's bundle into the inactive slot, without making it
+    /// boot; any bundle but the target's version (and manifest digest, when pinned) is refused
+    /// before the slot is touched.
+    fn stage(&self, target: &Target) -> impl Future<Output = Result<(), String>> + Send;
     /// Make the staged slot boot next (with a try counter) and reboot.
     fn flip_and_reboot(&self) -> impl Future<Output = Result<(), String>> + Send;
 }
@@ -206,12 +208,34 @@ impl<D: Device> Agent<D> {
             version,
             bundle_url,
             osupgrade,
+            manifest_digest: None,
         };
-        let (running, _) = self.device.running().await.map_err(Error::Device)?;
-        let ev = if running == t.version {
-            Event::AlreadyRunning(t)
-        } else {
-            Event::NewTarget(t)
+        if !node::takes_targets(&self.state, &t) {
+            return Ok(());
+        }
+        // Checked against the OSUpgrade it names before anything is done for it.
+        let osu = match &t.osupgrade {
+            Some(name) => {
+                Api::<OSUpgrade>::all(self.client.clone())
+                    .get_opt(name)
+                    .await?
+            }
+            None => None,
+        };
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        let ev = match crate::admit::admit(&t, osu.as_ref(), &labels) {
+            Err(why) => {
+                eprintln!("kiln-agent: refusing target {}: {why}", t.version);
+                Event::Refused(t, why)
+            }
+            Ok(t) => {
+                let (running, _) = self.device.running().await.map_err(Error::Device)?;
+                if running == t.version {
+                    Event::AlreadyRunning(t)
+                } else {
+                    Event::NewTarget(t)
+                }
+            }
         };
         self.apply(ev).await.map(drop)
     }
@@ -267,9 +291,9 @@ impl<D: Device> Agent<D> {
     /// Runs one action; returns the event it produced.
     async fn act(&mut self, a: Action) -> Result<Option<Event>, Error> {
         Ok(match a {
-            Action::Stage(url) => {
-                eprintln!("kiln-agent: staging {url}");
-                Some(match self.device.stage(&url).await {
+            Action::Stage(t) => {
+                eprintln!("kiln-agent: staging {} from {}", t.version, t.bundle_url);
+                Some(match self.device.stage(&t).await {
                     Ok(()) => Event::Staged,
                     Err(e) => Event::StageFailed(e),
                 })

@@ -175,6 +175,14 @@ pub async fn drain(
             match api.evict(&name, &EvictParams::default()).await {
                 Ok(_) => break,
                 Err(kube::Error::Api(s)) if s.code == 404 => break,
+                // Refused otherwise (not by a budget): if the pod went meanwhile, that is what
+                // the eviction was for (an admission policy may refuse to judge a pod it no
+                // longer finds).
+                Err(kube::Error::Api(s))
+                    if s.code != 429 && matches!(api.get_opt(&name).await, Ok(None)) =>
+                {
+                    break
+                }
                 Err(e) => {
                     let why = match &e {
                         kube::Error::Api(s) if s.code == 429 => {

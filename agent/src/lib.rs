@@ -7,9 +7,11 @@
 //!   without scheduling a node twice;
 //! - [`node`]: the node agent's state machine (stage, cordon, drain, flip, verify) with its
 //!   state committed to persist so a reboot in the middle resumes it;
+//! - [`admit`]: the agent's check of a target against the OSUpgrade it names;
 //! - [`backoff`]: reconnect backoff (1 s → 60 s) and the heartbeat's healthy / degraded /
 //!   offline classification.
 
+pub mod admit;
 pub mod backoff;
 pub mod budget;
 pub mod crd;

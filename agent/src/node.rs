@@ -18,6 +18,9 @@ pub struct Target {
     /// The OSUpgrade that handed it out (its drain policy applies).
     #[serde(default)]
     pub osupgrade: Option<String>,
+    /// The bundle's manifest digest the OSUpgrade pins (`sha256:HEX`), passed to kiln-updater.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
 }
 
 impl Target {
@@ -57,6 +60,8 @@ pub enum Event {
     FlipFailed(String),
     /// The operator handed a target this node already runs.
     AlreadyRunning(Target),
+    /// The Node names a target no OSUpgrade selecting this node names ([`crate::admit`]).
+    Refused(Target, String),
     /// The agent started after a boot, running `version`; `blessed` once mark-good succeeded.
     Booted {
         version: String,
@@ -66,8 +71,9 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `kiln-updater install --no-reboot` of the bundle: download and verify, no flip.
-    Stage(String),
+    /// `kiln-updater install --no-activate` of the target's bundle (its version and manifest
+    /// digest expected): download and verify, no flip.
+    Stage(Target),
     Cordon,
     /// Evict pods through the Eviction API (DaemonSet and mirror pods skipped).
     Drain,
@@ -103,8 +109,26 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
             }
             (
                 State::Staging(t.clone()),
-                vec![report(Phase::Staging), Stage(t.bundle_url.clone())],
+                vec![report(Phase::Staging), Stage(t.clone())],
             )
+        }
+        (
+            State::Idle | State::Done(_) | State::Failed { .. } | State::RolledBack(_),
+            Event::Refused(t, why),
+        ) => {
+            let reason = format!("target refused: {why}");
+            match state {
+                State::Failed { target, reason: r } if target.same(t) && *r == reason => {
+                    (state.clone(), vec![])
+                }
+                _ => (
+                    State::Failed {
+                        target: t.clone(),
+                        reason: reason.clone(),
+                    },
+                    vec![report(Phase::Failed(reason))],
+                ),
+            }
         }
         (State::Staging(t), Event::Staged) => (
             State::Draining(t.clone()),
@@ -184,12 +208,22 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
         // chunks already verified in the slot; the node is still cordoned while draining).
         (State::Staging(t), Event::Booted { .. }) => (
             state.clone(),
-            vec![report(Phase::Staging), Stage(t.bundle_url.clone())],
+            vec![report(Phase::Staging), Stage(t.clone())],
         ),
         (State::Draining(_), Event::Booted { .. }) => {
             (state.clone(), vec![report(Phase::Draining), Cordon, Drain])
         }
         _ => (state.clone(), vec![]),
+    }
+}
+
+/// Whether a target handed out now would be taken (the state machine rests and has not
+/// handled this target already): only then does the agent check it against its OSUpgrade.
+pub fn takes_targets(state: &State, t: &Target) -> bool {
+    match state {
+        State::Idle => true,
+        State::Done(d) | State::Failed { target: d, .. } | State::RolledBack(d) => !d.same(t),
+        _ => false,
     }
 }
 
@@ -200,7 +234,7 @@ pub fn resume(state: &State) -> Vec<Action> {
     match state {
         // Tells the operator the running version.
         State::Idle => vec![report(Phase::Idle)],
-        State::Staging(t) => vec![report(Phase::Staging), Stage(t.bundle_url.clone())],
+        State::Staging(t) => vec![report(Phase::Staging), Stage(t.clone())],
         State::Draining(_) => vec![report(Phase::Draining), Cordon, Drain],
         // Still the boot that committed Rebooting (the agent process was restarted, or the API
         // came back before the reboot): flip and reboot again — `kiln-updater activate` is
@@ -312,6 +346,7 @@ mod tests {
             version: v.into(),
             bundle_url: format!("http://repo/{v}"),
             osupgrade: None,
+            manifest_digest: None,
         }
     }
 
@@ -349,14 +384,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_target_fails_without_staging_and_only_once() {
+        let ev = Event::Refused(t("2"), "no OSUpgrade".into());
+        let (s, a) = step(&State::Idle, &ev);
+        let reason = "target refused: no OSUpgrade".to_string();
+        assert_eq!(
+            s,
+            State::Failed {
+                target: t("2"),
+                reason: reason.clone()
+            }
+        );
+        assert_eq!(a, vec![Action::Report(Phase::Failed(reason))]);
+        assert_eq!(step(&s, &ev), (s.clone(), vec![]));
+        // Never in the middle of an upgrade.
+        assert_eq!(step(&State::Draining(t("3")), &ev).1, vec![]);
+        assert!(!takes_targets(&State::Draining(t("3")), &t("2")));
+        assert!(!takes_targets(&State::Done(t("2")), &t("2")));
+        assert!(takes_targets(&State::Done(t("2")), &t("3")));
+    }
+
+    #[test]
     fn happy_path_stages_before_cordon_and_flips_after_the_drain() {
         let (s, a) = step(&State::Idle, &Event::NewTarget(t("2")));
         assert_eq!(
             a,
-            vec![
-                Action::Report(Phase::Staging),
-                Action::Stage("http://repo/2".into())
-            ]
+            vec![Action::Report(Phase::Staging), Action::Stage(t("2"))]
         );
         let (s, a) = step(&s, &Event::Staged);
         assert_eq!(

@@ -143,6 +143,13 @@ pub async fn reconcile(client: &Client, osu: &OSUpgrade, now_unix: i64) -> Resul
                 .map(|w| Window::parse(&w.days, &w.start, w.duration_minutes))
                 .transpose()
                 .map_err(|e| e.to_string())?;
+            if let Some(d) = &spec.manifest_digest {
+                if !crate::admit::is_manifest_digest(d) {
+                    return Err(format!(
+                        "manifestDigest: {d:?} is not sha256: and 64 lowercase hex digits"
+                    ));
+                }
+            }
             Ok((max, window))
         });
     let (max_unavailable, window) = match parsed {

@@ -2,6 +2,7 @@
 //! activate --reboot).
 
 use crate::daemon::Device;
+use crate::node::Target;
 use std::path::PathBuf;
 use tokio::process::Command;
 
@@ -42,15 +43,24 @@ pub fn parse_status(json: &str) -> Result<(String, bool), String> {
     ))
 }
 
+/// `kiln-updater` arguments that stage `t`: its version (and manifest digest, when the
+/// OSUpgrade pins one) required of whatever the bundle URL serves.
+pub fn stage_args(t: &Target) -> Vec<&str> {
+    let mut a = vec!["install", "--no-activate", "--expect-version", &t.version];
+    if let Some(d) = &t.manifest_digest {
+        a.extend(["--expect-manifest", d]);
+    }
+    a.push(&t.bundle_url);
+    a
+}
+
 impl Device for Updater {
     async fn running(&self) -> Result<(String, bool), String> {
         parse_status(&run(&self.bin, &["status", "--json"]).await?)
     }
 
-    async fn stage(&self, bundle_url: &str) -> Result<(), String> {
-        run(&self.bin, &["install", "--no-activate", bundle_url])
-            .await
-            .map(drop)
+    async fn stage(&self, t: &Target) -> Result<(), String> {
+        run(&self.bin, &stage_args(t)).await.map(drop)
     }
 
     async fn flip_and_reboot(&self) -> Result<(), String> {
@@ -71,5 +81,30 @@ mod tests {
         let j = j.replace("\"pending\"", "\"good\"");
         assert_eq!(parse_status(&j), Ok(("2.0.0".into(), true)));
         assert!(parse_status("{}").is_err());
+    }
+
+    #[test]
+    fn stages_with_the_expected_version_and_digest() {
+        let mut t = Target {
+            version: "2.0.0".into(),
+            bundle_url: "http://repo/2".into(),
+            osupgrade: Some("os-2".into()),
+            manifest_digest: None,
+        };
+        assert_eq!(
+            stage_args(&t),
+            [
+                "install",
+                "--no-activate",
+                "--expect-version",
+                "2.0.0",
+                "http://repo/2"
+            ]
+        );
+        t.manifest_digest = Some("sha256:ab".into());
+        assert_eq!(
+            stage_args(&t)[4..],
+            ["--expect-manifest", "sha256:ab", "http://repo/2"]
+        );
     }
 }

@@ -37,8 +37,11 @@ impl Device for FakeDevice {
     async fn running(&self) -> Result<(String, bool), String> {
         Ok(self.running.lock().unwrap().clone())
     }
-    async fn stage(&self, url: &str) -> Result<(), String> {
-        self.calls.lock().unwrap().push(format!("stage {url}"));
+    async fn stage(&self, t: &Target) -> Result<(), String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("stage {}", t.bundle_url));
         Ok(())
     }
     async fn flip_and_reboot(&self) -> Result<(), String> {
@@ -78,6 +81,7 @@ fn target() -> Target {
         version: "2.0.0".into(),
         bundle_url: "http://repo/2.0.0".into(),
         osupgrade: Some("os-2".into()),
+        manifest_digest: None,
     }
 }
 

@@ -174,3 +174,41 @@ fn the_operator_deployment_parses_and_uses_its_service_account() {
         Some(&["run".to_string()][..])
     );
 }
+
+#[test]
+fn the_agent_policy_parses_and_binds_each_policy_to_deny() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    // What it allows and refuses is checked against a real API server (tests/cluster.rs).
+    let d = docs("agent-policy.yaml");
+    let policies: Vec<ValidatingAdmissionPolicy> = d
+        .iter()
+        .filter(|v| v["kind"] == "ValidatingAdmissionPolicy")
+        .map(typed)
+        .collect();
+    let bindings: Vec<ValidatingAdmissionPolicyBinding> = d
+        .iter()
+        .filter(|v| v["kind"] == "ValidatingAdmissionPolicyBinding")
+        .map(typed)
+        .collect();
+    assert_eq!((policies.len(), bindings.len(), d.len()), (2, 2, 4));
+    for p in &policies {
+        let name = p.metadata.name.as_deref().unwrap();
+        let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"), "{name}");
+        let m = spec.match_conditions.as_ref().unwrap();
+        assert_eq!(
+            m[0].expression, "'kiln:agents' in request.userInfo.groups",
+            "{name} applies to the agents only"
+        );
+        let b = bindings
+            .iter()
+            .find(|b| b.spec.as_ref().unwrap().policy_name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name} has no binding"));
+        assert_eq!(
+            b.spec.as_ref().unwrap().validation_actions.as_deref(),
+            Some(&["Deny".to_string()][..])
+        );
+    }
+}

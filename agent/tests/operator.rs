@@ -25,6 +25,7 @@ fn osu(max: &str) -> OSUpgrade {
             node_selector: BTreeMap::from([("pool".into(), "workers".into())]),
             max_unavailable: max.into(),
             drain: Default::default(),
+            manifest_digest: None,
             maintenance_window: None,
         },
     );

@@ -191,6 +191,13 @@ fn real_main() -> Result<()> {
                 m.version,
                 m.sequence
             );
+            // What an OSUpgrade's `manifestDigest` names to pin exactly this bundle.
+            let mf = out.join(kiln_updater::bundle::MANIFEST);
+            let json = std::fs::read(&mf).with_context(|| format!("reading {}", mf.display()))?;
+            println!(
+                "manifest {}",
+                kiln_updater::bundle::expected::manifest_digest(&json)
+            );
             let mib = |b: u64| b as f64 / 1048576.0;
             for old in &from {
                 let e = imagebuilder::bundle::estimate(&m, &out, old)?;

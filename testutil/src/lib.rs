@@ -1,5 +1,7 @@
 //! Helpers shared by Kiln's integration tests (which run as root, as the whole suite does).
 
+pub mod kube;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -31,6 +31,10 @@ struct Cli {
     state: PathBuf,
     #[arg(long, default_value = "/usr/bin/kiln-updater")]
     updater: PathBuf,
+    /// Where this boot's id is read (a new id is a boot). Tests that run agents as host
+    /// processes point it at a file their stand-in device rewrites on each "reboot".
+    #[arg(long, default_value = "/proc/sys/kernel/random/boot_id", hide = true)]
+    boot_id_file: PathBuf,
 }
 
 /// A client from the kubeconfig (no connection yet): the server URL and the client.
@@ -56,9 +60,6 @@ fn hostname() -> String {
         .map(|h| h.trim().to_lowercase())
         .unwrap_or_else(|_| "localhost".into())
 }
-
-/// The kernel's id of this boot: a restarted agent process sees the same one.
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
@@ -97,8 +98,8 @@ async fn main() -> Result<()> {
         }
     };
     let device = Updater { bin: cli.updater };
-    let boot_id = std::fs::read_to_string(BOOT_ID)
-        .with_context(|| format!("reading {BOOT_ID}"))?
+    let boot_id = std::fs::read_to_string(&cli.boot_id_file)
+        .with_context(|| format!("reading {}", cli.boot_id_file.display()))?
         .trim()
         .to_string();
     let mut agent = Agent::new(

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use kiln_updater::bundle::expected::{is_manifest_digest, Expected};
 use kiln_updater::device::ops;
 
 #[derive(Parser)]
@@ -35,6 +36,13 @@ enum Cmd {
         /// Chunks fetched at once.
         #[arg(long, default_value_t = kiln_updater::install::PARALLEL, value_parser = parallel)]
         parallel: usize,
+        /// Refuse (before writing anything) a bundle of any other version.
+        #[arg(long)]
+        expect_version: Option<String>,
+        /// Refuse a bundle whose manifest has another digest (`sha256:HEX` of its
+        /// manifest.json, as `kiln bundle` prints it).
+        #[arg(long, value_parser = manifest_digest)]
+        expect_manifest: Option<String>,
     },
     /// Write one payload of a signed bundle into a file, reusing the chunks an older image
     /// holds (like `casync extract --seed`); also runs on a host. An interrupted run resumes.
@@ -121,6 +129,16 @@ fn parallel(s: &str) -> Result<usize, String> {
     }
 }
 
+fn manifest_digest(s: &str) -> Result<String, String> {
+    if is_manifest_digest(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: expected sha256: and 64 lowercase hex digits"
+        ))
+    }
+}
+
 fn run() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Install {
@@ -130,6 +148,8 @@ fn run() -> Result<()> {
             no_activate,
             tries,
             parallel,
+            expect_version,
+            expect_manifest,
         } => {
             ops::install(
                 &source,
@@ -138,6 +158,10 @@ fn run() -> Result<()> {
                     tries,
                     activate: !no_activate,
                     parallel,
+                    expected: Expected {
+                        version: expect_version,
+                        manifest_digest: expect_manifest,
+                    },
                 },
             )?;
             if !no_reboot && !no_activate {

@@ -16,6 +16,7 @@
 //! [`open::open_verified`].
 
 pub mod chunker;
+pub mod expected;
 pub mod keys;
 pub mod manifest;
 pub mod open;

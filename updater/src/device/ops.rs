@@ -178,6 +178,8 @@ pub struct InstallOptions {
     pub activate: bool,
     /// Chunks in flight.
     pub parallel: usize,
+    /// What the bundle must be (the node agent's target): checked before the slot is touched.
+    pub expected: crate::bundle::expected::Expected,
 }
 
 /// The running slot's `name` as a seed: the opened `file` and where its chunks lie — the
@@ -226,6 +228,9 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         &Limits::default(),
     )
     .with_context(|| format!("verifying {source}"))?;
+    o.expected
+        .check(&v.manifest, &v.bytes)
+        .with_context(|| format!("verifying {source}"))?;
     let m = &v.manifest;
     println!(
         "kiln-updater: installing {} (sequence {}) into slot {target}",
