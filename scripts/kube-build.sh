@@ -29,7 +29,7 @@ tmp="$out.tmp.$$"
 rm -rf "$tmp" && mkdir -p "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
-echo "kube-build: compiling Kubernetes $k8s and etcd $etcd (the first run on a machine takes 15-30 min on 2 cores)" >&2
+echo "kube-build: compiling Kubernetes $k8s and etcd $etcd (only on the first run on a machine: ≈ 7 min on 2 cores, plus the module downloads)" >&2
 ver="-X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitTreeState=clean"
 ver="$ver -X k8s.io/client-go/pkg/version.gitVersion=$k8s -X k8s.io/client-go/pkg/version.gitTreeState=clean"
 (cd components && go build -trimpath -ldflags "-s -w $ver" -o "$tmp/" \

@@ -428,6 +428,28 @@ async fn a_drain_that_never_gets_its_budget_times_out_uncordons_and_halts_the_ro
             "nodeSelector": {"pool": "w"}, "maxUnavailable": "1",
             "drain": {"timeoutSeconds": 15}}),
     );
+    // The CRD as generated: the server defaults what the spec left out and refuses what the
+    // schema forbids.
+    let drain = k
+        .cluster
+        .must(&["get", "osupgrade", "os-2", "-o", "jsonpath={.spec.drain}"]);
+    let drain: serde_json::Value = serde_json::from_str(&drain).unwrap();
+    assert_eq!(
+        drain,
+        json!({"timeoutSeconds": 15, "force": false, "skipDaemonSetPods": true})
+    );
+    let bad = k.cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "OSUpgrade", "metadata": {"name": "bad"},
+            "spec": {"bundleUrl": "http://x/y", "maxUnavailable": 2}})
+        .to_string(),
+    );
+    assert!(!bad.status.success());
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        e.contains("spec.targetVersion: Required value") && e.contains("spec.maxUnavailable"),
+        "{e}"
+    );
     until("the OSUpgrade Halted", Duration::from_secs(180), || {
         (k.osupgrade_phase("os-2") == "Halted").then_some(())
     })

@@ -80,6 +80,9 @@ fn the_example_is_a_valid_osupgrade() {
     let o: OSUpgrade = serde_json::from_value(d[0].clone()).unwrap();
     assert_eq!(o.spec.target_version, "2.0.0");
     assert_eq!(o.spec.max_unavailable, "2");
+    assert!(kiln_agent::admit::is_manifest_digest(
+        o.spec.manifest_digest.as_deref().unwrap()
+    ));
     kiln_agent::budget::MaxUnavailable::parse(&o.spec.max_unavailable).unwrap();
     let w = o.spec.maintenance_window.unwrap();
     kiln_agent::window::Window::parse(&w.days, &w.start, w.duration_minutes).unwrap();

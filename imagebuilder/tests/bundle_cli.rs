@@ -95,6 +95,19 @@ fn keygen_build_with_keys_and_bundle() {
     )
     .unwrap();
     assert_eq!((v.manifest.version.as_str(), v.manifest.sequence), ("1", 7));
+    // The digest an OSUpgrade pins (`manifestDigest`) is printed, and is that of the exact
+    // manifest bytes the device verifies.
+    let printed = String::from_utf8_lossy(&o.stdout);
+    let digest = kiln_updater::bundle::expected::manifest_digest(&v.bytes);
+    assert!(
+        printed.contains(&format!("manifest {digest}\n")),
+        "{printed}"
+    );
+    let pinned = kiln_updater::bundle::expected::Expected {
+        version: Some("1".into()),
+        manifest_digest: Some(digest),
+    };
+    assert_eq!(pinned.check(&v.manifest, &v.bytes), Ok(()));
     assert_eq!(
         v.manifest.payloads.root.size,
         fs::metadata(out.join("root.img")).unwrap().len()

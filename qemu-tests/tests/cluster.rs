@@ -1,0 +1,363 @@
+//! End to end: the default image's kiln-agent in a QEMU guest, connected through the host alias
+//! (10.0.2.2) to a real Kubernetes control plane on the host (kiln_testutil::kube) with Kiln's
+//! manifests applied as they ship and kiln-operator running with its ServiceAccount's token.
+//! One `kubectl apply` of an OSUpgrade v1 → v2 (its bundle pinned by manifest digest) cordons
+//! the guest's Node, evicts its pod, stages, flips and reboots it; the new slot is blessed and
+//! reported Done, the Node uncordoned, the OSUpgrade Complete. Then a bundle server that answers
+//! the v3 URL with another validly signed bundle (4.0.0): kiln-updater refuses it before
+//! touching the inactive slot, the node reports Failed with that reason, nothing flips.
+//!
+//! No kubelet runs: the test plays its part for the pods (Ready, and deleting a pod once
+//! evicted), as kiln_testutil::kube describes.
+
+use imagebuilder::spec::BakedFile;
+use kiln_testutil::kube::{Cluster, GUEST_HOST_ALIAS};
+use qemu_tests::http::StaticServer;
+use qemu_tests::updater::{slot, status};
+use qemu_tests::{fixtures, Console};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(180);
+const NODE: &str = "kiln-default";
+
+fn node_json(c: &Cluster) -> Value {
+    serde_json::from_str(&c.must(&["get", "node", NODE, "-o", "json"])).unwrap()
+}
+
+fn phase(c: &Cluster, name: &str) -> String {
+    let o = c.kubectl(&["get", "osupgrade", name, "-o", "jsonpath={.status.phase}"]);
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "{what}: not within {} s",
+            limit.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The kubelet's part for the pods of the test's nodes, and a record of the guest Node's
+/// cordon: every 500 ms, pods not Ready are marked Ready, pods being deleted (evicted) are
+/// deleted for good, and whether the Node is unschedulable is noted.
+struct Kubelet {
+    stop: Arc<AtomicBool>,
+    cordoned_seen: Arc<Mutex<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Kubelet {
+    fn start(kubectl: std::path::PathBuf, admin: std::path::PathBuf) -> Kubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cordoned_seen = Arc::new(Mutex::new(false));
+        let (s, seen) = (stop.clone(), cordoned_seen.clone());
+        let thread = std::thread::spawn(move || {
+            let k = |args: &[&str]| {
+                Command::new(&kubectl)
+                    .arg(format!("--kubeconfig={}", admin.display()))
+                    .args(args)
+                    .output()
+                    .unwrap()
+            };
+            while !s.load(Ordering::SeqCst) {
+                let o = k(&["get", "node", NODE, "-o", "jsonpath={.spec.unschedulable}"]);
+                if String::from_utf8_lossy(&o.stdout).trim() == "true" {
+                    *seen.lock().unwrap() = true;
+                }
+                let o = k(&["get", "pods", "-A", "-o", "json"]);
+                let pods: Value = serde_json::from_slice(&o.stdout).unwrap_or(json!({}));
+                for p in pods["items"].as_array().into_iter().flatten() {
+                    let (ns, name) = (
+                        p["metadata"]["namespace"].as_str().unwrap(),
+                        p["metadata"]["name"].as_str().unwrap(),
+                    );
+                    if p["metadata"]["deletionTimestamp"].is_string() {
+                        k(&[
+                            "delete",
+                            "pod",
+                            "-n",
+                            ns,
+                            name,
+                            "--grace-period=0",
+                            "--force",
+                        ]);
+                        continue;
+                    }
+                    let ready = p["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                    if !ready {
+                        let patch = json!({"status": {"phase": "Running", "conditions": [
+                            {"type": "Ready", "status": "True"}]}});
+                        k(&[
+                            "patch",
+                            "pod",
+                            "-n",
+                            ns,
+                            name,
+                            "--subresource=status",
+                            "--type=merge",
+                            "-p",
+                            &patch.to_string(),
+                        ]);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Kubelet {
+            stop,
+            cordoned_seen,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// kiln-operator on the host with its ServiceAccount's token; killed by PID when dropped.
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn operator(c: &Cluster, log: &Path) -> Operator {
+    let bin = imagebuilder::find_device_binary("kiln-operator")
+        .expect("kiln-operator not found: run scripts/build-device (scripts/test does)");
+    let kc = c.service_account_kubeconfig("kiln-system", "kiln-operator");
+    let f = std::fs::File::create(log).unwrap();
+    Operator(
+        Command::new(bin)
+            .arg("run")
+            .env("KUBECONFIG", kc)
+            .env("RUST_LOG", "info,kube_client=off")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let c = Cluster::start();
+    for f in ["crd.yaml", "rbac.yaml", "agent-policy.yaml"] {
+        let p = fixtures::workspace().join("deploy").join(f);
+        c.must(&["apply", "-f", p.to_str().unwrap()]);
+    }
+    c.must(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/osupgrades.kiln.dev",
+        "--timeout=60s",
+    ]);
+    // The guest's Node (a kubelet would register it) and a pod bound to it, of a ReplicaSet
+    // with a PodDisruptionBudget the eviction keeps (its other pod runs on another node).
+    for (n, labels) in [(NODE, json!({"pool": "kiln"})), ("other", json!({}))] {
+        c.apply(
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n, "labels": labels}})
+                .to_string(),
+        );
+        let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+            "reason": "KubeletReady", "message": "the test plays the kubelet"}]}});
+        c.must(&[
+            "patch",
+            "node",
+            n,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &ready.to_string(),
+        ]);
+    }
+    c.must(&["create", "namespace", "app"]);
+    c.apply(&json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web", "namespace": "app"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "kiln.local/none"}]}}}}).to_string());
+    c.apply(&json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web", "namespace": "app"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}).to_string());
+    let uid = c.must(&[
+        "get",
+        "replicaset",
+        "web",
+        "-n",
+        "app",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    for (name, n) in [("web-guest", NODE), ("web-other", "other")] {
+        c.apply(&json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "app", "labels": {"app": "web"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": uid, "controller": true}]},
+            "spec": {"nodeName": n, "containers": [{"name": "c", "image": "kiln.local/none"}]}}).to_string());
+    }
+    let kubelet = Kubelet::start(c.bin.join("kubectl"), c.admin());
+
+    // The guest's credentials: its own client certificate, the API server at the host alias.
+    let kc = c.kubeconfig_at(
+        &format!("kiln-agent:{NODE}"),
+        Some("kiln:agents"),
+        &format!("https://{GUEST_HOST_ALIAS}:{}", c.port),
+    );
+    let with_agent = |s: &mut imagebuilder::spec::Spec| {
+        let dest = s
+            .agent
+            .as_ref()
+            .expect("the default image has [agent]")
+            .kubeconfig
+            .clone();
+        s.files.push(BakedFile {
+            source: kc.clone(),
+            dest,
+            mode: "0600".into(),
+        });
+    };
+    let v1 = fixtures::build_default_with(&work.path().join("v1"), with_agent);
+    let www = work.path().join("www");
+    let mut digests = vec![];
+    for (v, seq, dir) in [("2.0.0", 2, "v2"), ("4.0.0", 4, "v3")] {
+        let b = work.path().join(format!("build-{v}"));
+        fixtures::build_default_with(&b, |s| {
+            with_agent(s);
+            s.version = v.into();
+        });
+        fixtures::dev_bundle(&b, &www.join(dir), seq);
+        let json = std::fs::read(www.join(dir).join("manifest.json")).unwrap();
+        digests.push(kiln_updater::bundle::expected::manifest_digest(&json));
+    }
+    let server = StaticServer::start(&www).unwrap();
+
+    let mut con = Console::boot(&v1.disk).unwrap();
+    con.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+    con.expect(
+        &format!(
+            "kiln-agent: connected to https://{GUEST_HOST_ALIAS}:{}",
+            c.port
+        ),
+        BOOT,
+    )
+    .unwrap();
+    wait_for("the agent reporting 1.0.0", Duration::from_secs(60), || {
+        node_json(&c)["metadata"]["annotations"]["kiln.dev/version"] == "1.0.0"
+    });
+    let _op = operator(&c, &work.path().join("operator.log"));
+
+    // 1. v1 -> v2 from one kubectl apply.
+    let osu = |name: &str, version: &str, url: &str, digest: Option<&str>| {
+        let mut spec = json!({"targetVersion": version, "bundleUrl": url,
+            "nodeSelector": {"pool": "kiln"}, "maxUnavailable": "1", "drain": {"timeoutSeconds": 120}});
+        if let Some(d) = digest {
+            spec["manifestDigest"] = json!(d);
+        }
+        c.apply(
+            &json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "OSUpgrade",
+            "metadata": {"name": name}, "spec": spec})
+            .to_string(),
+        );
+    };
+    osu("os-2", "2.0.0", &server.guest_url("v2"), Some(&digests[0]));
+    con.expect("kiln-agent: staging 2.0.0", BOOT).unwrap();
+    con.expect("kiln-agent: drained (1 evicted", BOOT).unwrap();
+    con.expect(
+        "kiln-agent: switching to the staged slot and rebooting",
+        BOOT,
+    )
+    .unwrap();
+    con.expect("kiln-ready slot=b version=2.0.0", BOOT).unwrap();
+    wait_for("the OSUpgrade Complete", Duration::from_secs(240), || {
+        phase(&c, "os-2") == "Complete"
+    });
+    let n = node_json(&c);
+    let ann = &n["metadata"]["annotations"];
+    assert_eq!(ann["kiln.dev/version"], "2.0.0");
+    assert_eq!(ann["kiln.dev/phase"], "Done");
+    assert_ne!(
+        n["spec"]["unschedulable"], true,
+        "uncordoned after the upgrade"
+    );
+    assert!(
+        *kubelet.cordoned_seen.lock().unwrap(),
+        "the Node was cordoned during the upgrade"
+    );
+    let pods = c.must(&[
+        "get",
+        "pods",
+        "-n",
+        "app",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    assert!(
+        !pods.contains("web-guest"),
+        "the guest's pod was evicted: {pods}"
+    );
+    assert!(pods.contains("web-other"), "{pods}");
+    let s = status(&mut con);
+    assert_eq!(s["booted"], "b");
+    assert_eq!(slot(&s, "b")["state"], "good", "blessed by mark-good");
+    let table = c.must(&["get", "osupgrades"]);
+    eprintln!("{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("os-2") && l.contains("Complete")),
+        "{table}"
+    );
+
+    // 2. The v3 URL answers with another validly signed bundle (4.0.0): refused before the
+    // inactive slot (a, still 1.0.0) is touched; nothing flips.
+    osu("os-3", "3.0.0", &server.guest_url("v3"), None);
+    con.expect("kiln-agent: staging 3.0.0", BOOT).unwrap();
+    wait_for("the node Failed", Duration::from_secs(120), || {
+        node_json(&c)["metadata"]["annotations"]["kiln.dev/phase"] == "Failed"
+    });
+    let n = node_json(&c);
+    let msg = n["metadata"]["annotations"]["kiln.dev/message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("the bundle is version 4.0.0, not the expected 3.0.0"),
+        "{msg}"
+    );
+    wait_for("the OSUpgrade Halted", Duration::from_secs(60), || {
+        phase(&c, "os-3") == "Halted"
+    });
+    assert_ne!(
+        n["spec"]["unschedulable"], true,
+        "never cordoned for a refused bundle"
+    );
+    let s = status(&mut con);
+    assert_eq!(
+        (s["booted"].as_str(), s["next_boot"].as_str()),
+        (Some("b"), Some("b"))
+    );
+    assert_eq!(slot(&s, "a")["version"], "1.0.0", "slot a untouched");
+    assert_eq!(slot(&s, "a")["state"], "good");
+    assert!(!con.transcript().contains("version=4.0.0"));
+    drop(kubelet);
+}
