@@ -16,6 +16,11 @@ etcd=$(grep -oE 'go\.etcd\.io/etcd/server/v3 v[0-9.]+' etcd/go.mod | head -1 | c
 out="${KILN_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln/kube}/$k8s-etcd$etcd-$key"
 bins=(kube-apiserver kube-controller-manager kubectl etcd)
 
+# One build at a time per machine (two test processes may ask at once).
+mkdir -p "$(dirname "$out")"
+exec 9> "$(dirname "$out")/.lock"
+flock 9
+
 have=1
 for b in "${bins[@]}"; do [[ -x "$out/$b" ]] || have=0; done
 if [[ $have == 1 ]]; then
@@ -36,7 +41,7 @@ ver="$ver -X k8s.io/client-go/pkg/version.gitVersion=$k8s -X k8s.io/client-go/pk
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl)
 (cd etcd && go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" .)
 for b in "${bins[@]}"; do
-  if ! file "$tmp/$b" | grep -q 'statically linked'; then
+  if ldd "$tmp/$b" > /dev/null 2>&1; then
     echo "kube-build: $b is not statically linked" >&2
     exit 1
   fi

@@ -213,6 +213,11 @@ impl<D: Device> Agent<D> {
         if !node::takes_targets(&self.state, &t) {
             return Ok(());
         }
+        let (running, _) = self.device.running().await.map_err(Error::Device)?;
+        if running == t.version {
+            // Nothing to do for it but say so (even if its OSUpgrade is gone by now).
+            return self.apply(Event::AlreadyRunning(t)).await.map(drop);
+        }
         // Checked against the OSUpgrade it names before anything is done for it.
         let osu = match &t.osupgrade {
             Some(name) => {
@@ -228,14 +233,7 @@ impl<D: Device> Agent<D> {
                 eprintln!("kiln-agent: refusing target {}: {why}", t.version);
                 Event::Refused(t, why)
             }
-            Ok(t) => {
-                let (running, _) = self.device.running().await.map_err(Error::Device)?;
-                if running == t.version {
-                    Event::AlreadyRunning(t)
-                } else {
-                    Event::NewTarget(t)
-                }
-            }
+            Ok(t) => Event::NewTarget(t),
         };
         self.apply(ev).await.map(drop)
     }

@@ -7,7 +7,7 @@
 use crate::crd::DrainPolicy;
 use crate::protocol;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -170,11 +170,24 @@ pub async fn drain(
             pod: id(&p),
             last,
         };
-        // Evict until accepted (or gone).
+        // Evict until accepted (or gone). The pod is named by UID too (a precondition, which
+        // deploy/agent-policy.yaml requires): a pod recreated under the same name is not this
+        // one (409).
+        // kube-core 5.0's `Api::evict` writes the delete options as `delete_options`, which the
+        // API server ignores (found against a real one): the Eviction is written here.
+        let eviction = serde_json::json!({
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": ns},
+            "deleteOptions": {"preconditions": {"uid": p.metadata.uid}},
+        });
         loop {
-            match api.evict(&name, &EvictParams::default()).await {
+            let r: Result<serde_json::Value, _> = api
+                .create_subresource("eviction", &name, &PostParams::default(), &eviction)
+                .await;
+            match r {
                 Ok(_) => break,
-                Err(kube::Error::Api(s)) if s.code == 404 => break,
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => break,
                 // Refused otherwise (not by a budget): if the pod went meanwhile, that is what
                 // the eviction was for (an admission policy may refuse to judge a pod it no
                 // longer finds).

@@ -97,10 +97,11 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
             State::Idle | State::Done(_) | State::Failed { .. } | State::RolledBack(_),
             Event::NewTarget(t),
         ) => {
+            // A refused target is checked again on every change of the Node; once admitted it
+            // is taken.
             let same = match state {
-                State::Done(d) | State::Failed { target: d, .. } | State::RolledBack(d) => {
-                    d.same(t)
-                }
+                State::Done(d) | State::RolledBack(d) => d.same(t),
+                State::Failed { target: d, reason } => d.same(t) && !reason.starts_with(REFUSED),
                 _ => false,
             };
             if same {
@@ -116,7 +117,7 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
             State::Idle | State::Done(_) | State::Failed { .. } | State::RolledBack(_),
             Event::Refused(t, why),
         ) => {
-            let reason = format!("target refused: {why}");
+            let reason = format!("{REFUSED}{why}");
             match state {
                 State::Failed { target, reason: r } if target.same(t) && *r == reason => {
                     (state.clone(), vec![])
@@ -222,10 +223,14 @@ pub fn step(state: &State, event: &Event) -> (State, Vec<Action>) {
 pub fn takes_targets(state: &State, t: &Target) -> bool {
     match state {
         State::Idle => true,
+        State::Failed { reason, .. } if reason.starts_with(REFUSED) => true,
         State::Done(d) | State::Failed { target: d, .. } | State::RolledBack(d) => !d.same(t),
         _ => false,
     }
 }
+
+/// How the reason of a refused target begins (it is checked again, unlike other failures).
+pub const REFUSED: &str = "target refused: ";
 
 /// What to do again when the API comes back (after a failed call or a lost connection): every
 /// action is idempotent, so the agent redoes the current state's actions and reports it.
@@ -397,6 +402,18 @@ mod tests {
         );
         assert_eq!(a, vec![Action::Report(Phase::Failed(reason))]);
         assert_eq!(step(&s, &ev), (s.clone(), vec![]));
+        // Checked again, and taken once its OSUpgrade admits it.
+        assert!(takes_targets(&s, &t("2")));
+        let (s2, a) = step(&s, &Event::NewTarget(t("2")));
+        assert_eq!(s2, State::Staging(t("2")));
+        assert_eq!(a[1], Action::Stage(t("2")));
+        // Other failures are not retried without a change.
+        let drained = State::Failed {
+            target: t("2"),
+            reason: "drain failed: x".into(),
+        };
+        assert!(!takes_targets(&drained, &t("2")));
+        assert_eq!(step(&drained, &Event::NewTarget(t("2"))).1, vec![]);
         // Never in the middle of an upgrade.
         assert_eq!(step(&State::Draining(t("3")), &ev).1, vec![]);
         assert!(!takes_targets(&State::Draining(t("3")), &t("2")));

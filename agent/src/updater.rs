@@ -50,7 +50,8 @@ pub fn stage_args(t: &Target) -> Vec<&str> {
     if let Some(d) = &t.manifest_digest {
         a.extend(["--expect-manifest", d]);
     }
-    a.push(&t.bundle_url);
+    // The URL is the annotation's: after `--` it can only be the source.
+    a.extend(["--", &t.bundle_url]);
     a
 }
 
@@ -98,13 +99,14 @@ mod tests {
                 "--no-activate",
                 "--expect-version",
                 "2.0.0",
+                "--",
                 "http://repo/2"
             ]
         );
         t.manifest_digest = Some("sha256:ab".into());
         assert_eq!(
             stage_args(&t)[4..],
-            ["--expect-manifest", "sha256:ab", "http://repo/2"]
+            ["--expect-manifest", "sha256:ab", "--", "http://repo/2"]
         );
     }
 }

@@ -102,6 +102,9 @@ async fn drain_with_a_pdb_that_refuses_twice_then_allows() {
             let c = srv.expect("POST", EVICT).await;
             times.push(Instant::now());
             assert_eq!(c.body["metadata"]["name"], "web-0");
+            assert_eq!(c.body["kind"], "Eviction");
+            // Named by UID as well (deploy/agent-policy.yaml requires it of agents).
+            assert_eq!(c.body["deleteOptions"]["preconditions"]["uid"], "u-web");
             if code == 429 {
                 c.reply(429, pdb_refusal());
             } else {

@@ -44,14 +44,61 @@ async fn one_node_s_credentials_change_only_that_node() {
     k.add_workload("app", "web", &["n1", "n2"], 0);
     let n1 = c.kubeconfig("kiln-agent:n1", Some("kiln:agents"));
     let heartbeat = merge(json!({"kiln.dev/heartbeat": "2026-11-29T10:00:00Z"}));
-    // The policy takes effect once the API server has loaded and type-checked it.
-    until("the agent policy in force", Duration::from_secs(60), || {
+    // The policies take effect once the API server has loaded and type-checked them: probed
+    // with server-side dry runs (admission runs, nothing is stored).
+    until("the node policy in force", Duration::from_secs(60), || {
         let o = c.kubectl_as(
             &n1,
-            &["patch", "node", "n2", "--type=merge", "-p", &heartbeat],
+            &[
+                "patch",
+                "node",
+                "n2",
+                "--dry-run=server",
+                "--type=merge",
+                "-p",
+                &heartbeat,
+            ],
         );
         (!o.status.success()).then_some(())
     })
+    .await;
+    let uid = |pod: &str| {
+        c.must(&[
+            "get",
+            "pod",
+            "-n",
+            "app",
+            pod,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+    let (web0, web1) = (uid("web-0"), uid("web-1"));
+    let evict = |pod: &str, uid: Option<&str>, dry_run: bool| {
+        let mut body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": "app"}});
+        if let Some(u) = uid {
+            body["deleteOptions"] = json!({"preconditions": {"uid": u}});
+        }
+        let f = c.dir.path().join(format!("evict-{pod}.json"));
+        std::fs::write(&f, body.to_string()).unwrap();
+        let dry = if dry_run { "?dryRun=All" } else { "" };
+        c.kubectl_as(
+            &n1,
+            &[
+                "create",
+                "--raw",
+                &format!("/api/v1/namespaces/app/pods/{pod}/eviction{dry}"),
+                "-f",
+                f.to_str().unwrap(),
+            ],
+        )
+    };
+    until(
+        "the eviction policy in force",
+        Duration::from_secs(60),
+        || (!evict("web-1", Some(&web1), true).status.success()).then_some(()),
+    )
     .await;
 
     // Another node: refused by the policy (RBAC alone would allow it).
@@ -149,28 +196,63 @@ async fn one_node_s_credentials_change_only_that_node() {
             .contains("may change only the KilnUpgrade condition"),
         "{e}"
     );
-    // Evictions: only pods bound to n1.
-    let evict = |pod: &str| {
-        let body = json!({"apiVersion": "policy/v1", "kind": "Eviction",
-            "metadata": {"name": pod, "namespace": "app"}});
-        let f = c.dir.path().join(format!("evict-{pod}.json"));
-        std::fs::write(&f, body.to_string()).unwrap();
+    // nodes/status stores metadata too: the same limits hold there.
+    let e = nodes
+        .patch_status(
+            "n1",
+            &pp,
+            &Patch::Merge(
+                json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""},
+                "annotations": {TARGET_VERSION: "9.9.9"}}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("may change only the annotations"),
+        "{e}"
+    );
+    // Kiln's own cordon comes off; a cordon an administrator made is theirs.
+    let uncordon =
+        json!({"metadata": {"annotations": {CORDONED: null}}, "spec": {"unschedulable": false}})
+            .to_string();
+    allowed(c.kubectl_as(
+        &n1,
+        &["patch", "node", "n1", "--type=merge", "-p", &uncordon],
+    ));
+    c.must(&["cordon", "n1"]);
+    refused(
+        c.kubectl_as(
+            &n1,
+            &["patch", "node", "n1", "--type=merge", "-p", &uncordon],
+        ),
+        "only with the kiln.dev/cordoned mark",
+    );
+    refused(
         c.kubectl_as(
             &n1,
             &[
-                "create",
-                "--raw",
-                &format!("/api/v1/namespaces/app/pods/{pod}/eviction"),
-                "-f",
-                f.to_str().unwrap(),
+                "patch",
+                "node",
+                "n1",
+                "--type=merge",
+                "-p",
+                &merge(json!({CORDONED: "true"})),
             ],
-        )
-    };
+        ),
+        "only with the kiln.dev/cordoned mark",
+    );
+    c.must(&["uncordon", "n1"]);
+    // Evictions: only pods bound to n1.
     refused(
-        evict("web-1"),
+        evict("web-1", Some(&web1), false),
         "may evict only pods bound to its own node; app/web-1 is on n2",
     );
-    allowed(evict("web-0"));
+    refused(
+        evict("web-0", None, false),
+        "must name the pod by UID (deleteOptions.preconditions.uid)",
+    );
+    allowed(evict("web-0", Some(&web0), false));
     // Deleting pods is not granted at all (RBAC).
     refused(
         c.kubectl_as(
@@ -417,8 +499,11 @@ async fn a_drain_that_never_gets_its_budget_times_out_uncordons_and_halts_the_ro
     let admin = k.admin().await;
     let kubelet = Kubelet::spawn(admin.clone());
     let work = tempfile::tempdir().unwrap();
-    let agents: BTreeMap<&str, AgentProc> = names
+    // n4 is not in the pool: an administrator's annotation hands it os-2's target anyway.
+    k.add_nodes(&["n4"], &[]);
+    let mut agents: BTreeMap<&str, AgentProc> = names
         .iter()
+        .chain(&["n4"])
         .map(|n| (*n, AgentProc::start(&k.cluster, n, "1.0.0", work.path())))
         .collect();
     let _operator = OperatorProc::start(&k.cluster, &work.path().join("operator.log"));
@@ -428,6 +513,30 @@ async fn a_drain_that_never_gets_its_budget_times_out_uncordons_and_halts_the_ro
             "nodeSelector": {"pool": "w"}, "maxUnavailable": "1",
             "drain": {"timeoutSeconds": 15}}),
     );
+    k.cluster.must(&[
+        "annotate",
+        "node",
+        "n4",
+        "kiln.dev/target-version=2.0.0",
+        "kiln.dev/bundle-url=http://127.0.0.1:9/bundles/2.0.0",
+        "kiln.dev/osupgrade=os-2",
+    ]);
+    until("n4 refusing the target", Duration::from_secs(60), || {
+        let m = k.cluster.must(&[
+            "get",
+            "node",
+            "n4",
+            "-o",
+            "jsonpath={.metadata.annotations.kiln\\.dev/message}",
+        ]);
+        m.contains(
+            "target refused: OSUpgrade os-2 does not select this node (it needs label pool=w)",
+        )
+        .then_some(())
+    })
+    .await;
+    assert!(agents["n4"].calls().is_empty(), "n4 staged nothing");
+    drop(agents.remove("n4"));
     // The CRD as generated: the server defaults what the spec left out and refuses what the
     // schema forbids.
     let drain = k

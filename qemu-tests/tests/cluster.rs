@@ -64,6 +64,7 @@ impl Kubelet {
             let k = |args: &[&str]| {
                 Command::new(&kubectl)
                     .arg(format!("--kubeconfig={}", admin.display()))
+                    .arg("--request-timeout=10s")
                     .args(args)
                     .output()
                     .unwrap()
@@ -238,7 +239,6 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
     };
     let v1 = fixtures::build_default_with(&work.path().join("v1"), with_agent);
     let www = work.path().join("www");
-    let mut digests = vec![];
     for (v, seq, dir) in [("2.0.0", 2, "v2"), ("4.0.0", 4, "v3")] {
         let b = work.path().join(format!("build-{v}"));
         fixtures::build_default_with(&b, |s| {
@@ -246,9 +246,11 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
             s.version = v.into();
         });
         fixtures::dev_bundle(&b, &www.join(dir), seq);
-        let json = std::fs::read(www.join(dir).join("manifest.json")).unwrap();
-        digests.push(kiln_updater::bundle::expected::manifest_digest(&json));
     }
+    // What the OSUpgrade pins: v2's manifest, as `kiln bundle` prints its digest.
+    let v2_digest = kiln_updater::bundle::expected::manifest_digest(
+        &std::fs::read(www.join("v2/manifest.json")).unwrap(),
+    );
     let server = StaticServer::start(&www).unwrap();
 
     let mut con = Console::boot(&v1.disk).unwrap();
@@ -279,7 +281,7 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
             .to_string(),
         );
     };
-    osu("os-2", "2.0.0", &server.guest_url("v2"), Some(&digests[0]));
+    osu("os-2", "2.0.0", &server.guest_url("v2"), Some(&v2_digest));
     con.expect("kiln-agent: staging 2.0.0", BOOT).unwrap();
     con.expect("kiln-agent: drained (1 evicted", BOOT).unwrap();
     con.expect(

@@ -220,6 +220,10 @@ impl AgentProc {
                     .spawn()
                     .unwrap();
                 *p.lock().unwrap() = Some(child.id());
+                if s.load(Ordering::SeqCst) {
+                    // Stopped while this one started: the stopper may have missed its PID.
+                    let _ = child.kill();
+                }
                 let _ = child.wait();
                 *p.lock().unwrap() = None;
                 // The "boot" before systemd starts the agent again.
