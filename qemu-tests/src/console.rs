@@ -136,6 +136,8 @@ impl Console {
     /// Runs a shell command on the serial root shell; returns its exit status and output.
     /// The output is framed by two tags that only the command's own `echo` can print (the
     /// typed line has them split by quotes), so line editing and echo cannot confuse it.
+    /// Lines a console-logging service printed meanwhile ([`SERVICE_LINES`]: the node agent's,
+    /// late under load) are not the command's and are left out (the transcript keeps them).
     pub fn sh(&mut self, cmd: &str, timeout: Duration) -> Result<(i32, String), ConsoleError> {
         self.seq += 1;
         let n = self.seq;
@@ -150,7 +152,7 @@ impl Console {
             .trim()
             .parse()
             .map_err(|_| self.fail(format!("bad status line {rest:?}")))?;
-        Ok((rc, out[..out.len() - end.len()].to_string()))
+        Ok((rc, command_output(&out[..out.len() - end.len()])))
     }
 
     /// Like [`Console::sh`] but requires status 0.
@@ -183,5 +185,29 @@ impl Drop for Console {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+/// Prefixes of the lines services of the test images print on the console on their own (not
+/// as any command's output).
+pub const SERVICE_LINES: &[&str] = &["kiln-agent: "];
+
+/// `raw` without the lines services printed meanwhile.
+fn command_output(raw: &str) -> String {
+    raw.split_inclusive('\n')
+        .filter(|l| !SERVICE_LINES.iter().any(|p| l.starts_with(p)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn service_lines_are_not_command_output() {
+        let raw = "live\nkiln-agent: node kiln-default, kubeconfig /etc/kiln/kubeconfig\nmore\n";
+        assert_eq!(super::command_output(raw), "live\nmore\n");
+        assert_eq!(
+            super::command_output("a kiln-agent: b\n"),
+            "a kiln-agent: b\n"
+        );
     }
 }
