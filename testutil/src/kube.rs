@@ -49,14 +49,31 @@ pub fn binaries() -> PathBuf {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the process that takes it binds it soon
-/// after).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768-60999 by default),
+/// so no outgoing connection takes it between this check and the bind of the process it is
+/// for (a port from bind(0) can be; that is what a parallel test's clients do).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .as_nanos() as u64
+        ^ (u64::from(std::process::id()) << 32);
+    loop {
+        // splitmix64 of the seed and a counter: spread over the range, different per process.
+        let mut z = seed.wrapping_add(
+            NEXT.fetch_add(1, Ordering::Relaxed)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let port = 20_000 + (z % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn dn(cn: &str, org: Option<&str>) -> DistinguishedName {
@@ -215,20 +232,33 @@ impl Cluster {
         std::fs::write(d.join("sa-key.pem"), sa.serialize_pem()).unwrap();
         std::fs::write(d.join("sa.pem"), sa.public_key_pem()).unwrap();
         let mut c = Cluster {
-            port: free_port(),
-            etcd_port: free_port(),
-            peer_port: free_port(),
+            port: 0,
+            etcd_port: 0,
+            peer_port: 0,
             dir,
             bin,
             ca,
             procs: vec![],
             starts: 0,
         };
-        let admin = c.kubeconfig("kiln-test-admin", Some("system:masters"));
-        std::fs::rename(admin, c.dir.path().join("admin.kubeconfig")).unwrap();
-        let kcm = c.kubeconfig("system:kube-controller-manager", Some("system:masters"));
-        std::fs::rename(kcm, c.dir.path().join("kcm.kubeconfig")).unwrap();
-        c.up();
+        // Fresh ports until they bind (another process may take one between the check and
+        // the bind).
+        for attempt in 1.. {
+            (c.port, c.etcd_port, c.peer_port) = (free_port(), free_port(), free_port());
+            let admin = c.kubeconfig("kiln-test-admin", Some("system:masters"));
+            std::fs::rename(admin, c.dir.path().join("admin.kubeconfig")).unwrap();
+            let kcm = c.kubeconfig("system:kube-controller-manager", Some("system:masters"));
+            std::fs::rename(kcm, c.dir.path().join("kcm.kubeconfig")).unwrap();
+            match c.try_up() {
+                Ok(()) => break,
+                Err(e) if e.contains("address already in use") && attempt < 5 => {
+                    eprintln!("kube: {e}; again on other ports");
+                    c.down();
+                    let _ = std::fs::remove_dir_all(c.dir.path().join("etcd"));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         c
     }
 
@@ -247,6 +277,12 @@ impl Cluster {
     }
 
     fn up(&mut self) {
+        if let Err(e) = self.try_up() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_up(&mut self) -> Result<(), String> {
         let t = Instant::now();
         let d = self.dir.path().to_path_buf();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
@@ -296,7 +332,7 @@ impl Cluster {
             &self.log("kube-apiserver"),
         );
         self.procs.push(apiserver);
-        self.wait_ready(t);
+        self.wait_ready(t)?;
         let kcm = Proc::spawn(
             "kube-controller-manager",
             Command::new(self.bin.join("kube-controller-manager"))
@@ -315,21 +351,27 @@ impl Cluster {
             d.display()
         );
         self.starts += 1;
+        Ok(())
     }
 
-    fn wait_ready(&mut self, since: Instant) {
+    fn wait_ready(&mut self, since: Instant) -> Result<(), String> {
         loop {
             let o = self.kubectl_as(&self.admin(), &["get", "--raw=/readyz"]);
             if o.status.success() {
-                return;
+                return Ok(());
             }
+            let starts = self.starts;
+            let dir = self.dir.path().to_path_buf();
             for p in &mut self.procs {
                 if let Ok(Some(st)) = p.child.try_wait() {
-                    panic!(
-                        "{} exited ({st}) before the API server was ready; see {}",
+                    let log = std::fs::read_to_string(dir.join(format!("{}.{starts}.log", p.name)))
+                        .unwrap_or_default();
+                    let last = log.lines().last().unwrap_or("").to_string();
+                    return Err(format!(
+                        "{} exited ({st}) before the API server was ready ({last}); see {}",
                         p.name,
-                        self.dir.path().display()
-                    );
+                        dir.display()
+                    ));
                 }
             }
             assert!(
