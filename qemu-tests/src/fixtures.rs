@@ -197,6 +197,21 @@ pub fn exit_elf() -> Vec<u8> {
     e
 }
 
+/// Bakes `kubeconfig` where the spec's `[agent]` expects it (as provisioning would write it).
+pub fn bake_kubeconfig(s: &mut imagebuilder::spec::Spec, kubeconfig: &Path) {
+    let dest = s
+        .agent
+        .as_ref()
+        .expect("the image has [agent]")
+        .kubeconfig
+        .clone();
+    s.files.push(imagebuilder::spec::BakedFile {
+        source: kubeconfig.to_path_buf(),
+        dest,
+        mode: "0600".into(),
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -7,7 +7,6 @@
 //! chunks the running slot holds instead of downloading them.
 
 use imagebuilder::bundle::{bundle, BundleArgs};
-use imagebuilder::spec::BakedFile;
 use qemu_tests::http::StaticServer;
 use qemu_tests::updater::{slot, status};
 use qemu_tests::{fixtures, Console};
@@ -47,19 +46,7 @@ fn agent_backs_off_without_delaying_ready_and_stages_without_activating() {
     let kc = work.path().join("kubeconfig");
     std::fs::write(&kc, kubeconfig(port)).unwrap();
     // The default image's agent, given a kubeconfig (as provisioning would write it).
-    let with_agent = |s: &mut imagebuilder::spec::Spec| {
-        let dest = s
-            .agent
-            .as_ref()
-            .expect("the default image has [agent]")
-            .kubeconfig
-            .clone();
-        s.files.push(BakedFile {
-            source: kc.clone(),
-            dest,
-            mode: "0600".into(),
-        });
-    };
+    let with_agent = |s: &mut imagebuilder::spec::Spec| fixtures::bake_kubeconfig(s, &kc);
     let v1 = fixtures::build_default_with(&work.path().join("v1"), with_agent);
     let served = work.path().join("www");
     for (v, seq) in [("2.0.0", 2), ("3.0.0", 3)] {

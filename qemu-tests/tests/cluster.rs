@@ -10,7 +10,6 @@
 //! No kubelet runs: the test plays its part for the pods (Ready, and deleting a pod once
 //! evicted), as kiln_testutil::kube describes.
 
-use imagebuilder::spec::BakedFile;
 use kiln_testutil::kube::{Cluster, GUEST_HOST_ALIAS};
 use qemu_tests::http::StaticServer;
 use qemu_tests::updater::{slot, status};
@@ -224,19 +223,7 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
         Some("kiln:agents"),
         &format!("https://{GUEST_HOST_ALIAS}:{}", c.port),
     );
-    let with_agent = |s: &mut imagebuilder::spec::Spec| {
-        let dest = s
-            .agent
-            .as_ref()
-            .expect("the default image has [agent]")
-            .kubeconfig
-            .clone();
-        s.files.push(BakedFile {
-            source: kc.clone(),
-            dest,
-            mode: "0600".into(),
-        });
-    };
+    let with_agent = |s: &mut imagebuilder::spec::Spec| fixtures::bake_kubeconfig(s, &kc);
     let v1 = fixtures::build_default_with(&work.path().join("v1"), with_agent);
     let www = work.path().join("www");
     for (v, seq, dir) in [("2.0.0", 2, "v2"), ("4.0.0", 4, "v3")] {
