@@ -366,12 +366,14 @@ fn static_device_binary<'a>(
 /// Base, overlays, baked files, generated files, mount points.
 fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), BuildError> {
     let spec = &r.spec;
+    // Whatever a base archive expands to, more than the root partition could never be imaged.
+    let mut cap = tarball::Cap::new(spec.partitions.root);
     match &r.base {
         Base::Tarball(p) => {
-            tarball::extract_file(p, tree)?;
+            tarball::extract_file(p, tree, &mut cap)?;
         }
         Base::Oci(p) => {
-            oci::apply_layout(p, tree)?;
+            oci::apply_layout(p, tree, &mut cap)?;
         }
         Base::Dir(p) => {
             dircopy::copy_tree(p, tree)?;

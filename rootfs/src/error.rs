@@ -9,6 +9,18 @@ pub enum RootfsError {
         member: String,
         why: &'static str,
     },
+    #[error("{source_name}: whiteout {member:?} refused ({why})")]
+    Whiteout {
+        source_name: String,
+        member: String,
+        why: &'static str,
+    },
+    #[error("{source_name}: {member:?} takes the extracted root past {cap} bytes (the root partition's size: raise partitions.root)")]
+    ExtractCap {
+        source_name: String,
+        member: String,
+        cap: u64,
+    },
     #[error("{source_name}: {message}")]
     Invalid {
         source_name: String,

@@ -1,7 +1,7 @@
 //! Reading an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`) and applying its
 //! layers in order. Every blob is checked against its digest before it is used.
 
-use crate::tarball::{extract, ExtractStats};
+use crate::tarball::{extract, Cap, ExtractStats};
 use crate::RootfsError;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -87,7 +87,11 @@ fn read_json<T: for<'de> Deserialize<'de>>(
 }
 
 /// Applies the layers of the first manifest of the layout at `layout` onto `root`.
-pub fn apply_layout(layout: &Path, root: &Path) -> Result<ExtractStats, RootfsError> {
+pub fn apply_layout(
+    layout: &Path,
+    root: &Path,
+    cap: &mut Cap,
+) -> Result<ExtractStats, RootfsError> {
     if !layout.join("oci-layout").is_file() {
         return Err(bad(
             layout,
@@ -124,14 +128,17 @@ pub fn apply_layout(layout: &Path, root: &Path) -> Result<ExtractStats, RootfsEr
         let blob = std::io::BufReader::new(open_blob(layout, &layer.digest)?);
         let name = format!("{} layer {i} ({})", layout.display(), layer.digest);
         let s = match comp {
-            Compression::None => extract(blob, root, &name, true)?,
-            Compression::Gzip => extract(flate2::read::GzDecoder::new(blob), root, &name, true)?,
+            Compression::None => extract(blob, root, &name, true, cap)?,
+            Compression::Gzip => {
+                extract(flate2::read::GzDecoder::new(blob), root, &name, true, cap)?
+            }
             Compression::Zstd => extract(
                 zstd::stream::read::Decoder::new(blob)
                     .map_err(RootfsError::io(format!("opening {name}")))?,
                 root,
                 &name,
                 true,
+                cap,
             )?,
         };
         total.files += s.files;

@@ -3,20 +3,81 @@
 //! Every entry type is handled: regular files, directories, symlinks, hard links, character and
 //! block devices, FIFOs. Owners and modes come from the archive; times are normalised later by
 //! the filesystem builder. With `whiteouts` on (OCI layers), `.wh.NAME` removes `NAME` from lower
-//! layers and `.wh..wh..opq` hides everything lower layers put in that directory.
+//! layers and `.wh..wh..opq` hides everything lower layers put in that directory; a whiteout
+//! whose target is not a plain name (`.wh.`, `.wh..`, `.wh...`, `.wh..wh.x`) is refused, since
+//! removing `parent/..` would remove the parent's parent.
+//!
+//! Every stream of one root draws its file data from one [`Cap`] (the build uses the root
+//! partition's size): a compression bomb stops at the cap with the member named, not when the
+//! staging disk is full.
 
 use crate::safe_path::{check_parents, normalise, Refusal};
 use crate::RootfsError;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tar::EntryType;
 
-const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE: &str = ".wh..wh..opq";
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// What a whiteout member asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whiteout<'a> {
+    /// `.wh..wh..opq`: hide what lower layers put in this directory.
+    Opaque,
+    /// `.wh.NAME`: remove `NAME` (a plain name) from lower layers.
+    Remove(&'a OsStr),
+}
+
+/// Reads a member's file name as a whiteout: `None` if it is not one, an error (why) if its
+/// target is not a plain name.
+pub fn whiteout(file_name: &OsStr) -> Option<Result<Whiteout<'_>, &'static str>> {
+    let b = file_name.as_bytes();
+    let target = b.strip_prefix(WHITEOUT_PREFIX)?;
+    Some(if b == OPAQUE {
+        Ok(Whiteout::Opaque)
+    } else if target.is_empty() {
+        Err("a whiteout with an empty target")
+    } else if target == b"." || target == b".." {
+        Err("a whiteout of `.` or `..`")
+    } else if target.starts_with(WHITEOUT_PREFIX) {
+        Err("a whiteout of a reserved `.wh.` name")
+    } else {
+        Ok(Whiteout::Remove(OsStr::from_bytes(target)))
+    })
+}
+
+/// The file data every archive of one root may extract, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cap {
+    limit: u64,
+    used: u64,
+}
+
+impl Cap {
+    pub fn new(limit: u64) -> Cap {
+        Cap { limit, used: 0 }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes extracted so far.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    fn left(&self) -> u64 {
+        self.limit - self.used
+    }
+}
 
 /// Counts of what was extracted, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,12 +90,14 @@ pub struct ExtractStats {
     pub whiteouts: u64,
 }
 
-/// Extracts one tar stream into `root`. `source_name` names the archive in errors.
+/// Extracts one tar stream into `root`. `source_name` names the archive in errors; file data
+/// is drawn from `cap`.
 pub fn extract(
     reader: impl Read,
     root: &Path,
     source_name: &str,
     whiteouts: bool,
+    cap: &mut Cap,
 ) -> Result<ExtractStats, RootfsError> {
     let mut archive = tar::Archive::new(reader);
     let mut stats = ExtractStats::default();
@@ -60,18 +123,19 @@ pub fn extract(
             continue; // the root directory itself
         };
         check_parents(root, &rel).map_err(escape)?;
-        let file_name = rel
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        if whiteouts && file_name.starts_with(WHITEOUT_PREFIX) {
+        let file_name = rel.file_name().unwrap_or_default();
+        if let Some(w) = whiteout(file_name).filter(|_| whiteouts) {
             let parent = rel.parent().unwrap_or(Path::new(""));
-            if file_name == OPAQUE {
-                clear_lower(root, parent, &written)?;
-            } else {
-                let victim = root.join(parent).join(&file_name[WHITEOUT_PREFIX.len()..]);
-                remove_any(&victim)?;
+            match w {
+                Ok(Whiteout::Opaque) => clear_lower(root, parent, &written)?,
+                Ok(Whiteout::Remove(name)) => remove_any(&root.join(parent).join(name))?,
+                Err(why) => {
+                    return Err(RootfsError::Whiteout {
+                        source_name: source_name.to_string(),
+                        member: raw.display().to_string(),
+                        why,
+                    })
+                }
             }
             stats.whiteouts += 1;
             continue;
@@ -97,8 +161,23 @@ pub fn extract(
         let ctx = |what: &str| format!("{source_name}: {what} {}", raw.display());
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let over = || RootfsError::ExtractCap {
+                    source_name: source_name.to_string(),
+                    member: raw.display().to_string(),
+                    cap: cap.limit(),
+                };
+                if entry.size() > cap.left() {
+                    return Err(over());
+                }
                 let mut f = fs::File::create(&dest).map_err(RootfsError::io(ctx("creating")))?;
-                std::io::copy(&mut entry, &mut f).map_err(RootfsError::io(ctx("writing")))?;
+                // The header's size is checked above; the read is bounded as well, since a
+                // sparse member's data can expand past it.
+                let n = std::io::copy(&mut (&mut entry).take(cap.left().saturating_add(1)), &mut f)
+                    .map_err(RootfsError::io(ctx("writing")))?;
+                if n > cap.left() {
+                    return Err(over());
+                }
+                cap.used += n;
                 stats.files += 1;
             }
             EntryType::Directory => {
@@ -228,7 +307,7 @@ fn clear_lower(root: &Path, dir: &Path, written: &HashSet<PathBuf>) -> Result<()
 }
 
 /// Extracts a rootfs tarball file, plain or compressed (gzip or zstd, detected by magic).
-pub fn extract_file(path: &Path, root: &Path) -> Result<ExtractStats, RootfsError> {
+pub fn extract_file(path: &Path, root: &Path, cap: &mut Cap) -> Result<ExtractStats, RootfsError> {
     let name = path.display().to_string();
     let mut f = fs::File::open(path).map_err(RootfsError::io(format!("opening {name}")))?;
     let mut head = [0u8; 4];
@@ -240,12 +319,45 @@ pub fn extract_file(path: &Path, root: &Path) -> Result<ExtractStats, RootfsErro
         fs::File::open(path).map_err(RootfsError::io(format!("opening {name}")))?,
     );
     if n >= 2 && head[..2] == [0x1f, 0x8b] {
-        extract(flate2::read::GzDecoder::new(reader), root, &name, false)
+        extract(
+            flate2::read::GzDecoder::new(reader),
+            root,
+            &name,
+            false,
+            cap,
+        )
     } else if n == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
         let d = zstd::stream::read::Decoder::with_buffer(reader)
             .map_err(RootfsError::io(format!("opening {name}")))?;
-        extract(d, root, &name, false)
+        extract(d, root, &name, false, cap)
     } else {
-        extract(reader, root, &name, false)
+        extract(reader, root, &name, false, cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str) -> Option<Result<Whiteout<'_>, &'static str>> {
+        whiteout(OsStr::new(name))
+    }
+
+    #[test]
+    fn whiteout_targets_must_be_plain_names() {
+        assert_eq!(w("passwd"), None);
+        assert_eq!(w(".whatever"), None);
+        assert_eq!(w(".wh..wh..opq"), Some(Ok(Whiteout::Opaque)));
+        assert_eq!(
+            w(".wh.passwd"),
+            Some(Ok(Whiteout::Remove(OsStr::new("passwd"))))
+        );
+        assert_eq!(
+            w(".wh..hidden"),
+            Some(Ok(Whiteout::Remove(OsStr::new(".hidden"))))
+        );
+        for bad in [".wh.", ".wh..", ".wh...", ".wh..wh.plnk", ".wh..wh..opq.x"] {
+            assert!(matches!(w(bad), Some(Err(_))), "{bad} accepted");
+        }
     }
 }

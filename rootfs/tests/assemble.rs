@@ -3,6 +3,7 @@
 use kiln_rootfs::{oci, tarball, RootfsError};
 use sha2::{Digest, Sha256};
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use tar::{EntryType, Header};
@@ -30,6 +31,11 @@ fn raw_entry(
     }
     h.set_cksum();
     b.append(&h, data).unwrap();
+}
+
+/// A cap no test archive reaches (the cap has its own test).
+fn no_cap() -> tarball::Cap {
+    tarball::Cap::new(u64::MAX)
 }
 
 fn tar_of(f: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
@@ -64,7 +70,7 @@ fn every_entry_type_is_extracted() {
         raw_entry(b, "run/fifo", EntryType::Fifo, 0o600, None, b"");
     });
     let d = tempfile::tempdir().unwrap();
-    let stats = tarball::extract(&data[..], d.path(), "t.tar", false).unwrap();
+    let stats = tarball::extract(&data[..], d.path(), "t.tar", false, &mut no_cap()).unwrap();
     assert_eq!(
         (stats.files, stats.hardlinks, stats.symlinks, stats.specials),
         (1, 1, 1, 2)
@@ -106,7 +112,7 @@ fn dotdot_members_are_refused() {
     let root = d.path().join("root");
     fs::create_dir(&root).unwrap();
     assert_escape(
-        tarball::extract(&data[..], &root, "t.tar", false),
+        tarball::extract(&data[..], &root, "t.tar", false, &mut no_cap()),
         "a/../../outside",
     );
     assert!(!d.path().join("outside").exists());
@@ -122,7 +128,7 @@ fn writing_through_an_absolute_symlink_is_refused() {
     });
     let d = tempfile::tempdir().unwrap();
     assert_escape(
-        tarball::extract(&data[..], d.path(), "t.tar", false),
+        tarball::extract(&data[..], d.path(), "t.tar", false, &mut no_cap()),
         "evil/pwned",
     );
     assert!(
@@ -145,12 +151,12 @@ fn hard_link_out_of_the_root_is_refused() {
     });
     let d = tempfile::tempdir().unwrap();
     assert_escape(
-        tarball::extract(&data[..], d.path(), "t.tar", false),
+        tarball::extract(&data[..], d.path(), "t.tar", false, &mut no_cap()),
         "passwd",
     );
 }
 
-/// Writes an OCI image layout with the given layer tars.
+/// Writes an OCI image layout with the given layer tars (plain, or gzip by its magic).
 fn oci_layout(dir: &Path, layers: &[Vec<u8>]) {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
@@ -163,7 +169,12 @@ fn oci_layout(dir: &Path, layers: &[Vec<u8>]) {
         .iter()
         .map(|l| {
             let (d, n) = put(l);
-            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{n}}}"#)
+            let media = if l.starts_with(&[0x1f, 0x8b]) {
+                "application/vnd.oci.image.layer.v1.tar+gzip"
+            } else {
+                "application/vnd.oci.image.layer.v1.tar"
+            };
+            format!(r#"{{"mediaType":"{media}","digest":"{d}","size":{n}}}"#)
         })
         .collect();
     let (cfg, cfg_n) = put(b"{}");
@@ -201,7 +212,7 @@ fn oci_layers_apply_in_order_with_whiteouts_and_opaque_dirs() {
     let layout = tempfile::tempdir().unwrap();
     oci_layout(layout.path(), &[l1, l2]);
     let root = tempfile::tempdir().unwrap();
-    let stats = oci::apply_layout(layout.path(), root.path()).unwrap();
+    let stats = oci::apply_layout(layout.path(), root.path(), &mut no_cap()).unwrap();
     assert_eq!(stats.whiteouts, 2);
     let mut a: Vec<_> = fs::read_dir(root.path().join("a"))
         .unwrap()
@@ -224,7 +235,7 @@ fn oci_layer_escaping_the_root_is_refused() {
     let layout = tempfile::tempdir().unwrap();
     oci_layout(layout.path(), &[l1]);
     let root = tempfile::tempdir().unwrap();
-    let e = oci::apply_layout(layout.path(), root.path()).unwrap_err();
+    let e = oci::apply_layout(layout.path(), root.path(), &mut no_cap()).unwrap_err();
     assert!(matches!(e, RootfsError::Escape { .. }), "{e}");
     assert!(e.to_string().contains("layer 0"), "{e}");
 }
@@ -237,8 +248,102 @@ fn oci_blob_not_matching_its_digest_is_refused() {
     let hex = hex::encode(Sha256::digest(&l1));
     fs::write(layout.path().join("blobs/sha256").join(&hex), b"tampered").unwrap();
     let root = tempfile::tempdir().unwrap();
-    let e = oci::apply_layout(layout.path(), root.path())
+    let e = oci::apply_layout(layout.path(), root.path(), &mut no_cap())
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not match its digest"), "{e}");
+}
+
+#[test]
+fn whiteouts_of_dot_dotdot_and_empty_names_are_refused() {
+    for dir in ["", "etc/sub/"] {
+        for name in [".wh.", ".wh..", ".wh..."] {
+            let member = format!("{dir}{name}");
+            let l1 = tar_of(|b| {
+                raw_entry(b, "etc/", EntryType::Directory, 0o755, None, b"");
+                raw_entry(b, "etc/passwd", EntryType::Regular, 0o644, None, b"root");
+                raw_entry(b, "etc/sub/", EntryType::Directory, 0o755, None, b"");
+                raw_entry(b, "etc/sub/x", EntryType::Regular, 0o644, None, b"x");
+            });
+            let l2 = tar_of(|b| raw_entry(b, &member, EntryType::Regular, 0o644, None, b""));
+            let layout = tempfile::tempdir().unwrap();
+            oci_layout(layout.path(), &[l1, l2]);
+            let root = tempfile::tempdir().unwrap();
+            let e = oci::apply_layout(layout.path(), root.path(), &mut no_cap()).unwrap_err();
+            match &e {
+                RootfsError::Whiteout {
+                    source_name,
+                    member: m,
+                    ..
+                } => {
+                    assert_eq!(m, &member);
+                    assert!(source_name.contains("layer 1"), "{e}");
+                }
+                other => panic!("{member}: expected a whiteout refusal, got {other:?}"),
+            }
+            assert!(e.to_string().contains(&member), "{e}");
+            assert_eq!(fs::read(root.path().join("etc/passwd")).unwrap(), b"root");
+            assert!(root.path().join("etc/sub/x").exists(), "{member}");
+        }
+    }
+}
+
+#[test]
+fn a_gzip_bomb_layer_stops_at_the_cap() {
+    const MIB: u64 = 1 << 20;
+    let bomb = tar_of(|b| {
+        raw_entry(b, "small", EntryType::Regular, 0o644, None, &[7u8; 4096]);
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(64 * MIB);
+        b.append_data(&mut h, "zeros", std::io::repeat(0).take(64 * MIB))
+            .unwrap();
+    });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &bomb).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(
+        gz.len() < (MIB as usize),
+        "the layer is a bomb: {} bytes",
+        gz.len()
+    );
+    let layout = tempfile::tempdir().unwrap();
+    oci_layout(layout.path(), &[gz]);
+    let root = tempfile::tempdir().unwrap();
+    let mut cap = tarball::Cap::new(16 * MIB);
+    let e = oci::apply_layout(layout.path(), root.path(), &mut cap).unwrap_err();
+    match &e {
+        RootfsError::ExtractCap { member, cap: c, .. } => {
+            assert_eq!(member, "zeros");
+            assert_eq!(*c, 16 * MIB);
+        }
+        other => panic!("expected the cap, got {other:?}"),
+    }
+    assert!(e.to_string().contains("layer 0"), "{e}");
+    assert_eq!(cap.used(), 4096);
+    let zeros = root.path().join("zeros");
+    assert!(
+        fs::metadata(&zeros).map(|m| m.len()).unwrap_or(0) == 0,
+        "the bomb's member was written"
+    );
+}
+
+#[test]
+fn the_cap_counts_every_layer_of_one_root() {
+    let layer =
+        |name: &str| tar_of(|b| raw_entry(b, name, EntryType::Regular, 0o644, None, &[1u8; 3000]));
+    let layout = tempfile::tempdir().unwrap();
+    oci_layout(layout.path(), &[layer("a"), layer("b")]);
+    let root = tempfile::tempdir().unwrap();
+    let e =
+        oci::apply_layout(layout.path(), root.path(), &mut tarball::Cap::new(5000)).unwrap_err();
+    assert!(
+        matches!(&e, RootfsError::ExtractCap { member, .. } if member == "b"),
+        "{e}"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let mut cap = tarball::Cap::new(6000);
+    oci::apply_layout(layout.path(), root.path(), &mut cap).unwrap();
+    assert_eq!(cap.used(), 6000);
 }

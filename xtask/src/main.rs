@@ -14,6 +14,8 @@
 //! Needs scripts/deps.sh and scripts/build-device (for `kiln-updater-failpoints`).
 //!
 //! `cargo xtask delta-bench`: delta installs against casync (xtask/src/delta.rs; bench/delta.sh).
+//!
+//! `cargo xtask suite`: the whole test suite, as `scripts/test` runs it (xtask/src/suite.rs).
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -22,6 +24,7 @@ use qemu_tests::faults::{self, Campaign, Cut, Outcome};
 
 mod delta;
 mod fuzz;
+mod suite;
 
 #[derive(Parser)]
 #[command(about = "Kiln project tasks")]
@@ -62,6 +65,8 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Every test binary of the workspace, the Debian image's test beside the rest.
+    Suite,
     /// Delta install benchmark against `casync extract --seed`.
     DeltaBench {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
@@ -135,6 +140,7 @@ fn main() -> Result<()> {
             jobs,
             targets,
         } => fuzz::run(seconds, jobs, &targets),
+        Cmd::Suite => suite::run(),
         Cmd::DeltaBench {
             runs,
             delay_ms,
