@@ -8,6 +8,7 @@
 //! - [`node`]: the node agent's state machine (stage, cordon, drain, flip, verify) with its
 //!   state committed to persist so a reboot in the middle resumes it;
 //! - [`admit`]: the agent's check of a target against the OSUpgrade it names;
+//! - [`credentials`]: the agent's kubeconfig must be private to its owner;
 //! - [`backoff`]: reconnect backoff (1 s → 60 s) and the heartbeat's healthy / degraded /
 //!   offline classification.
 
@@ -15,6 +16,7 @@ pub mod admit;
 pub mod backoff;
 pub mod budget;
 pub mod crd;
+pub mod credentials;
 pub mod daemon;
 pub mod drain;
 pub mod node;

@@ -18,6 +18,40 @@ pub const UPDATER: &str = "/usr/bin/kiln-updater";
 /// Where the node agent is baked.
 pub const AGENT: &str = "/usr/bin/kiln-agent";
 
+/// Longest version or compatible string.
+pub const LABEL_MAX: usize = 64;
+
+/// A version or compatible string outside the documented character set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{shown} is not 1-{LABEL_MAX} characters of A-Z a-z 0-9 . _ + -, starting with a letter or digit")]
+pub struct LabelError {
+    /// The value, quoted and escaped, cut at 80 characters.
+    shown: String,
+}
+
+/// Checks a version or compatible string: 1–64 characters of `A–Z a–z 0–9 . _ + -`, the first
+/// a letter or digit. The image spec, `kiln bundle` and the device (on every verified
+/// manifest, before anything is written) check with this one function, so nothing else ever
+/// reaches a loader entry line, a grubenv value or the release file.
+pub fn check_label(v: &str) -> Result<(), LabelError> {
+    let ok = (1..=LABEL_MAX).contains(&v.len())
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+    if ok {
+        return Ok(());
+    }
+    let mut shown = format!("{v:?}");
+    if shown.len() > 80 {
+        let cut = (0..=77)
+            .rev()
+            .find(|&i| shown.is_char_boundary(i))
+            .unwrap_or(0);
+        shown = format!("{}... ({} bytes)", &shown[..cut], v.len());
+    }
+    Err(LabelError { shown })
+}
+
 /// A contract path relative to the root (for writing it into a staged tree).
 pub fn in_tree(path: &str) -> &str {
     path.trim_start_matches('/')
@@ -48,6 +82,12 @@ pub struct Release {
     /// Signatures from distinct trusted keys a bundle needs.
     pub threshold: usize,
     pub loader: LoaderKind,
+    /// The image's own update sequence (`KILN_SEQUENCE`): a device running it refuses bundles
+    /// not above it, whatever its state file says (`None`: an image built without one).
+    pub sequence: Option<u64>,
+    /// The image's build time (`KILN_BUILT`, UNIX seconds, from SOURCE_DATE_EPOCH): the
+    /// device's time floor starts there (`None` when the build had no epoch).
+    pub built: Option<u64>,
 }
 
 /// A release file that cannot be read.
@@ -63,6 +103,12 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+fn optional_number(text: &str, key: &'static str) -> Result<Option<u64>, ReleaseError> {
+    release_value(text, key)
+        .map(|v| v.parse().map_err(|_| ReleaseError::BadNumber(key)))
+        .transpose()
+}
+
 /// The value of `KEY='value'` in release-file text.
 pub fn release_value(text: &str, key: &str) -> Option<String> {
     text.lines()
@@ -72,14 +118,21 @@ pub fn release_value(text: &str, key: &str) -> Option<String> {
 
 impl Release {
     pub fn render(&self) -> String {
-        format!(
+        let mut s = format!(
             "KILN_NAME={}\nKILN_VERSION={}\nKILN_COMPATIBLE={}\nKILN_UPDATE_THRESHOLD={}\nKILN_LOADER={}\n",
             shell_quote(&self.name),
             shell_quote(&self.version),
             shell_quote(&self.compatible),
             self.threshold,
             self.loader.name(),
-        )
+        );
+        if let Some(n) = self.sequence {
+            s.push_str(&format!("KILN_SEQUENCE={n}\n"));
+        }
+        if let Some(t) = self.built {
+            s.push_str(&format!("KILN_BUILT={t}\n"));
+        }
+        s
     }
 
     pub fn parse(text: &str) -> Result<Release, ReleaseError> {
@@ -95,6 +148,9 @@ impl Release {
                 Some("grub") => LoaderKind::Grub,
                 _ => LoaderKind::SystemdBoot,
             },
+            // Absent in older images; present but unreadable fails (a floor is never dropped).
+            sequence: optional_number(text, "KILN_SEQUENCE")?,
+            built: optional_number(text, "KILN_BUILT")?,
         })
     }
 }
@@ -112,6 +168,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn labels_are_a_documented_character_set() {
+        let (n64, n65, long) = ("9".repeat(64), "9".repeat(65), "1".repeat(300));
+        for ok in [
+            "1.0.0",
+            "2.0.0-rc1+build.7",
+            "kiln-fixture-x86_64",
+            "a",
+            n64.as_str(),
+        ] {
+            assert_eq!(check_label(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "1.0\ntitle x",
+            "1.0\n",
+            "a=b",
+            "-1",
+            ".1",
+            "1 0",
+            "1'0",
+            "é1",
+            long.as_str(),
+            n65.as_str(),
+        ] {
+            assert!(check_label(bad).is_err(), "{bad:?} accepted");
+        }
+        let e = check_label(&long).unwrap_err().to_string();
+        assert!(e.contains("(300 bytes)") && e.len() < 200, "{e}");
+        assert!(check_label("1\n")
+            .unwrap_err()
+            .to_string()
+            .contains(r#""1\n""#));
+    }
+
+    #[test]
     fn release_round_trips_through_its_text() {
         let r = Release {
             name: "n".into(),
@@ -119,16 +210,34 @@ mod tests {
             compatible: "it's-c".into(),
             threshold: 2,
             loader: LoaderKind::Grub,
+            sequence: None,
+            built: None,
         };
         let text = r.render();
         assert_eq!(
             text,
             "KILN_NAME='n'\nKILN_VERSION='1.2'\nKILN_COMPATIBLE='it'\\''s-c'\nKILN_UPDATE_THRESHOLD=2\nKILN_LOADER=grub\n"
         );
-        assert_eq!(Release::parse(&text), Ok(r));
+        assert_eq!(Release::parse(&text), Ok(r.clone()));
         assert_eq!(
             Release::parse("KILN_NAME='n'\n"),
             Err(ReleaseError::Missing("KILN_VERSION"))
+        );
+        // The baked floors round-trip; an unreadable one is an error, not a missing floor.
+        let floors = Release {
+            sequence: Some(7),
+            built: Some(1_700_000_000),
+            ..r.clone()
+        };
+        let text = floors.render();
+        assert!(
+            text.ends_with("KILN_SEQUENCE=7\nKILN_BUILT=1700000000\n"),
+            "{text}"
+        );
+        assert_eq!(Release::parse(&text), Ok(floors));
+        assert_eq!(
+            Release::parse(&text.replace("=7", "=seven")),
+            Err(ReleaseError::BadNumber("KILN_SEQUENCE"))
         );
         // A key that is a prefix of another is not confused with it.
         assert_eq!(

@@ -3,10 +3,40 @@
 //! integrity comes from the sha256 on the kernel command line). Bodies with `Content-Length`,
 //! chunked, or delimited by the connection's close. Built in when the `http` feature (reqwest,
 //! https) is off.
+//!
+//! Hand-written rather than a crate: it runs in PID 1, where the HTTP crates' async runtimes
+//! and TLS stacks are dead weight, and every read here has to be bounded. Running out of memory
+//! or hanging in PID 1 is a kernel panic or a machine that never boots, whatever the server
+//! sends:
+//! - a line (status, header, chunk size) is at most [`LINE_MAX`] bytes, the head at most
+//!   [`HEAD_LINES`] lines;
+//! - `Content-Length` and chunk sizes are numbers below 2^64 that fit in the body cap;
+//! - the body is at most [`Limits::body`] bytes however it is delimited;
+//! - no read waits more than [`Limits::stall`] for a byte, and the request (connect to last
+//!   byte) ends by [`Limits::deadline`]: a server dripping one byte at a time fails on time.
+//!
+//! The response parser ([`read_response`]) takes any `BufRead`, so it is fuzzed and tested
+//! without sockets; [`get`] puts it on a TCP connection.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// Longest status, header or chunk-size line, CRLF included.
+pub const LINE_MAX: usize = 8 << 10;
+/// Most lines in a response head (status line included).
+pub const HEAD_LINES: usize = 100;
+
+/// What one request may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest wait for the next byte (and for the connection).
+    pub stall: Duration,
+    /// Whole request: connect, head and body.
+    pub deadline: Duration,
+    /// Largest body accepted, in bytes.
+    pub body: u64,
+}
 
 /// `(host:port, path)` of an `http://` URL.
 pub fn split_url(url: &str) -> Option<(String, String)> {
@@ -15,7 +45,7 @@ pub fn split_url(url: &str) -> Option<(String, String)> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    if hostport.is_empty() {
+    if hostport.is_empty() || path.contains(['\r', '\n', ' ']) {
         return None;
     }
     let hostport = if hostport.contains(':') {
@@ -35,14 +65,17 @@ pub struct Head {
 }
 
 /// Parses the status line and headers (without the final empty line).
-pub fn parse_head(lines: &[String]) -> Option<Head> {
+pub fn parse_head(lines: &[String]) -> Result<Head, String> {
     let mut it = lines.iter();
-    let status_line = it.next()?;
+    let status_line = it.next().ok_or("empty response head")?;
     let mut words = status_line.split_whitespace();
-    if !words.next()?.starts_with("HTTP/1.") {
-        return None;
+    if !words.next().is_some_and(|w| w.starts_with("HTTP/1.")) {
+        return Err(format!("not an HTTP/1 status line: {}", clip(status_line)));
     }
-    let status = words.next()?.parse().ok()?;
+    let status = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| format!("no status code in {}", clip(status_line)))?;
     let mut head = Head {
         status,
         len: None,
@@ -54,52 +87,131 @@ pub fn parse_head(lines: &[String]) -> Option<Head> {
         };
         let v = v.trim();
         if k.eq_ignore_ascii_case("content-length") {
-            head.len = Some(v.parse().ok()?);
+            let n = v
+                .parse()
+                .map_err(|_| format!("Content-Length {} is not a number below 2^64", clip(v)))?;
+            if head.len.is_some_and(|old| old != n) {
+                return Err("two different Content-Length headers".into());
+            }
+            head.len = Some(n);
         } else if k.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked = v.to_ascii_lowercase().contains("chunked");
         }
     }
-    Some(head)
+    Ok(head)
 }
 
-/// A response body being read.
-pub struct Body {
-    r: BufReader<TcpStream>,
+/// The size on a chunk-size line (hex, at most 16 digits, extensions after `;` ignored).
+pub fn parse_chunk_size(line: &str) -> Result<u64, String> {
+    let digits = line.split(';').next().unwrap_or("").trim();
+    let e = || format!("bad chunk size {}", clip(digits));
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(e());
+    }
+    u64::from_str_radix(digits, 16).map_err(|_| e())
+}
+
+/// `s` quoted and escaped, cut at 80 characters: a hostile line is never echoed whole.
+fn clip(s: &str) -> String {
+    let t: String = s.chars().take(80).collect();
+    format!("{t:?}")
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Reads one line of at most `LINE_MAX` bytes (CRLF or LF ended), without the line end.
+/// `Ok(None)` at the end of the stream before any byte.
+pub fn read_line<R: BufRead>(r: &mut R, what: &str) -> io::Result<Option<String>> {
+    let mut line = Vec::new();
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            if line.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed in a {what} line"),
+            ));
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > LINE_MAX {
+            return Err(bad(format!("{what} line longer than {LINE_MAX} bytes")));
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            while line.last().is_some_and(|&b| b == b'\n' || b == b'\r') {
+                line.pop();
+            }
+            return String::from_utf8(line)
+                .map(Some)
+                .map_err(|_| bad(format!("{what} line is not UTF-8")));
+        }
+    }
+}
+
+/// A response body being read: at most `cap` bytes, however it is delimited.
+pub struct Body<R> {
+    r: R,
     /// Bytes left: in the whole body (Content-Length) or in the current chunk.
     left: Option<u64>,
     chunked: bool,
     done: bool,
+    /// Bytes of body still allowed.
+    room: u64,
+    cap: u64,
 }
 
-fn bad(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+fn over_cap(cap: u64) -> io::Error {
+    bad(format!("the body passes the cap of {cap} bytes"))
 }
 
-impl Read for Body {
+impl<R: BufRead> Body<R> {
+    fn next_chunk(&mut self) -> io::Result<()> {
+        let mut line = read_line(&mut self.r, "chunk-size")?.unwrap_or_default();
+        if line.is_empty() {
+            // The CRLF after the previous chunk's data.
+            line = read_line(&mut self.r, "chunk-size")?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before the last chunk",
+                )
+            })?;
+        }
+        let size = parse_chunk_size(&line).map_err(bad)?;
+        if size == 0 {
+            self.done = true;
+        } else if size > self.room {
+            return Err(bad(format!(
+                "chunk size {size} passes the cap of {} bytes",
+                self.cap
+            )));
+        }
+        self.left = Some(size);
+        Ok(())
+    }
+}
+
+impl<R: BufRead> Read for Body<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.done || buf.is_empty() {
             return Ok(0);
         }
         if self.chunked && self.left == Some(0) {
-            let mut line = String::new();
-            self.r.read_line(&mut line)?;
-            if line.trim().is_empty() {
-                // The CRLF after the previous chunk's data.
-                line.clear();
-                self.r.read_line(&mut line)?;
-            }
-            let size = line.trim().split(';').next().unwrap_or("");
-            let size = u64::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                self.done = true;
+            self.next_chunk()?;
+            if self.done {
                 return Ok(0);
             }
-            self.left = Some(size);
         }
-        let want = match self.left {
-            Some(l) => (buf.len() as u64).min(l) as usize,
-            None => buf.len(),
-        };
+        // Close-delimited: one byte past the room is enough to know the cap was passed.
+        let limit = self.left.unwrap_or(self.room.saturating_add(1));
+        let want = (buf.len() as u64).min(limit) as usize;
         let n = self.r.read(&mut buf[..want])?;
         if n == 0 {
             if self.left.is_some() {
@@ -111,6 +223,10 @@ impl Read for Body {
             self.done = true;
             return Ok(0);
         }
+        if n as u64 > self.room {
+            return Err(over_cap(self.cap));
+        }
+        self.room -= n as u64;
         if let Some(l) = self.left.as_mut() {
             *l -= n as u64;
             if *l == 0 && !self.chunked {
@@ -121,53 +237,124 @@ impl Read for Body {
     }
 }
 
-/// GETs `url`; errors on a status other than 200. Returns the body and its length when known.
-pub fn get(url: &str, timeout: Duration) -> io::Result<(Body, Option<u64>)> {
-    let (hostport, path) =
-        split_url(url).ok_or_else(|| bad("only http://host[:port]/path URLs are supported"))?;
-    let mut s = TcpStream::connect(&hostport)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nUser-Agent: kiln\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut r = BufReader::with_capacity(1 << 20, s);
+/// Reads a response head from `r` and returns it with its body (capped at `cap` bytes).
+/// Errors on a status other than 200 and on a `Content-Length` above the cap.
+pub fn read_response<R: BufRead>(mut r: R, cap: u64) -> io::Result<(Head, Body<R>)> {
     let mut lines = Vec::new();
     loop {
-        let mut l = String::new();
-        if r.read_line(&mut l)? == 0 {
-            return Err(bad("connection closed in the response head"));
-        }
-        let l = l.trim_end().to_string();
+        let l = read_line(&mut r, "response head")?
+            .ok_or_else(|| bad("connection closed in the response head"))?;
         if l.is_empty() {
             break;
         }
-        if lines.len() > 100 {
-            return Err(bad("response head too long"));
+        if lines.len() == HEAD_LINES {
+            return Err(bad(format!("response head longer than {HEAD_LINES} lines")));
         }
         lines.push(l);
     }
-    let head = parse_head(&lines).ok_or_else(|| bad("malformed response head"))?;
+    let head = parse_head(&lines).map_err(bad)?;
     if head.status != 200 {
         return Err(io::Error::other(format!("HTTP status {}", head.status)));
     }
     let len = if head.chunked { None } else { head.len };
-    Ok((
-        Body {
-            r,
-            left: if head.chunked { Some(0) } else { len },
-            chunked: head.chunked,
-            done: len == Some(0),
+    if let Some(n) = len.filter(|&n| n > cap) {
+        return Err(bad(format!(
+            "Content-Length {n} passes the cap of {cap} bytes"
+        )));
+    }
+    let body = Body {
+        r,
+        left: if head.chunked { Some(0) } else { len },
+        chunked: head.chunked,
+        done: len == Some(0),
+        room: cap,
+        cap,
+    };
+    Ok((head, body))
+}
+
+/// A TCP stream whose every read waits at most the stall time and never past the deadline.
+pub struct Timed {
+    s: TcpStream,
+    deadline: Instant,
+    limits: Limits,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let now = Instant::now();
+        let left = self.deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(deadline_passed(&self.limits));
+        }
+        let wait = left.min(self.limits.stall);
+        self.s.set_read_timeout(Some(wait))?;
+        match self.s.read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(if wait < self.limits.stall {
+                    deadline_passed(&self.limits)
+                } else {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no data for {:?}", self.limits.stall),
+                    )
+                })
+            }
+            r => r,
+        }
+    }
+}
+
+fn deadline_passed(l: &Limits) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the request's deadline of {:?} passed", l.deadline),
+    )
+}
+
+/// GETs `url` within `limits`; errors on a status other than 200. Returns the body and its
+/// length when known.
+pub fn get(url: &str, limits: &Limits) -> io::Result<(Body<BufReader<Timed>>, Option<u64>)> {
+    let deadline = Instant::now() + limits.deadline;
+    let (hostport, path) =
+        split_url(url).ok_or_else(|| bad("only http://host[:port]/path URLs are supported"))?;
+    let addr = hostport
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| bad(format!("{hostport} has no address")))?;
+    let connect = limits
+        .stall
+        .min(deadline.saturating_duration_since(Instant::now()));
+    let mut s = TcpStream::connect_timeout(&addr, connect.max(Duration::from_millis(1)))?;
+    s.set_write_timeout(Some(limits.stall))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nUser-Agent: kiln\r\nConnection: close\r\n\r\n"
+    )?;
+    let r = BufReader::with_capacity(
+        1 << 20,
+        Timed {
+            s,
+            deadline,
+            limits: *limits,
         },
-        len,
-    ))
+    );
+    let (head, body) = read_response(r, limits.body)?;
+    let len = if head.chunked { None } else { head.len };
+    Ok((body, len))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    const MIB: u64 = 1 << 20;
 
     #[test]
     fn urls() {
@@ -178,6 +365,7 @@ mod tests {
         assert_eq!(split_url("http://h"), Some(("h:80".into(), "/".into())));
         assert_eq!(split_url("https://h/x"), None);
         assert_eq!(split_url("http:///x"), None);
+        assert_eq!(split_url("http://h/x\r\nEvil: 1"), None);
     }
 
     #[test]
@@ -185,7 +373,7 @@ mod tests {
         let h = |s: &[&str]| parse_head(&s.iter().map(|x| x.to_string()).collect::<Vec<_>>());
         assert_eq!(
             h(&["HTTP/1.1 200 OK", "Content-Length: 12"]),
-            Some(Head {
+            Ok(Head {
                 status: 200,
                 len: Some(12),
                 chunked: false
@@ -193,18 +381,130 @@ mod tests {
         );
         assert_eq!(
             h(&["HTTP/1.0 404 Not Found", "transfer-encoding: Chunked"]),
-            Some(Head {
+            Ok(Head {
                 status: 404,
                 len: None,
                 chunked: true
             })
         );
-        assert_eq!(h(&["SSH-2.0"]), None);
-        assert_eq!(h(&["HTTP/1.1 200 OK", "Content-Length: x"]), None);
+        assert!(h(&["SSH-2.0"]).unwrap_err().contains("status line"));
+        assert!(h(&["HTTP/1.1 200 OK", "Content-Length: x"]).is_err());
+        let e = h(&["HTTP/1.1 200 OK", "Content-Length: 18446744073709551616"]).unwrap_err();
+        assert!(e.contains("below 2^64"), "{e}");
+        assert!(h(&["HTTP/1.1 200 OK", "Content-Length: 1", "Content-Length: 2"]).is_err());
     }
 
-    /// Serves one response given as raw bytes; returns the URL.
-    fn serve(raw: Vec<u8>) -> String {
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size("1a;name=v"), Ok(26));
+        assert_eq!(parse_chunk_size("ffffffffffffffff"), Ok(u64::MAX));
+        assert!(parse_chunk_size("1ffffffffffffffff").is_err());
+        assert!(parse_chunk_size("").is_err());
+        assert!(parse_chunk_size("-1").is_err());
+    }
+
+    /// Reads a whole response from bytes, with a body cap.
+    fn parse(raw: &[u8], cap: u64) -> io::Result<Vec<u8>> {
+        let (_, mut body) = read_response(io::Cursor::new(raw.to_vec()), cap)?;
+        let mut v = Vec::new();
+        body.read_to_end(&mut v)?;
+        Ok(v)
+    }
+
+    #[test]
+    fn bodies() {
+        assert_eq!(
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA",
+                MIB
+            )
+            .unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n", MIB)
+                .unwrap(),
+            b"hello world"
+        );
+        assert_eq!(
+            parse(b"HTTP/1.0 200 OK\r\n\r\nuntil close", MIB).unwrap(),
+            b"until close"
+        );
+        let e = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort", MIB).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let e = parse(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", MIB).unwrap_err();
+        assert!(e.to_string().contains("500"), "{e}");
+    }
+
+    #[test]
+    fn hostile_responses_are_clear_errors() {
+        let endless_header = [b"HTTP/1.1 200 OK\r\nX: ".as_slice(), &[b'a'; 20_000]].concat();
+        let endless_size = [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+            &[b'0'; 20_000],
+        ]
+        .concat();
+        let many_headers = [
+            b"HTTP/1.1 200 OK\r\n".as_slice(),
+            b"X: y\r\n".repeat(HEAD_LINES + 1).as_slice(),
+        ]
+        .concat();
+        let cases: [(&str, Vec<u8>, &str); 7] = [
+            (
+                "endless header line",
+                endless_header,
+                "longer than 8192 bytes",
+            ),
+            (
+                "endless chunk-size line",
+                endless_size,
+                "chunk-size line longer",
+            ),
+            ("too many headers", many_headers, "longer than 100 lines"),
+            (
+                "Content-Length of 2^64",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551616\r\n\r\n".to_vec(),
+                "below 2^64",
+            ),
+            (
+                "Content-Length past the cap",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n".to_vec(),
+                "passes the cap of 1000 bytes",
+            ),
+            (
+                "chunk size ffffffffffffffff",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nabc"
+                    .to_vec(),
+                "passes the cap of 1000 bytes",
+            ),
+            (
+                "close-delimited body past the cap",
+                [b"HTTP/1.1 200 OK\r\n\r\n".as_slice(), &[7u8; 1500]].concat(),
+                "passes the cap of 1000 bytes",
+            ),
+        ];
+        for (what, raw, want) in cases {
+            let e = parse(&raw, 1000).expect_err(what);
+            assert!(e.to_string().contains(want), "{what}: {e}");
+        }
+        // Chunks that add up past the cap, each below it.
+        let e = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n"
+                .iter()
+                .chain(&[1u8; 600])
+                .chain(b"\r\n258\r\n")
+                .chain(&[1u8; 600])
+                .copied()
+                .collect::<Vec<u8>>()
+                .as_slice(),
+            1000,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cap of 1000"), "{e}");
+    }
+
+    /// Serves one response, `raw` then `drip` one byte per `every`; returns the URL.
+    fn serve(raw: Vec<u8>, drip: usize, every: Duration) -> String {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/f", l.local_addr().unwrap());
         std::thread::spawn(move || {
@@ -219,36 +519,80 @@ mod tests {
                     Ok(n) => req.extend_from_slice(&b[..n]),
                 }
             }
-            c.write_all(&raw).unwrap();
+            let _ = c.write_all(&raw);
+            for _ in 0..drip {
+                std::thread::sleep(every);
+                if c.write_all(b"x").is_err() {
+                    return;
+                }
+            }
         });
         url
     }
 
-    fn fetch(raw: &[u8]) -> io::Result<Vec<u8>> {
-        let (mut body, _) = get(&serve(raw.to_vec()), Duration::from_secs(5))?;
-        let mut v = Vec::new();
-        body.read_to_end(&mut v)?;
-        Ok(v)
+    fn limits(stall_ms: u64, deadline_ms: u64) -> Limits {
+        Limits {
+            stall: Duration::from_millis(stall_ms),
+            deadline: Duration::from_millis(deadline_ms),
+            body: MIB,
+        }
     }
 
     #[test]
-    fn bodies() {
-        assert_eq!(
-            fetch(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA").unwrap(),
-            b"hello"
+    fn over_tcp() {
+        let url = serve(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            0,
+            Duration::ZERO,
         );
-        assert_eq!(
-            fetch(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n")
-                .unwrap(),
-            b"hello world"
+        let (mut body, len) = get(&url, &limits(5000, 10_000)).unwrap();
+        let mut v = Vec::new();
+        body.read_to_end(&mut v).unwrap();
+        assert_eq!((v.as_slice(), len), (b"hello".as_slice(), Some(5)));
+    }
+
+    #[test]
+    fn a_slow_drip_ends_at_the_deadline() {
+        // A byte every 100 ms never stalls for 1 s, but the request ends at 1.5 s.
+        let url = serve(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n".to_vec(),
+            1000,
+            Duration::from_millis(100),
         );
-        assert_eq!(
-            fetch(b"HTTP/1.0 200 OK\r\n\r\nuntil close").unwrap(),
-            b"until close"
+        let start = Instant::now();
+        let (mut body, _) = get(&url, &limits(1000, 1500)).unwrap();
+        let e = io::copy(&mut body, &mut io::sink()).unwrap_err();
+        assert!(e.to_string().contains("deadline of 1.5s passed"), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
         );
-        let e = fetch(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort").unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
-        let e = fetch(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n").unwrap_err();
-        assert!(e.to_string().contains("500"), "{e}");
+        // The same drip inside the head.
+        let url = serve(
+            b"HTTP/1.1 200 OK\r\nX: ".to_vec(),
+            1000,
+            Duration::from_millis(100),
+        );
+        let e = get(&url, &limits(1000, 1500)).err().unwrap();
+        assert!(e.to_string().contains("deadline"), "{e}");
+    }
+
+    #[test]
+    fn a_stalled_server_fails_after_the_stall_time() {
+        let url = serve(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec(),
+            1,
+            Duration::from_secs(5),
+        );
+        let start = Instant::now();
+        let (mut body, _) = get(&url, &limits(300, 10_000)).unwrap();
+        let e = io::copy(&mut body, &mut io::sink()).unwrap_err();
+        assert!(e.to_string().contains("no data for"), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

@@ -14,6 +14,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = m.check_policy(&Policy {
         compatible: "kiln-default-x86_64".into(),
         installed_sequence: Some(3),
+        seen_sequence: Some(3),
+        time_floor: 1_600_000_000,
         allow_downgrade: false,
         now: 1_700_000_000,
     });

@@ -102,10 +102,32 @@ pub fn estimate(m: &Manifest, bundle_dir: &Path, old: &Path) -> Result<Estimate>
 struct BuildInfo {
     compatible: String,
     version: String,
+    /// The sequence baked into the build's root (absent in older builds).
+    #[serde(default)]
+    sequence: Option<u64>,
+}
+
+/// The sequence of a bundle of `build`: the one given, else the build's own.
+pub fn sequence_for(build: &Path, given: Option<u64>) -> Result<u64> {
+    let info: BuildInfo = crate::read_build_json(build)?;
+    match (given, info.sequence) {
+        (Some(s), _) | (None, Some(s)) => Ok(s),
+        (None, None) => bail!(
+            "{}: the build has no sequence ([update] sequence or kiln build --sequence); give --sequence",
+            build.display()
+        ),
+    }
 }
 
 pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
     let info: BuildInfo = crate::read_build_json(a.build)?;
+    if let Some(baked) = info.sequence.filter(|&b| b != a.sequence) {
+        bail!(
+            "{}: the image was built with sequence {baked} (baked into its root as its floor); a bundle of it must carry {baked}, not {}",
+            a.build.display(),
+            a.sequence
+        );
+    }
     let keys = crate::keyfiles::secret_keys(a.keys)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let [root, kernel, initrd] = PAYLOAD_FILES.map(|f| a.build.join(f));

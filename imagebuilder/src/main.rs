@@ -30,9 +30,14 @@ enum Cmd {
         /// The static kiln-init binary (default: $KILN_INIT, then target/x86_64-unknown-linux-gnu/release).
         #[arg(long)]
         init: Option<PathBuf>,
-        /// Timestamp for every file (default: $SOURCE_DATE_EPOCH, else 0).
+        /// Timestamp for every file (default: $SOURCE_DATE_EPOCH, else 0); also the image's
+        /// build time, where devices running it start their time floor.
         #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
         source_date_epoch: u64,
+        /// The image's update sequence (overrides `[update] sequence`): devices running it
+        /// refuse bundles not above it.
+        #[arg(long)]
+        sequence: Option<u64>,
     },
     /// Make an ed25519 signing key: PREFIX.key (private, mode 0600) and PREFIX.pub.
     Keygen {
@@ -50,9 +55,10 @@ enum Cmd {
         /// Output bundle directory (must not exist).
         #[arg(long)]
         out: PathBuf,
-        /// Monotonic sequence number; devices refuse one not above what they run.
+        /// Monotonic sequence number; devices refuse one not above what they run (default:
+        /// the build's own, which a different one may not contradict).
         #[arg(long)]
-        sequence: u64,
+        sequence: Option<u64>,
         /// Days until the bundle expires.
         #[arg(long, default_value_t = 90)]
         expires_in_days: u64,
@@ -148,8 +154,12 @@ fn real_main() -> Result<()> {
             out,
             init,
             source_date_epoch,
+            sequence,
         } => {
-            let resolved = imagebuilder::validate::load(&spec)?;
+            let mut resolved = imagebuilder::validate::load(&spec)?;
+            if sequence.is_some() {
+                resolved.spec.update.sequence = sequence;
+            }
             let init_bin = init
                 .or_else(|| imagebuilder::find_device_binary("kiln-init"))
                 .context("finding kiln-init: build it with scripts/build-device, or pass --init")?;
@@ -176,6 +186,7 @@ fn real_main() -> Result<()> {
             kbundle,
             from,
         } => {
+            let sequence = imagebuilder::bundle::sequence_for(&build, sequence)?;
             let m = imagebuilder::bundle::bundle(&imagebuilder::bundle::BundleArgs {
                 build: &build,
                 keys: &keys,
@@ -349,7 +360,7 @@ fn flash(
         })
         .transpose()?;
     let dev = Target::open_device(device)?;
-    let mut src = source::open(image)?;
+    let mut src = source::open(image, &source::Bounds::for_device(dev.size))?;
     let r = write::flash(
         &mut src,
         &dev,

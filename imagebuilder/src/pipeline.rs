@@ -47,6 +47,8 @@ pub struct BuildReport {
     pub name: String,
     pub version: String,
     pub compatible: String,
+    /// The update sequence baked into the root (`[update] sequence`).
+    pub sequence: Option<u64>,
     pub kernel_version: String,
     pub cmdline: String,
     pub disk: PathBuf,
@@ -257,6 +259,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         name: spec.name.clone(),
         version: spec.version.clone(),
         compatible: spec.compatible.clone(),
+        sequence: spec.update.sequence,
         kernel_version: r.kernel_version.clone(),
         cmdline: line,
         disk: opts.out_dir.join("disk.raw"),
@@ -415,7 +418,7 @@ fn assemble_tree(r: &Resolved, opts: &BuildOptions, tree: &Path) -> Result<(), B
         copy_modules(r, tree)?;
     }
     let images = bake_containers(r, &facts, tree)?;
-    let gen = services::generated(spec, &facts, &images);
+    let gen = services::generated(spec, &facts, &images, opts.epoch);
     for g in &gen.files {
         dircopy::write_file(tree, Path::new(&g.path), g.content.as_bytes(), g.mode)?;
     }
@@ -582,6 +585,7 @@ fn build_initramfs(
         esp_fsck: Some(ESP_FSCK.into()),
         grow_persist: r.spec.partitions.grow_persist,
         pxe_modules: pxe_only.iter().map(|m| in_initrd(m)).collect(),
+        root_slot_bytes: Some(r.spec.partitions.root),
     };
     let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
     for m in closure.iter().chain(&pxe_only) {

@@ -91,6 +91,11 @@ pub struct UpdateSpec {
     /// running, before a new slot is blessed.
     #[serde(default)]
     pub health_checks: Vec<String>,
+    /// The image's own update sequence, baked into its release file (`kiln build --sequence`
+    /// overrides it): a device running the image refuses bundles not above it even with no
+    /// state on persist, and `kiln bundle` of the build carries it.
+    #[serde(default)]
+    pub sequence: Option<u64>,
 }
 
 fn default_health_timeout() -> u64 {
@@ -108,6 +113,7 @@ impl Default for UpdateSpec {
             threshold: default_threshold(),
             health_timeout_secs: default_health_timeout(),
             health_checks: Vec::new(),
+            sequence: None,
         }
     }
 }

@@ -83,7 +83,7 @@ fn check_name(ctx: &Ctx, field: &str, v: &str, allow_dots: bool) -> Result<(), S
             c.is_ascii_alphanumeric()
                 || c == '-'
                 || c == '_'
-                || (allow_dots && c == '.' || c == '+')
+                || (allow_dots && (c == '.' || c == '+'))
         });
     if ok {
         Ok(())
@@ -233,8 +233,9 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
     let ctx = Ctx { file: &file, dir };
 
     check_name(&ctx, "name", &spec.name, false)?;
-    check_name(&ctx, "version", &spec.version, true)?;
-    check_name(&ctx, "compatible", &spec.compatible, true)?;
+    for (field, v) in [("version", &spec.version), ("compatible", &spec.compatible)] {
+        kiln_boot::contract::check_label(v).map_err(|e| ctx.err(field, e.to_string()))?;
+    }
 
     // Kernel tree.
     let kdir = ctx.existing("kernel.dir", &spec.kernel.dir, true)?;

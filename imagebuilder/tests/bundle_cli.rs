@@ -80,6 +80,7 @@ fn keygen_build_with_keys_and_bundle() {
         installed_sequence: Some(6),
         allow_downgrade: false,
         now: 1_800_000_000,
+        ..Policy::default()
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -134,4 +135,104 @@ fn keygen_build_with_keys_and_bundle() {
     ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+}
+
+/// `kiln build --sequence N` bakes the image's own floor into its release file (with the build
+/// time from SOURCE_DATE_EPOCH); `kiln bundle` of it carries N without being told, refuses
+/// another number, and refuses labels a device would refuse — each before writing anything.
+#[test]
+fn a_build_bakes_its_sequence_and_bundles_of_it_carry_it() {
+    let d = tempfile::tempdir().unwrap();
+    let prefix = d.path().join("dev");
+    let o = kiln(&["keygen".as_ref(), "--out".as_ref(), prefix.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let secret = d.path().join("dev.key");
+    let spec = d.path().join("image.toml");
+    fs::write(
+        &spec,
+        spec_text(
+            "",
+            &format!(
+                "[update]\nkeys = [\"{}\"]\n",
+                d.path().join("dev.pub").display()
+            ),
+        ),
+    )
+    .unwrap();
+    let out = d.path().join("out");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "build".as_ref(),
+            spec.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+        .args(["--sequence", "5"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("KILN_INIT", init_bin())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tree = d.path().join("tree");
+    let (ok, msg) = tool(
+        "fsck.erofs",
+        &[
+            &format!("--extract={}", tree.display()),
+            out.join("root.img").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{msg}");
+    let release = fs::read_to_string(tree.join("usr/lib/kiln/release")).unwrap();
+    assert!(
+        release.contains("KILN_SEQUENCE=5\n") && release.contains("KILN_BUILT=1700000000\n"),
+        "{release}"
+    );
+
+    let bundle = |name: &str, extra: &[&str]| {
+        let dir = d.path().join(name);
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "bundle".as_ref(),
+            out.as_os_str(),
+            "--key".as_ref(),
+            secret.as_os_str(),
+            "--out".as_ref(),
+            dir.as_os_str(),
+        ];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+        (kiln(&args), dir)
+    };
+    let (o, dir) = bundle("carried", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("sequence 5,"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(dir.join("manifest.json").is_file());
+    let (o, dir) = bundle("contradicted", &["--sequence", "4"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("built with sequence 5"),
+        "{err}"
+    );
+    assert!(!dir.exists());
+
+    // A version a device would refuse (here put into build.json after the build).
+    let info = out.join("build.json");
+    let text = fs::read_to_string(&info).unwrap();
+    fs::write(
+        &info,
+        text.replace("\"version\": \"1\"", "\"version\": \"1\\ntitle x\""),
+    )
+    .unwrap();
+    let (o, dir) = bundle("injected", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("version"), "{err}");
+    assert!(!dir.exists());
+    let left: Vec<_> = fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("injected") || n.contains("contradicted"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

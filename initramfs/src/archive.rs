@@ -135,6 +135,7 @@ mod tests {
             esp_fsck: None,
             grow_persist: false,
             pxe_modules: vec![],
+            root_slot_bytes: None,
         }
     }
 

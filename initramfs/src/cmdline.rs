@@ -25,6 +25,9 @@ pub struct Cmdline {
     pub image_url: Option<String>,
     pub image_sha256: Option<String>,
     pub install_disk: Option<String>,
+    /// `kiln.fetch_timeout=SECS`: the deadline of a network boot's download (the root image of
+    /// a live boot, the disk image of an install); unparsable values are ignored.
+    pub fetch_timeout_secs: Option<u64>,
 }
 
 /// Parses a command line; unknown words are ignored, the last occurrence of a key wins.
@@ -52,6 +55,7 @@ pub fn parse(text: &str) -> Cmdline {
             "kiln.image_url" => c.image_url = Some(v.to_string()),
             "kiln.image_sha256" => c.image_sha256 = Some(v.to_ascii_lowercase()),
             "kiln.install_disk" => c.install_disk = Some(v.to_string()),
+            "kiln.fetch_timeout" => c.fetch_timeout_secs = v.parse().ok().filter(|&s| s > 0),
             _ => {}
         }
     }
@@ -90,5 +94,9 @@ mod tests {
         assert_eq!(c.install_disk.as_deref(), Some("/dev/vda"));
         assert_eq!(c.image_url.as_deref(), Some("http://h/d.zst"));
         assert_eq!(c.image_sha256.as_deref(), Some("ef"));
+        assert_eq!(c.fetch_timeout_secs, None);
+        assert_eq!(parse("kiln.fetch_timeout=20").fetch_timeout_secs, Some(20));
+        assert_eq!(parse("kiln.fetch_timeout=0").fetch_timeout_secs, None);
+        assert_eq!(parse("kiln.fetch_timeout=x").fetch_timeout_secs, None);
     }
 }

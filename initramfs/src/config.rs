@@ -44,4 +44,8 @@ pub struct InitConfig {
     /// Modules loaded only for a network boot (`kiln.pxe=`), dependencies first.
     #[serde(default)]
     pub pxe_modules: Vec<String>,
+    /// Size of a root slot in bytes: the largest root image a live network boot fetches into
+    /// RAM (absent in older images: RAM alone bounds it).
+    #[serde(default)]
+    pub root_slot_bytes: Option<u64>,
 }

@@ -1,5 +1,10 @@
-//! A small GPT reader for kiln-init: find partitions by unique GUID or by label.
-//! Parsing only; the caller reads the bytes.
+//! A small GPT reader for kiln-init and kiln-updater: find partitions by unique GUID or by
+//! label. Parsing only; the caller reads the bytes.
+//!
+//! Nothing in a header is trusted before it is checked: the entry size (128–4096, a power of
+//! two) and count (1–1024) bound what a caller allocates for the entry array (at most 4 MiB),
+//! the array's LBA range cannot overflow, and every used entry lies inside the usable range,
+//! ends after it starts and overlaps no other.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GptError {
@@ -11,7 +16,14 @@ pub enum GptError {
     EntriesCrc,
     #[error("GPT header describes an unsupported entry array ({0})")]
     Unsupported(&'static str),
+    #[error("GPT partition {number}: {why}")]
+    BadEntry { number: u32, why: &'static str },
 }
+
+/// The entry sizes a header may declare (UEFI: 128 × 2^n).
+pub const ENTRY_SIZES: std::ops::RangeInclusive<u32> = 128..=4096;
+/// The most entries a header may declare (UEFI asks for room for at least 128).
+pub const MAX_ENTRIES: u32 = 1024;
 
 /// One used partition entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +45,7 @@ pub struct Header {
     /// LBA of this header, of the other copy, and the usable range for partitions.
     pub my_lba: u64,
     pub alternate_lba: u64,
+    pub first_usable: u64,
     pub last_usable: u64,
     pub entries_lba: u64,
     pub num_entries: u32,
@@ -71,14 +84,33 @@ pub fn parse_header(lba1: &[u8]) -> Result<Header, GptError> {
     let hdr = Header {
         my_lba: u64_at(lba1, 24),
         alternate_lba: u64_at(lba1, 32),
+        first_usable: u64_at(lba1, 40),
         last_usable: u64_at(lba1, 48),
         entries_lba: u64_at(lba1, 72),
         num_entries: u32_at(lba1, 80),
         entry_size: u32_at(lba1, 84),
         entries_crc: u32_at(lba1, 88),
     };
-    if hdr.entry_size < 128 || hdr.num_entries > 1024 {
-        return Err(GptError::Unsupported("entry size or count"));
+    if !ENTRY_SIZES.contains(&hdr.entry_size) || !hdr.entry_size.is_power_of_two() {
+        return Err(GptError::Unsupported(
+            "entry size: not a power of two from 128 to 4096",
+        ));
+    }
+    if !(1..=MAX_ENTRIES).contains(&hdr.num_entries) {
+        return Err(GptError::Unsupported("entry count: not from 1 to 1024"));
+    }
+    if hdr.first_usable > hdr.last_usable {
+        return Err(GptError::Unsupported("first usable LBA after the last"));
+    }
+    let sectors = (hdr.entries_len() as u64).div_ceil(512);
+    if hdr.entries_lba < 2
+        || hdr
+            .entries_lba
+            .checked_add(sectors)
+            .and_then(|end| end.checked_mul(512))
+            .is_none()
+    {
+        return Err(GptError::Unsupported("entry array LBA out of range"));
     }
     Ok(hdr)
 }
@@ -101,7 +133,8 @@ pub fn guid_string(b: &[u8]) -> String {
     )
 }
 
-/// Parses the entry array; unused entries (zero type GUID) are skipped.
+/// Parses the entry array; unused entries (zero type GUID) are skipped. Every used entry must
+/// end after it starts, lie within the header's usable LBAs and overlap no other.
 pub fn parse_entries(hdr: &Header, bytes: &[u8]) -> Result<Vec<PartEntry>, GptError> {
     let bytes = bytes
         .get(..hdr.entries_len())
@@ -128,7 +161,31 @@ pub fn parse_entries(hdr: &Header, bytes: &[u8]) -> Result<Vec<PartEntry>, GptEr
             name: String::from_utf16_lossy(&units),
         });
     }
+    check_ranges(hdr, &out)?;
     Ok(out)
+}
+
+fn check_ranges(hdr: &Header, parts: &[PartEntry]) -> Result<(), GptError> {
+    let bad = |p: &PartEntry, why| GptError::BadEntry {
+        number: p.number,
+        why,
+    };
+    for p in parts {
+        if p.last_lba < p.first_lba {
+            return Err(bad(p, "last LBA before the first"));
+        }
+        if p.first_lba < hdr.first_usable || p.last_lba > hdr.last_usable {
+            return Err(bad(p, "outside the header's usable LBAs"));
+        }
+    }
+    let mut by_start: Vec<&PartEntry> = parts.iter().collect();
+    by_start.sort_by_key(|p| p.first_lba);
+    for w in by_start.windows(2) {
+        if w[1].first_lba <= w[0].last_lba {
+            return Err(bad(w[1], "overlaps another partition"));
+        }
+    }
+    Ok(())
 }
 
 /// The primary header rebuilt from a valid backup header (its entry array goes to LBA 2).
@@ -261,6 +318,8 @@ mod tests {
         let mut h = vec![0u8; 512];
         h[0..8].copy_from_slice(b"EFI PART");
         h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[40..48].copy_from_slice(&34u64.to_le_bytes());
+        h[48..56].copy_from_slice(&8158u64.to_le_bytes());
         h[72..80].copy_from_slice(&2u64.to_le_bytes());
         h[80..84].copy_from_slice(&4u32.to_le_bytes());
         h[84..88].copy_from_slice(&128u32.to_le_bytes());
@@ -358,5 +417,86 @@ mod tests {
         h[80] = 5;
         assert_eq!(parse_header(&h), Err(GptError::HeaderCrc));
         assert_eq!(parse_header(&[0u8; 512]), Err(GptError::NoHeader));
+    }
+
+    /// `table()` with `edit` applied to the header (then resealed).
+    fn header_with(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let (mut h, _) = table();
+        edit(&mut h);
+        seal(&mut h);
+        h
+    }
+
+    /// A change to a header sector.
+    type Edit = fn(&mut Vec<u8>);
+
+    #[test]
+    fn hostile_headers_are_refused_before_anything_is_allocated() {
+        let cases: [(&str, Edit); 6] = [
+            (
+                "entry size 0xFFFFFFFF",
+                (|h| h[84..88].copy_from_slice(&u32::MAX.to_le_bytes())),
+            ),
+            (
+                "entry size 8192",
+                (|h| h[84..88].copy_from_slice(&8192u32.to_le_bytes())),
+            ),
+            (
+                "entry size 129",
+                (|h| h[84..88].copy_from_slice(&129u32.to_le_bytes())),
+            ),
+            (
+                "no entries",
+                (|h| h[80..84].copy_from_slice(&0u32.to_le_bytes())),
+            ),
+            ("first usable after last", (|h| set_u64(h, 40, 9000))),
+            (
+                "entry array at the end of u64",
+                (|h| set_u64(h, 72, u64::MAX - 1)),
+            ),
+        ];
+        for (what, edit) in cases {
+            let h = header_with(edit);
+            match parse_header(&h) {
+                Err(GptError::Unsupported(why)) => assert!(!why.is_empty(), "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        let max = header_with(|h| {
+            h[80..84].copy_from_slice(&MAX_ENTRIES.to_le_bytes());
+            h[84..88].copy_from_slice(&4096u32.to_le_bytes());
+        });
+        assert_eq!(parse_header(&max).unwrap().entries_len(), 4 << 20);
+    }
+
+    #[test]
+    fn entries_out_of_range_are_refused_with_their_number() {
+        let check = |edit: &dyn Fn(&mut [u8]), why: &str| {
+            let (mut h, mut entries) = table();
+            edit(&mut entries);
+            h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
+            seal(&mut h);
+            let hdr = parse_header(&h).unwrap();
+            let e = parse_entries(&hdr, &entries).unwrap_err();
+            assert!(
+                matches!(e, GptError::BadEntry { number: 2, why: w } if w.contains(why)),
+                "{e}"
+            );
+            assert!(e.to_string().starts_with("GPT partition 2: "), "{e}");
+        };
+        // last_lba < first_lba
+        check(&|e| set_u64(e, 128 + 40, 2047), "before the first");
+        // past the last usable LBA, and before the first
+        check(&|e| set_u64(e, 128 + 40, 8159), "usable");
+        check(&|e| set_u64(e, 128 + 32, 33), "usable");
+        // overlapping the partition in entry 1
+        check(
+            &|e| {
+                e[0..16].copy_from_slice(&guid_bytes());
+                set_u64(e, 32, 34);
+                set_u64(e, 40, 2048);
+            },
+            "overlaps",
+        );
     }
 }

@@ -97,6 +97,73 @@ impl Drop for StaticServer {
     }
 }
 
+/// A hostile server on 127.0.0.1: answers every request with `head`, then one byte per
+/// `every` for as long as the client stays (a slow drip that never stalls long enough for a
+/// stall timeout). Stops when dropped.
+pub struct DripServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl DripServer {
+    pub fn start(head: &[u8], every: Duration) -> std::io::Result<DripServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (head, stop2) = (head.to_vec(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (head, stop3) = (head.clone(), stop2.clone());
+                std::thread::spawn(move || drip(conn, &head, every, &stop3));
+            }
+        });
+        Ok(DripServer { addr, stop })
+    }
+
+    /// URL of `path` as the guest sees it.
+    pub fn guest_url(&self, path: &str) -> String {
+        format!(
+            "http://10.0.2.2:{}/{}",
+            self.addr.port(),
+            path.trim_start_matches('/')
+        )
+    }
+}
+
+impl Drop for DripServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wake the accept loop
+    }
+}
+
+fn drip(conn: TcpStream, head: &[u8], every: Duration, stop: &AtomicBool) {
+    let Ok(read) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut h = String::new();
+        match reader.read_line(&mut h) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if h == "\r\n" || h == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let mut out = conn;
+    if out.write_all(head).is_err() {
+        return;
+    }
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(every);
+        if out.write_all(b"x").is_err() {
+            return;
+        }
+    }
+}
+
 fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     let rel = Path::new(url_path.trim_start_matches('/'));
     if rel.components().any(|c| !matches!(c, Component::Normal(_))) {

@@ -18,7 +18,10 @@ fn flash_onto_loop(image: &Path, disk: &Path) {
     let lo = LoopDev::attach(disk, &[]);
     let r = (|| {
         let target = kiln_flash::target::Target::open_device(Path::new(&lo.dev))?;
-        let mut src = kiln_flash::source::open(image.to_str().unwrap())?;
+        let mut src = kiln_flash::source::open(
+            image.to_str().unwrap(),
+            &kiln_flash::source::Bounds::for_device(target.size),
+        )?;
         kiln_flash::write::flash(&mut src, &target, None, &kiln_flash::progress::Silent)
     })();
     drop(lo);

@@ -1,13 +1,14 @@
 //! Network boot, live mode: QEMU with no disk boots through its iPXE ROM (`-boot n`, slirp TFTP
 //! serving `boot.ipxe`), kernel, initramfs and root image come over HTTP from a server the test
 //! runs on 127.0.0.1, and the image reaches kiln-ready running from RAM — under SeaBIOS and
-//! under OVMF. A corrupted root image is refused with a clear console error.
+//! under OVMF. A corrupted root image is refused with a clear console error, and a root server
+//! that drips bytes fails the boot at the download's deadline with a clear console line.
 
 use imagebuilder::qemu::{ensure_vars, Firmware, VmConfig};
-use qemu_tests::http::StaticServer;
+use qemu_tests::http::{DripServer, StaticServer};
 use qemu_tests::{fixtures, Console};
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(180);
 
@@ -65,4 +66,36 @@ fn live_network_boot_under_seabios_and_ovmf_and_a_corrupted_root_is_refused() {
         "{out}"
     );
     assert!(!out.contains("kiln-ready"), "{out}");
+
+    // A root server that sends a head and then one byte every 2 s: never a stall (30 s), but
+    // the download ends at the deadline the command line sets, and kiln-init reboots.
+    let drip = DripServer::start(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let script = std::fs::read_to_string(www.join("boot.ipxe")).unwrap();
+    let from = "kiln.root_url=${base}/root.img";
+    assert!(script.contains(from), "{script}");
+    let to = format!(
+        "kiln.root_url={} kiln.fetch_timeout=20",
+        drip.guest_url("root.img")
+    );
+    std::fs::write(www.join("boot.ipxe"), script.replace(from, &to)).unwrap();
+    let mut c = Console::start(&VmConfig::for_pxe(&www, Firmware::Bios)).unwrap();
+    c.expect("kiln-init: network: eth0", BOOT).unwrap();
+    let fetching = Instant::now();
+    let out = c.expect("rebooting in", Duration::from_secs(120)).unwrap();
+    let took = fetching.elapsed();
+    assert!(
+        out.contains("kiln-init: FATAL: fetching the root image: ")
+            && out.contains("root.img: the request's deadline of 20s passed"),
+        "{out}"
+    );
+    assert!(!out.contains("kiln-ready"), "{out}");
+    // The console line names the deadline; the time is printed for the record, not asserted.
+    eprintln!(
+        "dripping root server: failed {:.1} s after the network came up",
+        took.as_secs_f64()
+    );
 }

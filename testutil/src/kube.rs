@@ -434,7 +434,7 @@ impl Cluster {
             })
             .collect();
         let path = self.dir.path().join(format!("{safe}.kubeconfig"));
-        std::fs::write(&path, body).unwrap();
+        write_private(&path, &body);
         path
     }
 
@@ -458,7 +458,7 @@ impl Cluster {
             .dir
             .path()
             .join(format!("sa-{namespace}-{name}.kubeconfig"));
-        std::fs::write(&path, body).unwrap();
+        write_private(&path, &body);
         path
     }
 
@@ -529,4 +529,11 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Writes a credential file readable by its owner only (kiln-agent refuses any other).
+fn write_private(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

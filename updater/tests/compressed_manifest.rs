@@ -33,6 +33,7 @@ fn policy() -> Policy {
         installed_sequence: None,
         allow_downgrade: false,
         now: 1,
+        ..Policy::default()
     }
 }
 

@@ -36,6 +36,7 @@ fn policy() -> Policy {
         installed_sequence: Some(10),
         allow_downgrade: false,
         now: 1_800_000_000,
+        ..Policy::default()
     }
 }
 
@@ -56,6 +57,8 @@ fn outcome(src: &dyn BundleSource, threshold: usize, limits: &Limits) -> String 
                 OpenError::Structure(_) => "structure",
                 OpenError::Policy(PolicyError::Expired { .. }) => "policy:expired",
                 OpenError::Policy(PolicyError::Downgrade { .. }) => "policy:downgrade",
+                OpenError::Policy(PolicyError::BelowSeen { .. }) => "policy:below-seen",
+                OpenError::Policy(PolicyError::CreatedBeforeFloor { .. }) => "policy:too-old",
                 OpenError::Policy(PolicyError::WrongCompatible { .. }) => "policy:compatible",
             }
             .into()
@@ -281,5 +284,124 @@ fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
             (at_least..=parallel).contains(&max),
             "parallel {parallel}: {max} fetches at once"
         );
+    }
+}
+
+/// Version and compatible strings that could inject loader-entry or grubenv lines: `kiln
+/// bundle` (`write_bundle`) refuses them before creating anything, and a device refuses a
+/// validly signed manifest carrying them before anything is written (the outcome is decided
+/// in `open_verified`, ahead of `write_payload`).
+#[test]
+fn labels_outside_their_character_set_are_refused_by_the_writer_and_the_device() {
+    use kiln_updater::bundle::keys::{SecretKey, Signatures};
+    use kiln_updater::bundle::manifest::Manifest;
+    use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+    use kiln_updater::bundle::{MANIFEST, MANIFEST_ZST, SIGNATURES, SIGNATURES_ZST};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::noise(200_000, 5);
+    for n in ["root", "kernel", "initrd"] {
+        fs::write(tmp.path().join(n), &data).unwrap();
+    }
+    let key =
+        SecretKey::from_file(&fs::read_to_string(fixtures().join("keys/trusted.key")).unwrap())
+            .unwrap();
+    let p = |n: &str| tmp.path().join(n);
+    let (r, k, i) = (p("root"), p("kernel"), p("initrd"));
+    let files = PayloadFiles {
+        root: &r,
+        kernel: &k,
+        initrd: &i,
+    };
+    let info = |version: &str, compatible: &str| BundleInfo {
+        compatible: compatible.into(),
+        version: version.into(),
+        sequence: 12,
+        created: 1_700_000_000,
+        expires: 4_000_000_000,
+    };
+    let good = tmp.path().join("good");
+    write_bundle(files, &info("3.0.0", "kiln-fixture-x86_64"), &[&key], &good).unwrap();
+    assert_eq!(
+        outcome(&DirSource(good.clone()), 1, &Limits::default()),
+        "ok"
+    );
+
+    let long = "3".repeat(300);
+    let bad_labels = [
+        ("version", "3.0.0\ntitle evil"),
+        ("version", "3.0.0=x"),
+        ("version", long.as_str()),
+        ("compatible", "kiln-fixture-x86_64\nx"),
+    ];
+    for (n, (field, bad)) in bad_labels.into_iter().enumerate() {
+        // The writer: an error naming the field, and no directory (final or temporary).
+        let out = tmp.path().join(format!("refused-{n}"));
+        let i = if field == "version" {
+            info(bad, "kiln-fixture-x86_64")
+        } else {
+            info("3.0.0", bad)
+        };
+        let e = write_bundle(files, &i, &[&key], &out).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains(field), "{e}");
+        let left: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("refused"))
+            .collect();
+        assert!(left.is_empty(), "{bad:?}: left {left:?}");
+
+        // The device: the same label in a manifest the trusted key signed.
+        let forged = tmp.path().join(format!("forged-{n}"));
+        fs::create_dir(&forged).unwrap();
+        fs::create_dir(forged.join("chunks")).unwrap();
+        copy_dir(&good.join("chunks"), &forged.join("chunks"));
+        let mut m: Manifest =
+            serde_json::from_slice(&fs::read(good.join(MANIFEST)).unwrap()).unwrap();
+        if field == "version" {
+            m.version = bad.into();
+        } else {
+            m.compatible = bad.into();
+        }
+        let bytes = serde_json::to_vec_pretty(&m).unwrap();
+        fs::write(forged.join(MANIFEST), &bytes).unwrap();
+        let sigs = Signatures {
+            signatures: vec![key.sign(&bytes)],
+        };
+        fs::write(
+            forged.join(SIGNATURES),
+            serde_json::to_vec_pretty(&sigs).unwrap(),
+        )
+        .unwrap();
+        assert!(!forged.join(MANIFEST_ZST).exists() && !forged.join(SIGNATURES_ZST).exists());
+        assert_eq!(
+            outcome(&DirSource(forged.clone()), 1, &Limits::default()),
+            "structure",
+            "{bad:?}"
+        );
+        let e = open_verified(
+            &DirSource(forged),
+            &trusted(),
+            1,
+            &policy(),
+            &Limits::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains(&format!("manifest field {field}")), "{e}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            fs::create_dir(&dest).unwrap();
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), dest).unwrap();
+        }
     }
 }

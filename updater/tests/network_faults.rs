@@ -166,6 +166,7 @@ fn manifest(src: &HttpSource) -> Manifest {
         installed_sequence: None,
         allow_downgrade: false,
         now: 1_800_000_000,
+        ..Policy::default()
     };
     open_verified(src, &[key], 1, &policy, &Limits::default())
         .unwrap()

@@ -12,6 +12,7 @@ pub const TARGETS: &[&str] = &[
     "bls_entries",
     "image_toml",
     "tar_layer",
+    "http1_response",
 ];
 
 /// libFuzzer's coverage hooks without a sanitizer: all stable `-C` options.

@@ -42,6 +42,13 @@ async fn client(path: &Path) -> Result<(String, Client)> {
     if !path.exists() {
         anyhow::bail!("{} does not exist yet", path.display());
     }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .permissions(),
+    );
+    kiln_agent::credentials::check_private(mode)
+        .map_err(|why| anyhow::anyhow!("{} {why}", path.display()))?;
     let kc = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
     let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await

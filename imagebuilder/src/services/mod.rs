@@ -108,7 +108,8 @@ pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-pub fn release(spec: &Spec) -> String {
+/// The release file; `built` is the build's epoch (0: none recorded).
+pub fn release(spec: &Spec, built: u64) -> String {
     contract::Release {
         name: spec.name.clone(),
         version: spec.version.clone(),
@@ -118,15 +119,17 @@ pub fn release(spec: &Spec) -> String {
             crate::spec::Loader::SystemdBoot => contract::LoaderKind::SystemdBoot,
             crate::spec::Loader::Grub => contract::LoaderKind::Grub,
         },
+        sequence: spec.update.sequence,
+        built: (built > 0).then_some(built),
     }
     .render()
 }
 
 /// Everything generated for a root with `facts`; `images[i]` is the baked image of
 /// `spec.containers[i]` (containers need systemd: the pipeline refuses them otherwise).
-pub fn generated(spec: &Spec, facts: &RootFacts, images: &[BakedImage]) -> Output {
+pub fn generated(spec: &Spec, facts: &RootFacts, images: &[BakedImage], built: u64) -> Output {
     let mut out = Output::default();
-    out.file(in_tree(contract::RELEASE), release(spec), 0o644);
+    out.file(in_tree(contract::RELEASE), release(spec, built), 0o644);
     out.file(
         in_tree(contract::HEALTH),
         health::health(spec, facts.init, images),
@@ -178,9 +181,12 @@ restart = "never"
     #[test]
     fn release_file() {
         assert_eq!(
-            release(&spec(false)),
+            release(&spec(false), 0),
             "KILN_NAME='n'\nKILN_VERSION='1.2'\nKILN_COMPATIBLE='c'\nKILN_UPDATE_THRESHOLD=1\nKILN_LOADER=systemd-boot\n"
         );
+        let mut s = spec(false);
+        s.update.sequence = Some(4);
+        assert!(release(&s, 1_700_000_000).ends_with("KILN_SEQUENCE=4\nKILN_BUILT=1700000000\n"));
     }
 
     #[test]
@@ -194,6 +200,7 @@ restart = "never"
                     hosts: true,
                 },
                 &[],
+                0,
             );
             o.files.into_iter().map(|f| f.path).collect::<Vec<_>>()
         };

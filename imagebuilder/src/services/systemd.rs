@@ -205,6 +205,7 @@ mod tests {
                 hosts: false,
             },
             &[],
+            0,
         )
     }
 

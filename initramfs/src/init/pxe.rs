@@ -9,29 +9,71 @@
 //! `kiln.install_disk` exactly as `kiln flash` writes it (same code: refusals, partition table
 //! last, `kiln.image_sha256` checked, read back, wiped on failure), then the machine reboots
 //! into it.
+//!
+//! Both downloads are bounded (`kiln_flash::http1`): lines and heads, a stall of
+//! [`STALL`] without a byte, a deadline (`kiln.fetch_timeout=SECS`, default
+//! [`DEFAULT_DEADLINE`]), and a size: the install disk's for an install; for a live root the
+//! root slot's size (`InitConfig::root_slot_bytes`) and never more than the RAM left (less a
+//! reserve for the system it boots). A server that drips, stalls or sends too much fails the
+//! boot with the reason on the console, and kiln-init reboots (`init::main`).
 
 use super::{err, loopdev, net, say, sys, InitError};
 use crate::cmdline::Cmdline;
 use crate::config::InitConfig;
+use kiln_flash::source::Bounds;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
+use std::time::Duration;
 
 /// Where the fetched root image is kept (in the initramfs, i.e. in RAM).
 const ROOT_IMAGE: &str = "/kiln-root.img";
+/// Longest wait for the next byte of a download.
+const STALL: Duration = Duration::from_secs(30);
+/// Deadline of a download when the command line sets none.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+/// RAM kept free when a live root is fetched into it.
+const RAM_RESERVE: u64 = 128 << 20;
+
+fn deadline(cmd: &Cmdline) -> Duration {
+    cmd.fetch_timeout_secs
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_DEADLINE)
+}
+
+/// `MemAvailable` of /proc/meminfo text, in bytes.
+pub fn mem_available(meminfo: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let kib = l.strip_prefix("MemAvailable:")?.trim().strip_suffix("kB")?;
+        kib.trim().parse::<u64>().ok()?.checked_mul(1024)
+    })
+}
+
+/// The most a live root may take in RAM: the slot size, and the RAM available less a reserve.
+/// Unknown RAM (no /proc/meminfo) leaves the slot size; neither known is an error, not an
+/// unbounded fetch.
+pub fn live_root_cap(slot: Option<u64>, available: Option<u64>) -> Result<u64, String> {
+    let ram = available.map(|a| a.saturating_sub(RAM_RESERVE));
+    match (slot, ram) {
+        (Some(s), Some(r)) => Ok(s.min(r)),
+        (Some(s), None) => Ok(s),
+        (None, Some(r)) => Ok(r),
+        (None, None) => Err("neither the root slot size nor the available RAM is known".into()),
+    }
+}
 
 /// Fetches `url` into `dest`, hashing it; returns (bytes, sha256 hex).
-fn fetch(url: &str, dest: &str) -> Result<(u64, String), InitError> {
+fn fetch(url: &str, dest: &str, bounds: &Bounds) -> Result<(u64, String), InitError> {
     let e = |m: String| err("fetching the root image", m);
-    let mut src = kiln_flash::source::open(url).map_err(|x| e(x.to_string()))?;
+    let mut src = kiln_flash::source::open(url, bounds).map_err(|x| e(x.to_string()))?;
     let mut out = std::fs::File::create(dest).map_err(|x| e(format!("{dest}: {x}")))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = src
-            .reader
-            .read(&mut buf)
-            .map_err(|x| e(format!("{url}: {x}")))?;
+        let n = src.reader.read(&mut buf).map_err(|x| {
+            let _ = std::fs::remove_file(dest);
+            e(format!("{url}: {x}"))
+        })?;
         if n == 0 {
             break;
         }
@@ -102,7 +144,12 @@ pub fn install(cmd: &Cmdline, cfg: &InitConfig) -> Result<super::Never, InitErro
     }
     let e = |m: kiln_flash::FlashError| err("installing", m);
     let target = kiln_flash::target::Target::open_device(std::path::Path::new(&disk)).map_err(e)?;
-    let mut src = kiln_flash::source::open(&url).map_err(e)?;
+    let bounds = Bounds {
+        max_bytes: target.size,
+        stall: STALL,
+        deadline: deadline(cmd),
+    };
+    let mut src = kiln_flash::source::open(&url, &bounds).map_err(e)?;
     say(format!("installing {url} onto {disk}"));
     let expected = kiln_flash::write::Expected {
         sha256,
@@ -143,8 +190,18 @@ pub fn live(cmd: &Cmdline, cfg: &InitConfig) -> Result<String, InitError> {
                 "kiln.pxe=live needs kiln.root_sha256= (64 hex digits)",
             )
         })?;
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| mem_available(&m));
+    let cap = live_root_cap(cfg.root_slot_bytes, available)
+        .map_err(|m| err("fetching the root image", m))?;
+    let bounds = Bounds {
+        max_bytes: cap,
+        stall: STALL,
+        deadline: deadline(cmd),
+    };
     let started = std::time::Instant::now();
-    let (bytes, got) = fetch(url, ROOT_IMAGE)?;
+    let (bytes, got) = fetch(url, ROOT_IMAGE, &bounds)?;
     if got != want {
         let _ = std::fs::remove_file(ROOT_IMAGE);
         return Err(err(
@@ -173,4 +230,23 @@ pub fn live(cmd: &Cmdline, cfg: &InitConfig) -> Result<String, InitError> {
         }
     }
     Ok(persist)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_root_fits_the_slot_and_the_ram() {
+        let info = "MemTotal:        2000000 kB\nMemAvailable:    1000000 kB\n";
+        let avail = mem_available(info);
+        assert_eq!(avail, Some(1_024_000_000));
+        assert_eq!(mem_available("MemTotal: 5 kB\n"), None);
+        let ram = 1_024_000_000 - RAM_RESERVE;
+        assert_eq!(live_root_cap(Some(512 << 20), avail), Ok(512 << 20));
+        assert_eq!(live_root_cap(Some(4 << 30), avail), Ok(ram));
+        assert_eq!(live_root_cap(None, avail), Ok(ram));
+        assert_eq!(live_root_cap(Some(7), None), Ok(7));
+        assert!(live_root_cap(None, None).is_err());
+    }
 }

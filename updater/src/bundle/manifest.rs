@@ -73,8 +73,11 @@ pub struct Chunk {
 pub enum StructureError {
     #[error("manifest format {0} is not supported (expected {FORMAT})")]
     Format(u32),
-    #[error("manifest field {0} is empty")]
-    Empty(&'static str),
+    #[error("manifest field {field}: {error}")]
+    Label {
+        field: &'static str,
+        error: kiln_boot::contract::LabelError,
+    },
     #[error("payload {payload}: {message}")]
     Payload {
         payload: &'static str,
@@ -94,19 +97,24 @@ pub fn stored_bound(n: u32) -> u64 {
     n + (n >> 8) + 1024
 }
 
+/// The compatible and version strings in the label character set (`kiln bundle` checks them
+/// before writing, the device on every verified manifest).
+pub fn check_labels(compatible: &str, version: &str) -> Result<(), StructureError> {
+    for (field, v) in [("compatible", compatible), ("version", version)] {
+        kiln_boot::contract::check_label(v)
+            .map_err(|error| StructureError::Label { field, error })?;
+    }
+    Ok(())
+}
+
 impl Manifest {
-    /// Checks what the installer relies on: chunks cover each payload exactly, in order,
-    /// with bounded sizes and well-formed digests.
+    /// Checks what the installer relies on: the labels in their character set, and chunks
+    /// that cover each payload exactly, in order, with bounded sizes and well-formed digests.
     pub fn check_structure(&self) -> Result<(), StructureError> {
         if self.format != FORMAT {
             return Err(StructureError::Format(self.format));
         }
-        if self.compatible.is_empty() {
-            return Err(StructureError::Empty("compatible"));
-        }
-        if self.version.is_empty() {
-            return Err(StructureError::Empty("version"));
-        }
+        check_labels(&self.compatible, &self.version)?;
         for (name, p) in self.payloads.named() {
             let bad = |message: String| StructureError::Payload {
                 payload: name,
@@ -152,13 +160,24 @@ impl Manifest {
 }
 
 /// What the device accepts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     pub compatible: String,
-    /// Sequence of the installed (blessed) manifest; `None` on a device never updated.
+    /// The anti-downgrade floor: a bundle's sequence must be above it. On a device, the higher
+    /// of the blessed manifest's sequence and the running image's own (`KILN_SEQUENCE`);
+    /// `None` only when neither exists.
     pub installed_sequence: Option<u64>,
+    /// The highest sequence this device accepted for an install: a bundle may not be below it
+    /// (the same one may be tried again).
+    pub seen_sequence: Option<u64>,
+    /// The time floor (UNIX seconds): the newest `created` the device accepted and the running
+    /// image's build time. A manifest created before it is refused, and expiry is judged
+    /// against the later of it and `now`, so a clock reset to 1970 does not revive expired
+    /// bundles.
+    pub time_floor: u64,
+    /// Skips the sequence and creation-time floors (never expiry).
     pub allow_downgrade: bool,
-    /// Current time (UNIX seconds).
+    /// Current time by the device's clock (UNIX seconds).
     pub now: u64,
 }
 
@@ -167,9 +186,13 @@ pub struct Policy {
 pub enum PolicyError {
     #[error("bundle is for {bundle:?}, this device is {device:?}")]
     WrongCompatible { bundle: String, device: String },
-    #[error("bundle sequence {bundle} is not above the installed sequence {installed} (downgrade; use --allow-downgrade)")]
+    #[error("bundle sequence {bundle} is not above the installed sequence {installed} (the blessed one or the image's own; downgrade: use --allow-downgrade)")]
     Downgrade { bundle: u64, installed: u64 },
-    #[error("bundle expired at {expires} (now {now})")]
+    #[error("bundle sequence {bundle} is below {seen}, the highest this device accepted (downgrade: use --allow-downgrade)")]
+    BelowSeen { bundle: u64, seen: u64 },
+    #[error("bundle created at {created}, before this device's time floor {floor} (the newest manifest it accepted, or its image's build time)")]
+    CreatedBeforeFloor { created: u64, floor: u64 },
+    #[error("bundle expired at {expires} (now {now}: the later of the clock and the time floor)")]
     Expired { expires: u64, now: u64 },
 }
 
@@ -181,18 +204,31 @@ impl Manifest {
                 device: p.compatible.clone(),
             });
         }
-        if let Some(installed) = p.installed_sequence {
-            if self.sequence <= installed && !p.allow_downgrade {
+        if !p.allow_downgrade {
+            if let Some(installed) = p.installed_sequence.filter(|&i| self.sequence <= i) {
                 return Err(PolicyError::Downgrade {
                     bundle: self.sequence,
                     installed,
                 });
             }
+            if let Some(seen) = p.seen_sequence.filter(|&s| self.sequence < s) {
+                return Err(PolicyError::BelowSeen {
+                    bundle: self.sequence,
+                    seen,
+                });
+            }
+            if self.created < p.time_floor {
+                return Err(PolicyError::CreatedBeforeFloor {
+                    created: self.created,
+                    floor: p.time_floor,
+                });
+            }
         }
-        if self.expires <= p.now {
+        let now = p.now.max(p.time_floor);
+        if self.expires <= now {
             return Err(PolicyError::Expired {
                 expires: self.expires,
-                now: p.now,
+                now,
             });
         }
         Ok(())

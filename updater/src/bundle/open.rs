@@ -20,7 +20,7 @@ pub enum OpenError {
     Parse(String),
     #[error("manifest.json.zst (signed) does not decompress: {0}")]
     Decompress(String),
-    #[error("manifest.json is inconsistent")]
+    #[error("manifest.json is inconsistent: {0}")]
     Structure(#[from] StructureError),
     #[error("bundle refused")]
     Policy(#[from] PolicyError),

@@ -2,7 +2,7 @@
 
 use super::chunker::chunk_file;
 use super::keys::{SecretKey, Signatures};
-use super::manifest::{Manifest, Payloads, FORMAT};
+use super::manifest::{check_labels, Manifest, Payloads, FORMAT};
 use super::{MANIFEST, MANIFEST_ZST, MANIFEST_ZSTD_LEVEL, SIGNATURES, SIGNATURES_ZST};
 use std::fs;
 use std::io;
@@ -27,13 +27,16 @@ pub struct PayloadFiles<'a> {
 }
 
 /// Writes a signed bundle directory at `out` (which must not exist). Built under a temporary
-/// name and renamed when complete.
+/// name and renamed when complete; labels outside their character set are refused before
+/// anything is created.
 pub fn write_bundle(
     files: PayloadFiles<'_>,
     info: &BundleInfo,
     keys: &[&SecretKey],
     out: &Path,
 ) -> io::Result<Manifest> {
+    check_labels(&info.compatible, &info.version)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     if out.exists() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,

@@ -105,9 +105,9 @@ impl BootDisk {
         format!("/dev/{base}{sep}{}", p.number)
     }
 
-    /// Size in bytes of a partition.
+    /// Size in bytes of a partition (`parse_entries` refused any that ends before it starts).
     pub fn size(p: &PartEntry) -> u64 {
-        (p.last_lba + 1 - p.first_lba) * 512
+        (p.last_lba.saturating_sub(p.first_lba) + 1) * 512
     }
 
     /// The kernel command line of `slot`.

@@ -82,9 +82,9 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
     let src = super::ops::open_source(source)?;
     let policy = Policy {
         compatible: o.compatible.clone(),
-        installed_sequence: None,
         allow_downgrade: true,
         now: super::ops::now(),
+        ..Policy::default()
     };
     let v = open_verified(
         src.as_ref(),

@@ -6,5 +6,6 @@ pub mod disk;
 pub mod extract;
 pub mod http;
 pub mod ops;
+pub mod policy;
 pub mod progress;
 pub mod state_file;

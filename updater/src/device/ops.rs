@@ -7,7 +7,6 @@ use super::disk::{BootDisk, Esp};
 use super::state_file::{self, LastInstall, Staged, UpdaterState};
 use crate::bundle::keys::PublicKey;
 use crate::bundle::manifest::Payload;
-use crate::bundle::manifest::Policy;
 use crate::bundle::open::{open_verified, Limits};
 use crate::bundle::source::{BundleSource, DirSource, KbundleSource};
 use crate::install::{verify_payload, write_payload, Stats, WriteOptions};
@@ -214,12 +213,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     let target = booted.other();
     let mut st = state_file::load(&ctx.state_dir)?;
     let src = open_source(source)?;
-    let policy = Policy {
-        compatible: ctx.release.compatible.clone(),
-        installed_sequence: st.installed_sequence,
-        allow_downgrade: o.allow_downgrade,
-        now: now(),
-    };
+    let policy = super::policy::device_policy(&ctx.release, &st, o.allow_downgrade, now());
     let v = open_verified(
         src.as_ref(),
         &trusted_keys()?,
@@ -236,6 +230,8 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         "kiln-updater: installing {} (sequence {}) into slot {target}",
         m.version, m.sequence
     );
+    // Accepted: the floors rise now (saved with the first state write, before any slot write).
+    super::policy::record_accepted(&mut st, m);
 
     // 1. The target slot is not bootable from here on (committed before any write).
     let mut boot = ctx.read_boot()?;

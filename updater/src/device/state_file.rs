@@ -1,5 +1,7 @@
 //! The updater's record on persist (`/persist/kiln/updater/state.json`): installed manifest
-//! sequence (the anti-downgrade floor), the last install's result, and rollbacks noticed.
+//! sequence and the highest sequence and creation time accepted (floors that only rise; the
+//! image's own, baked in its release file, apply even without this file), the last install's
+//! result, and rollbacks noticed.
 //! Written atomically (temporary file, fsync, rename, fsync of the directory).
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,11 @@ pub struct UpdaterState {
     /// Sequence of the last blessed bundle: bundles must be above it.
     #[serde(default)]
     pub installed_sequence: Option<u64>,
+    /// Highest sequence and newest `created` of a manifest accepted for install.
+    #[serde(default)]
+    pub seen_sequence: Option<u64>,
+    #[serde(default)]
+    pub seen_created: Option<u64>,
     /// Version per slot as last written (`a`, `b`).
     #[serde(default)]
     pub slot_versions: std::collections::BTreeMap<String, String>,
