@@ -3,7 +3,8 @@
 //! v1 boots to `kiln-ready` through the generated systemd units (running, hostname, DHCP by
 //! networkd, modules loadable after switch_root); a container made by this test (an OCI layout
 //! of the host's static busybox — no registry) runs under containerd with its output in the
-//! journal, is restarted when killed, and writes to its persist mount; after a reboot the
+//! journal, is restarted when killed, comes back over a snapshot a reboot left without its
+//! container, and writes to its persist mount; after a reboot the
 //! machine id is the same and the previous boot's journal is readable; v2 (a new container
 //! image and a changed file under /usr) is installed A/B and blessed through systemd; v3, whose
 //! essential container exits at once, never becomes healthy and the loader falls back to v2,
@@ -194,6 +195,19 @@ fn debian_node_runs_systemd_and_containers_and_updates_ab() {
         .parse::<u32>()
         .unwrap()
             >= 1
+    );
+    // A snapshot left without its container (a reboot between `ctr run` preparing it and
+    // creating the container) would make every later `ctr run hello` fail with "already
+    // exists"; the unit's prep removes it and the container comes back.
+    out(
+        &mut c,
+        "systemctl stop kiln-container-hello && ctr -n kiln containers delete --keep-snapshot hello && ctr -n kiln snapshots ls | grep -q '^hello '",
+    );
+    out(&mut c, "systemctl start kiln-container-hello");
+    until(
+        &mut c,
+        "ctr -n kiln task ls | grep -q '^hello .*RUNNING'",
+        60,
     );
 
     // Reboot: same machine id, the previous boot's journal, the container's file.

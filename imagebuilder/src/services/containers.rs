@@ -155,7 +155,10 @@ fn prep() -> String {
         r#"#!/bin/sh
 # kiln: before a container starts (container-prep NAME REF SOURCE...): its persist mount
 # sources exist, its image is in containerd's store (imported from the read-only root only when
-# that exact manifest is missing), and no task or container of an earlier run is left.
+# that exact manifest is missing), and no task, container or snapshot of an earlier run is
+# left. `ctr run` prepares the snapshot (keyed by the container's name) before it creates the
+# container: a reboot between the two leaves a snapshot no container owns, and every later
+# `ctr run` of that name fails with "already exists".
 name="$1"; ref="$2"; shift 2
 for d in "$@"; do mkdir -p "$d" || exit 1; done
 have() {{ ctr -n {NAMESPACE} images ls -q | grep -qxF "$ref"; }}
@@ -166,6 +169,7 @@ if ! have; then
 fi
 ctr -n {NAMESPACE} task delete -f "$name" >/dev/null 2>&1
 ctr -n {NAMESPACE} container delete "$name" >/dev/null 2>&1
+ctr -n {NAMESPACE} snapshots rm "$name" >/dev/null 2>&1
 exit 0
 "#
     )
