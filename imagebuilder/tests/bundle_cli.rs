@@ -10,13 +10,41 @@ use kiln_updater::bundle::source::{DirSource, KbundleSource};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
+/// `kiln keygen` into `dir/dev.{key,pub}` and a spec trusting that key at `dir/image.toml`;
+/// returns (secret key, spec).
+fn keyed_spec(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let prefix = dir.join("dev");
+    let o = kiln(&["keygen".as_ref(), "--out".as_ref(), prefix.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let spec = dir.join("image.toml");
+    fs::write(
+        &spec,
+        spec_text(
+            "",
+            &format!("[update]\nkeys = [\"{}\"]\n", dir.join("dev.pub").display()),
+        ),
+    )
+    .unwrap();
+    (dir.join("dev.key"), spec)
+}
+
+/// The root image of the build at `out`, extracted into `tree` with fsck.erofs.
+fn extract_root(out: &std::path::Path, tree: &std::path::Path) {
+    let (ok, msg) = tool(
+        "fsck.erofs",
+        &[
+            &format!("--extract={}", tree.display()),
+            out.join("root.img").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{msg}");
+}
+
 #[test]
 fn keygen_build_with_keys_and_bundle() {
     let d = tempfile::tempdir().unwrap();
     let prefix = d.path().join("dev");
-    let o = kiln(&["keygen".as_ref(), "--out".as_ref(), prefix.as_os_str()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let secret = d.path().join("dev.key");
+    let (secret, spec) = keyed_spec(d.path());
     assert_eq!(
         fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
         0o600
@@ -31,30 +59,11 @@ fn keygen_build_with_keys_and_bundle() {
     );
 
     // An image trusting that key carries it in its read-only root.
-    let spec = d.path().join("image.toml");
-    fs::write(
-        &spec,
-        spec_text(
-            "",
-            &format!(
-                "[update]\nkeys = [\"{}\"]\n",
-                d.path().join("dev.pub").display()
-            ),
-        ),
-    )
-    .unwrap();
     let out = d.path().join("out");
     let o = kiln_build(&spec, &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let tree = d.path().join("tree");
-    let (ok, msg) = tool(
-        "fsck.erofs",
-        &[
-            &format!("--extract={}", tree.display()),
-            out.join("root.img").to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{msg}");
+    extract_root(&out, &tree);
     let baked = fs::read_to_string(tree.join(format!("usr/lib/kiln/keys/{}.pub", public.key_id())))
         .unwrap();
     assert_eq!(PublicKey::from_file(&baked).unwrap(), public);
@@ -143,22 +152,7 @@ fn keygen_build_with_keys_and_bundle() {
 #[test]
 fn a_build_bakes_its_sequence_and_bundles_of_it_carry_it() {
     let d = tempfile::tempdir().unwrap();
-    let prefix = d.path().join("dev");
-    let o = kiln(&["keygen".as_ref(), "--out".as_ref(), prefix.as_os_str()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let secret = d.path().join("dev.key");
-    let spec = d.path().join("image.toml");
-    fs::write(
-        &spec,
-        spec_text(
-            "",
-            &format!(
-                "[update]\nkeys = [\"{}\"]\n",
-                d.path().join("dev.pub").display()
-            ),
-        ),
-    )
-    .unwrap();
+    let (secret, spec) = keyed_spec(d.path());
     let out = d.path().join("out");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args([
@@ -174,14 +168,7 @@ fn a_build_bakes_its_sequence_and_bundles_of_it_carry_it() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let tree = d.path().join("tree");
-    let (ok, msg) = tool(
-        "fsck.erofs",
-        &[
-            &format!("--extract={}", tree.display()),
-            out.join("root.img").to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{msg}");
+    extract_root(&out, &tree);
     let release = fs::read_to_string(tree.join("usr/lib/kiln/release")).unwrap();
     assert!(
         release.contains("KILN_SEQUENCE=5\n") && release.contains("KILN_BUILT=1700000000\n"),

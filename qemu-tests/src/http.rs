@@ -82,19 +82,29 @@ impl StaticServer {
 
     /// URL of `path` as the guest sees it.
     pub fn guest_url(&self, path: &str) -> String {
-        format!(
-            "http://10.0.2.2:{}/{}",
-            self.addr.port(),
-            path.trim_start_matches('/')
-        )
+        guest_url(self.addr, path)
     }
 }
 
 impl Drop for StaticServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wake the accept loop
+        stop(&self.stop, self.addr);
     }
+}
+
+/// URL of `path` on the server at `addr` as the guest sees it (slirp's host alias).
+fn guest_url(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "http://10.0.2.2:{}/{}",
+        addr.port(),
+        path.trim_start_matches('/')
+    )
+}
+
+/// Ends a server's accept loop.
+fn stop(flag: &AtomicBool, addr: SocketAddr) {
+    flag.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(addr); // wake the accept loop
 }
 
 /// A hostile server on 127.0.0.1: answers every request with `head`, then one byte per
@@ -126,18 +136,13 @@ impl DripServer {
 
     /// URL of `path` as the guest sees it.
     pub fn guest_url(&self, path: &str) -> String {
-        format!(
-            "http://10.0.2.2:{}/{}",
-            self.addr.port(),
-            path.trim_start_matches('/')
-        )
+        guest_url(self.addr, path)
     }
 }
 
 impl Drop for DripServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wake the accept loop
+        stop(&self.stop, self.addr);
     }
 }
 
