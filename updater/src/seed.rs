@@ -41,20 +41,31 @@ impl<'a> Seed<'a> {
 
     /// The bytes of `c` from the running slot, if it holds them (verified).
     pub fn take(&self, c: &Chunk) -> Option<Vec<u8>> {
-        let &(offset, length) = self.index.get(c.sha256.as_str())?;
+        let mut buf = Vec::new();
+        self.take_into(c, &mut buf).then_some(buf)
+    }
+
+    /// Reads `c` from the running slot into `buf`; whether it was there (verified).
+    pub fn take_into(&self, c: &Chunk, buf: &mut Vec<u8>) -> bool {
+        let Some(&(offset, length)) = self.index.get(c.sha256.as_str()) else {
+            return false;
+        };
         if length != c.length {
-            return None;
+            return false;
         }
-        let mut buf = vec![0u8; length as usize];
-        self.file.read_exact_at(&mut buf, self.base + offset).ok()?;
-        if hex::encode(Sha256::digest(&buf)) != c.sha256 {
+        buf.clear();
+        buf.resize(length as usize, 0);
+        if self.file.read_exact_at(buf, self.base + offset).is_err() {
+            return false;
+        }
+        if hex::encode(Sha256::digest(&buf[..])) != c.sha256 {
             tracing::warn!(
                 "chunk {} is not where the running slot's manifest says; downloading it",
                 c.sha256
             );
-            return None;
+            return false;
         }
-        Some(buf)
+        true
     }
 }
 

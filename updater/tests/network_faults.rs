@@ -22,6 +22,10 @@ enum Fault {
     DropMidBody,
     Stall,
     WrongBody,
+    /// A chunked body that never ends (until the client hangs up, or 20 s).
+    Endless,
+    /// A Content-Length of 1 TB.
+    HugeLength,
 }
 
 /// Per path: the faults of successive requests (then the file is served), or `always`.
@@ -132,6 +136,26 @@ fn serve(conn: TcpStream, root: &Path, plan: &Mutex<Plan>) {
                 let _ = out.write_all(head(bad.len()).as_bytes());
                 let _ = out.write_all(&bad);
             }
+            Some(Fault::Endless) => {
+                let _ = out.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                let t = std::time::Instant::now();
+                let piece = [b'z'; 4096];
+                while t.elapsed() < Duration::from_secs(20) {
+                    let sent = out
+                        .write_all(b"1000\r\n")
+                        .and_then(|()| out.write_all(&piece))
+                        .and_then(|()| out.write_all(b"\r\n"));
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            Some(Fault::HugeLength) => {
+                let _ = out.write_all(head(1 << 40).as_bytes());
+                let _ = out.write_all(&body);
+                return;
+            }
             None => {
                 let _ = out.write_all(head(body.len()).as_bytes());
                 let _ = out.write_all(&body);
@@ -173,17 +197,19 @@ fn manifest(src: &HttpSource) -> Manifest {
         .manifest
 }
 
-/// Installs the root payload into `target` (1 MiB file).
-fn install_root(src: &HttpSource, m: &Manifest, target: &fs::File) -> Result<Stats, InstallError> {
-    write_payload(
-        src,
-        "root",
-        &m.payloads.root,
-        target,
-        0,
-        1 << 20,
-        &WriteOptions::default(),
-    )
+/// Installs the root payload into `target` (1 MiB file); `resume`: an earlier run of it
+/// stopped part way.
+fn install_root(
+    src: &HttpSource,
+    m: &Manifest,
+    target: &fs::File,
+    resume: bool,
+) -> Result<Stats, InstallError> {
+    let o = WriteOptions {
+        resume,
+        ..WriteOptions::default()
+    };
+    write_payload(src, "root", &m.payloads.root, target, 0, 1 << 20, &o).map(|w| w.stats)
 }
 
 fn target(dir: &Path) -> fs::File {
@@ -256,7 +282,7 @@ fn a_chunk_that_never_verifies_is_never_written() {
     let m = manifest(&src);
     let dir = tempfile::tempdir().unwrap();
     let t = target(dir.path());
-    let e = install_root(&src, &m, &t).unwrap_err();
+    let e = install_root(&src, &m, &t, false).unwrap_err();
     assert!(matches!(e, InstallError::Corrupt { index: 1, .. }), "{e}");
     assert_eq!(
         server.requests(&chunk_path(&bad.sha256)),
@@ -284,7 +310,7 @@ fn a_second_run_fetches_only_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let t = target(dir.path());
     assert!(
-        install_root(&src, &m, &t).is_err(),
+        install_root(&src, &m, &t, false).is_err(),
         "the last chunk cannot be had"
     );
     let first: Vec<u32> = chunks
@@ -294,7 +320,7 @@ fn a_second_run_fetches_only_what_is_missing() {
 
     // The server recovers; the same install runs again on the same target.
     server.plan.lock().unwrap().always.clear();
-    let stats = install_root(&src, &m, &t).unwrap();
+    let stats = install_root(&src, &m, &t, true).unwrap();
     verify_payload("root", &m.payloads.root, &t, 0).unwrap();
     assert_eq!(stats.present, chunks.len() as u64 - 1);
     assert_eq!(stats.chunks, 1);
@@ -304,6 +330,35 @@ fn a_second_run_fetches_only_what_is_missing() {
         assert_eq!(
             more, expected,
             "chunk {i} fetched {more} more times on the second run"
+        );
+    }
+
+    // Without state saying an earlier run stopped part way, nothing is read back: the same,
+    // complete target gets every chunk fetched again.
+    let stats = install_root(&src, &m, &t, false).unwrap();
+    assert_eq!((stats.present, stats.chunks), (0, chunks.len() as u64));
+}
+
+#[test]
+fn a_body_past_its_cap_is_refused_whatever_its_framing_and_not_retried() {
+    use kiln_updater::bundle::source::{BundleSource, SourceError};
+    let mut plan = Plan::default();
+    plan.always.insert("manifest.json".into(), Fault::Endless);
+    plan.always.insert("manifest.sig".into(), Fault::HugeLength);
+    let server = FaultServer::start(fixtures().join("bundles/valid"), plan);
+    let src = source(&server);
+    for name in ["manifest.json", "manifest.sig"] {
+        let t = std::time::Instant::now();
+        match src.read(name, 100_000) {
+            Err(SourceError::TooLarge { cap: 100_000, .. }) => {}
+            other => panic!("{name}: {:?}", other.map(|b| b.len())),
+        }
+        assert_eq!(server.requests(name), 1, "{name} was retried");
+        // Well inside the 20 s the endless body lasts: the reader stopped at the cap.
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{name}: {:?}",
+            t.elapsed()
         );
     }
 }

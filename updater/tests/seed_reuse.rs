@@ -35,7 +35,7 @@ fn install_verified(src: &DirSource, payload: &Payload, seed: &Seed<'_>, at: &Pa
     };
     let s = write_payload(src, "root", payload, &t, 0, 8 << 20, &o).unwrap();
     verify_payload("root", payload, &t, 0).unwrap();
-    s
+    s.stats
 }
 
 #[test]

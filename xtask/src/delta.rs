@@ -22,7 +22,7 @@ struct Row {
     rss_kib: Option<u64>,
 }
 
-fn run_checked(c: &mut Command) -> Result<std::process::Output> {
+pub(crate) fn run_checked(c: &mut Command) -> Result<std::process::Output> {
     let out = c.output().with_context(|| format!("running {c:?}"))?;
     if !out.status.success() {
         bail!(
@@ -33,7 +33,7 @@ fn run_checked(c: &mut Command) -> Result<std::process::Output> {
     Ok(out)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub(crate) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }

@@ -15,6 +15,9 @@
 //!
 //! `cargo xtask delta-bench`: delta installs against casync (xtask/src/delta.rs; bench/delta.sh).
 //!
+//! `cargo xtask install-bench`: a full install against `curl | zstd -d | dd`
+//! (xtask/src/install_bench.rs; bench/install.sh).
+//!
 //! `cargo xtask suite`: the whole test suite, as `scripts/test` runs it (xtask/src/suite.rs).
 
 use anyhow::{bail, Result};
@@ -24,6 +27,7 @@ use qemu_tests::faults::{self, Campaign, Cut, Outcome};
 
 mod delta;
 mod fuzz;
+mod install_bench;
 mod suite;
 
 #[derive(Parser)]
@@ -75,6 +79,24 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "0,10")]
         delay_ms: Vec<u64>,
         /// Work directory (kept); default a temporary one.
+        #[arg(long)]
+        work: Option<std::path::PathBuf>,
+    },
+    /// Full install over HTTP (nginx) against `curl | zstd -d | dd conv=fsync`.
+    InstallBench {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        /// Debian's nginx binary (bench/install.sh unpacks it).
+        #[arg(long)]
+        nginx: std::path::PathBuf,
+        /// kiln-updater's chunks in flight.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Another kiln-updater binary (an earlier build, for before/after figures); default
+        /// the device build of scripts/build-device.
+        #[arg(long)]
+        updater: Option<std::path::PathBuf>,
+        /// Work directory, kept: the root is built there once and used again by later runs.
         #[arg(long)]
         work: Option<std::path::PathBuf>,
     },
@@ -141,6 +163,13 @@ fn main() -> Result<()> {
             targets,
         } => fuzz::run(seconds, jobs, &targets),
         Cmd::Suite => suite::run(),
+        Cmd::InstallBench {
+            runs,
+            nginx,
+            parallel,
+            updater,
+            work,
+        } => install_bench::run(runs as usize, &nginx, parallel, updater, work),
         Cmd::DeltaBench {
             runs,
             delay_ms,

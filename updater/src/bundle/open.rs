@@ -89,9 +89,22 @@ pub fn open_verified(
 /// log2 of the largest zstd window a compressed manifest may use (8 MiB: `MANIFEST_CAP`).
 const MANIFEST_WINDOW_LOG: u32 = 23;
 
-/// The signed, compressed manifest decompressed, at most `cap` bytes.
+/// The signed, compressed manifest decompressed, at most `cap` bytes. A frame that declares
+/// its size (as `kiln bundle` writes it) is decoded in one shot into exactly that many bytes,
+/// with no window buffer beside them; another is streamed under [`MANIFEST_WINDOW_LOG`].
 fn decompress(z: &[u8], cap: u64) -> Result<Vec<u8>, OpenError> {
     let bad = |e: &dyn std::fmt::Display| OpenError::Decompress(e.to_string());
+    if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(z) {
+        if n > cap {
+            return Err(bad(&format!("more than {cap} bytes decompressed")));
+        }
+        let mut out = Vec::with_capacity(n as usize);
+        // The output cannot outgrow the buffer: more data than declared is an error.
+        zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(z, &mut out))
+            .map_err(|e| bad(&e))?;
+        return Ok(out);
+    }
     let mut out = Vec::new();
     let mut d = zstd::stream::read::Decoder::new(z).map_err(|e| bad(&e))?;
     // The window (memory) a frame may ask for: the cap's size, not zstd's default 128 MiB.

@@ -3,10 +3,11 @@
 //! The same code path as an install (`install::write_payload`), without a device: it runs on
 //! a host too, for mirrors, tests and the delta benchmark. Written to `OUT.part`, verified,
 //! then renamed; a `.part` left by an interrupted run is resumed (chunks it holds are kept).
+//! Verified as written: each chunk's digest and the whole payload's, computed in write order.
 
 use crate::bundle::manifest::{Manifest, Payload, Policy};
 use crate::bundle::open::{open_verified, Limits};
-use crate::install::{verify_payload, write_payload, Stats, WriteOptions};
+use crate::install::{write_payload, WriteOptions};
 use crate::seed::Seed;
 use crate::slot_index;
 use anyhow::{bail, Context, Result};
@@ -86,15 +87,17 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
         now: super::ops::now(),
         ..Policy::default()
     };
-    let v = open_verified(
+    // Only the parsed manifest is kept: its bytes (MiBs for a large root) go now.
+    let manifest = open_verified(
         src.as_ref(),
         &keys,
         o.threshold,
         &policy,
         &Limits::default(),
     )
-    .with_context(|| format!("verifying {source}"))?;
-    let payload = pick(&v.manifest, &o.payload)?;
+    .with_context(|| format!("verifying {source}"))?
+    .manifest;
+    let payload = pick(&manifest, &o.payload)?;
 
     let seed_file = match &o.seed {
         Some(p) => {
@@ -130,6 +133,9 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
         .map(|(p, f)| Seed::new(f, 0, p));
 
     let part = part_path(&o.out);
+    // A `.part` already there is the state an interrupted run left: only then is the target
+    // read back (chunks it holds are kept).
+    let resume = part.exists();
     let f = fs::File::options()
         .create(true)
         .truncate(false)
@@ -141,7 +147,7 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
         .with_context(|| format!("sizing {}", part.display()))?;
     let reporter = super::progress::Reporter::new();
     let quiet = crate::install::Quiet;
-    let stats: Stats = write_payload(
+    let written = write_payload(
         src.as_ref(),
         &o.payload,
         payload,
@@ -152,14 +158,15 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
             seed: seed.as_ref(),
             parallel: o.parallel,
             progress: if o.progress { &reporter } else { &quiet },
+            resume,
         },
     )?;
-    let sha256 = verify_payload(&o.payload, payload, &f, 0)?;
+    let (stats, sha256) = (written.stats, written.sha256);
     drop(f);
     fs::rename(&part, &o.out)
         .with_context(|| format!("renaming {} to {}", part.display(), o.out.display()))?;
     Ok(Extracted {
-        version: v.manifest.version.clone(),
+        version: manifest.version.clone(),
         size: payload.size,
         sha256,
         chunks_fetched: stats.chunks,

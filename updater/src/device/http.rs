@@ -1,5 +1,10 @@
 //! Bundles over HTTP(S): each file is a GET under the bundle URL, size-capped (Content-Length
 //! checked first, then the body read with a hard limit), retried with exponential backoff.
+//!
+//! The client is ureq (rustls with ring): blocking, so each install worker reads its own
+//! keep-alive connection from the shared pool directly, with no runtime thread between them,
+//! and its buffers are fixed (a 64 KiB read buffer per connection) where an async client's grow
+//! per connection with the transfer (the install's memory bound is per worker).
 
 use crate::bundle::source::{BundleSource, SourceError};
 use std::io::Read;
@@ -7,7 +12,7 @@ use std::time::Duration;
 
 pub struct HttpSource {
     base: String,
-    client: reqwest::blocking::Client,
+    agent: ureq::Agent,
     retries: u32,
     backoff: Duration,
 }
@@ -38,31 +43,40 @@ impl HttpSource {
     }
 
     pub fn with_options(url: &str, o: HttpOptions) -> Result<HttpSource, SourceError> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(o.timeout)
+        let agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(o.timeout))
+            // Statuses are judged here (404: missing, 5xx: retried), not turned into errors.
+            .http_status_as_error(false)
+            // A kept-alive connection for every worker an install may run.
+            .max_idle_connections(crate::install::MAX_PARALLEL)
+            .max_idle_connections_per_host(crate::install::MAX_PARALLEL)
+            .input_buffer_size(64 << 10)
+            .output_buffer_size(16 << 10)
             .build()
-            .map_err(|e| SourceError::Io {
-                name: url.into(),
-                source: std::io::Error::other(e),
-            })?;
+            .into();
         Ok(HttpSource {
             base: url.trim_end_matches('/').to_string(),
-            client,
+            agent,
             retries: o.retries,
             backoff: o.backoff,
         })
     }
 
+    /// One GET; the error says whether trying again may help.
     fn get_once(&self, name: &str, cap: u64) -> Result<Vec<u8>, (bool, SourceError)> {
         let url = format!("{}/{name}", self.base);
         let io = |e: &dyn std::fmt::Display| SourceError::Io {
             name: url.clone(),
             source: std::io::Error::other(e.to_string()),
         };
-        let resp = self.client.get(&url).send().map_err(|e| (true, io(&e)))?;
+        let too_large = || SourceError::TooLarge {
+            name: name.into(),
+            cap,
+        };
+        let resp = self.agent.get(&url).call().map_err(|e| (true, io(&e)))?;
         let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
+        if status == 404 {
             return Err((
                 false,
                 SourceError::NotFound {
@@ -74,28 +88,22 @@ impl HttpSource {
         if !status.is_success() {
             return Err((status.is_server_error(), io(&format!("HTTP {status}"))));
         }
-        if resp.content_length().is_some_and(|n| n > cap) {
-            return Err((
-                false,
-                SourceError::TooLarge {
-                    name: name.into(),
-                    cap,
-                },
-            ));
+        let declared = resp.body().content_length();
+        if declared.is_some_and(|n| n > cap) {
+            return Err((false, too_large()));
         }
-        let mut buf = Vec::new();
-        resp.take(cap + 1)
+        // Sized once from the length the server declared (already checked against the cap).
+        let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        resp.into_body()
+            .into_with_config()
+            .limit(cap)
+            .reader()
             .read_to_end(&mut buf)
-            .map_err(|e| (true, io(&e)))?;
-        if buf.len() as u64 > cap {
-            return Err((
-                false,
-                SourceError::TooLarge {
-                    name: name.into(),
-                    cap,
-                },
-            ));
-        }
+            .map_err(|e| match e.downcast::<ureq::Error>() {
+                Ok(ureq::Error::BodyExceedsLimit(_)) => (false, too_large()),
+                Ok(e) => (true, io(&e)),
+                Err(e) => (true, io(&e)),
+            })?;
         Ok(buf)
     }
 }

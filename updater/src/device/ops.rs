@@ -225,13 +225,28 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     o.expected
         .check(&v.manifest, &v.bytes)
         .with_context(|| format!("verifying {source}"))?;
+    // The manifest's bytes (MiBs for a large root) are not held through the install: written
+    // beside their final name now, renamed to it once the slot is written.
+    let manifest_file = ctx.state_dir.join(format!("slot-{target}.manifest.json"));
+    let manifest_new = ctx
+        .state_dir
+        .join(format!("slot-{target}.manifest.json.new"));
+    fs::write(&manifest_new, &v.bytes)
+        .with_context(|| format!("writing {}", manifest_new.display()))?;
     let m = &v.manifest;
+    drop(v.bytes);
     println!(
         "kiln-updater: installing {} (sequence {}) into slot {target}",
         m.version, m.sequence
     );
     // Accepted: the floors rise now (saved with the first state write, before any slot write).
     super::policy::record_accepted(&mut st, m);
+    // An earlier run of this install stopped part way (cut: its record still says in-progress;
+    // or failed): the slot is read back chunk by chunk and what it holds is kept (each chunk
+    // hashed: the record only saves downloads, it is never trusted). Else nothing is read back.
+    let resume = st.last_install.as_ref().is_some_and(|l| {
+        l.version == m.version && (l.result == "in-progress" || l.result.starts_with("failed"))
+    });
 
     // 1. The target slot is not bootable from here on (committed before any write).
     let mut boot = ctx.read_boot()?;
@@ -276,7 +291,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             booted,
         );
         let seed = running_root.as_ref().map(|(f, p)| Seed::new(f, 0, p));
-        let stats = write_payload(
+        let written = write_payload(
             src.as_ref(),
             "root",
             &m.payloads.root,
@@ -287,11 +302,14 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 seed: seed.as_ref(),
                 parallel: o.parallel,
                 progress: &progress,
+                resume,
             },
         )?;
+        let stats = written.stats;
         totals += stats;
         hit("install.root-written");
-        let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)?;
+        // Verified as written (each chunk's digest and the whole root's, in write order).
+        let root_sha = written.sha256;
         println!(
             "kiln-updater: root written and verified ({} chunks fetched ({} bytes), {} reused from slot {booted} ({} bytes), {} already in the slot)",
             stats.chunks, stats.fetched, stats.reused, stats.reused_bytes, stats.present
@@ -331,7 +349,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 .read(true)
                 .write(true)
                 .open(&tmp)?;
-            let stats = write_payload(
+            let written = write_payload(
                 src.as_ref(),
                 name,
                 payload,
@@ -342,10 +360,11 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                     seed: seed.as_ref(),
                     parallel: o.parallel,
                     progress: &progress,
+                    // A new file: nothing of an earlier run is in it.
+                    resume: false,
                 },
             )?;
-            totals += stats;
-            verify_payload(name, payload, &f, 0)?;
+            totals += written.stats;
             drop(f);
             if name == "kernel" {
                 hit("install.kernel-written");
@@ -385,10 +404,8 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     );
     match result {
         Ok(_) => {
-            fs::write(
-                ctx.state_dir.join(format!("slot-{target}.manifest.json")),
-                &v.bytes,
-            )?;
+            fs::rename(&manifest_new, &manifest_file)
+                .with_context(|| format!("renaming {} into place", manifest_new.display()))?;
             let done = Staged {
                 slot: target.to_string(),
                 version: m.version.clone(),
