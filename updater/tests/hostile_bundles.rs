@@ -405,3 +405,58 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Without a read-back, the whole payload's digest computed as it is written is what proves the
+/// chunks arrived complete and in order: a payload whose chunks each verify but whose order or
+/// whole digest differs from what was signed fails the install, and is not synced as done.
+#[test]
+fn chunks_that_each_verify_in_the_wrong_order_fail_the_whole_digest() {
+    use kiln_updater::bundle::keys::SecretKey;
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let m = common::test_bundle(dir.path(), "b", &common::noise(1 << 20, 5), &key);
+    let src = DirSource(dir.path().join("b"));
+    let good = &m.payloads.root;
+    assert!(good.chunks.len() >= 3, "{} chunks", good.chunks.len());
+    let target = |n: &str| {
+        fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.path().join(n))
+            .unwrap()
+    };
+    let o = kiln_updater::install::WriteOptions::default();
+
+    // The first two chunks swapped (offsets re-tiled): every chunk digest still matches.
+    let mut swapped = good.clone();
+    swapped.chunks.swap(0, 1);
+    swapped.chunks[0].offset = 0;
+    swapped.chunks[1].offset = u64::from(swapped.chunks[0].length);
+    let e = write_payload(&src, "root", &swapped, &target("t1"), 0, 2 << 20, &o).unwrap_err();
+    match e {
+        InstallError::Verify {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, good.sha256);
+            assert_ne!(actual, good.sha256);
+        }
+        e => panic!("{e}"),
+    }
+
+    // A whole digest that no order of these chunks gives.
+    let mut wrong = good.clone();
+    wrong.sha256 = "00".repeat(32);
+    let e = write_payload(&src, "root", &wrong, &target("t2"), 0, 2 << 20, &o).unwrap_err();
+    assert!(
+        matches!(&e, InstallError::Verify { actual, .. } if *actual == good.sha256),
+        "{e}"
+    );
+
+    // The signed payload itself installs, and its digest as written is the manifest's.
+    let t = target("t3");
+    let w = write_payload(&src, "root", good, &t, 0, 2 << 20, &o).unwrap();
+    assert_eq!(w.sha256, good.sha256);
+    assert_eq!(verify_payload("root", good, &t, 0).unwrap(), good.sha256);
+}
