@@ -225,16 +225,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     o.expected
         .check(&v.manifest, &v.bytes)
         .with_context(|| format!("verifying {source}"))?;
-    // The manifest's bytes (MiBs for a large root) are not held through the install: written
-    // beside their final name now, renamed to it once the slot is written.
-    let manifest_file = ctx.state_dir.join(format!("slot-{target}.manifest.json"));
-    let manifest_new = ctx
-        .state_dir
-        .join(format!("slot-{target}.manifest.json.new"));
-    fs::write(&manifest_new, &v.bytes)
-        .with_context(|| format!("writing {}", manifest_new.display()))?;
     let m = &v.manifest;
-    drop(v.bytes);
     println!(
         "kiln-updater: installing {} (sequence {}) into slot {target}",
         m.version, m.sequence
@@ -262,6 +253,16 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     st.staged = None;
     st.written = None;
     state_file::save(&ctx.state_dir, &st)?;
+    // The manifest's bytes (MiBs for a large root) are not held through the install: written
+    // beside their final name now (the state directory exists since the save above), renamed
+    // to it once the slot is written.
+    let manifest_file = ctx.state_dir.join(format!("slot-{target}.manifest.json"));
+    let manifest_new = ctx
+        .state_dir
+        .join(format!("slot-{target}.manifest.json.new"));
+    fs::write(&manifest_new, &v.bytes)
+        .with_context(|| format!("writing {}", manifest_new.display()))?;
+    drop(v.bytes);
 
     let progress = Failpointed(super::progress::Reporter::new());
     // What the running slot holds: the manifest recorded when it was installed, else (a slot
