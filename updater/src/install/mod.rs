@@ -177,9 +177,9 @@ type Outcome = (usize, Result<ordered::Ready, InstallError>);
 /// `o.parallel` workers take the chunks in order; each gets one verified chunk into a buffer of
 /// its own: from the target itself when resuming (read back and hashed), else from the seed
 /// (hashed as read), else from the bundle (fetched, decompressed, hashed). The calling thread
-/// writes them in payload order, consecutive chunks with one `pwritev`, hashing every byte into
-/// the payload's digest as it goes; buffers then go back to the workers, so memory holds at most
-/// [`window`] chunks whatever the payload size. Nothing is read back: each chunk's digest and
+/// writes them in payload order, consecutive chunks with one `pwritev`; a thread beside it
+/// hashes every written byte, in order, into the payload's digest, then hands the buffers back
+/// to the workers, so memory holds at most [`window`] chunks whatever the payload size. Nothing is read back: each chunk's digest and
 /// the whole digest, computed over exactly the bytes handed to the kernel, must both match the
 /// signed manifest. The first error stops every worker (the lowest-numbered failing chunk is
 /// reported); nothing unverified is ever written.
@@ -205,19 +205,33 @@ pub fn write_payload(
     let workers = o.parallel.clamp(1, MAX_PARALLEL).min(chunks.len().max(1));
     let window = window(workers);
     // Buffers are the tokens of the window: a worker takes one, then the next chunk index,
-    // under one lock, so chunks are taken in order and never more than `window` are unwritten.
-    let (tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(window);
+    // under one lock, so chunks are taken in order and never more than `window` are in flight,
+    // waiting, being written or being hashed.
+    let (free, free_rx) = mpsc::sync_channel::<Vec<u8>>(window);
     for _ in 0..window {
-        tx.send(Vec::new()).expect("the window has room");
+        free.send(Vec::new()).expect("the window has room");
     }
-    let mut free_tx = Some(tx);
+    let mut sha256 = String::new();
     let take = Mutex::new((free_rx, 0usize));
     let failed = AtomicBool::new(false);
     let (done_tx, done_rx) = mpsc::channel::<Outcome>();
     let mut stats = Stats::default();
     let mut first_error: Option<(usize, InstallError)> = None;
     let mut out = ordered::Ordered::new(target, base);
+    // The payload's digest, in order, on its own thread beside the writes: it takes each
+    // chunk after it is written, then hands its buffer back to the workers.
+    let (hash_tx, hash_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut whole = Sha256::new();
+            for b in hash_rx {
+                whole.update(&b);
+                // A worker may have stopped: the buffer is then dropped.
+                let _ = free.send(b);
+            }
+            hex::encode(whole.finalize())
+        });
+        let mut hash_tx = Some(hash_tx);
         for _ in 0..workers {
             let done_tx = done_tx.clone();
             let (take, failed) = (&take, &failed);
@@ -279,38 +293,38 @@ pub fn write_payload(
                         }
                         // No buffer goes back: workers waiting for one stop, so the loop ends.
                         failed.store(true, Ordering::SeqCst);
-                        drop(free_tx.take());
+                        drop(hash_tx.take());
                     }
                 }
             }
             let drained = out.drain(
                 |k| chunks[k].offset,
-                |b| {
-                    if let Some(t) = &free_tx {
-                        let _ = t.send(b);
-                    }
-                },
-                |l| {
-                    match l.origin {
+                |r| {
+                    let len = r.data.len() as u64;
+                    match r.origin {
                         ordered::Origin::Fetched(z) => {
                             stats.chunks += 1;
                             stats.fetched += z;
-                            stats.written += l.len;
+                            stats.written += len;
                         }
                         ordered::Origin::Seeded => {
                             stats.reused += 1;
-                            stats.reused_bytes += l.len;
-                            stats.written += l.len;
+                            stats.reused_bytes += len;
+                            stats.written += len;
                         }
                         ordered::Origin::Present => stats.present += 1,
                     }
-                    done_bytes += l.len;
+                    done_bytes += len;
                     o.progress.update(name, done_bytes, payload.size);
+                    // After an error nothing more is hashed: the buffer is dropped.
+                    if let Some(h) = &hash_tx {
+                        let _ = h.send(r.data);
+                    }
                 },
             );
             if let Err(source) = drained {
                 failed.store(true, Ordering::SeqCst);
-                drop(free_tx.take());
+                drop(hash_tx.take());
                 let k = out.done();
                 first_error = Some((
                     0,
@@ -325,13 +339,14 @@ pub fn write_payload(
                 break;
             }
         }
-        // Workers waiting for a buffer wake and stop.
-        drop(free_tx.take());
+        // The hasher ends with its input, and with it the window's sender: workers waiting
+        // for a buffer wake and stop.
+        drop(hash_tx.take());
+        sha256 = hasher.join().expect("the hasher thread");
     });
     if let Some((_, e)) = first_error {
         return Err(e);
     }
-    let sha256 = out.digest();
     if sha256 != payload.sha256 {
         return Err(InstallError::Verify {
             payload: name.into(),

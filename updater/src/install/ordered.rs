@@ -1,9 +1,8 @@
 //! The write side of an install: verified chunks arrive in any order from the workers; they
-//! leave in payload order, consecutive ones written with one `pwritev`, and every byte goes
-//! through one sha256 of the whole payload on the way. That digest, with each chunk's own, is
-//! what proves the target holds the payload, without reading it back.
+//! leave in payload order, consecutive ones written with one `pwritev`, and then go on, in
+//! order, to the payload's sha256 (its own thread, [`super::write_payload`]). That digest, with
+//! each chunk's own, is what proves the target holds the payload, without reading it back.
 
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::IoSlice;
@@ -28,20 +27,13 @@ pub(super) struct Ready {
 /// Chunks written per `pwritev` at most (Linux's IOV_MAX is 1024).
 const BATCH: usize = 64;
 
-/// The reorder buffer and the running digest of one payload.
+/// The reorder buffer of one payload.
 pub(super) struct Ordered<'a> {
     target: &'a File,
     base: u64,
     /// The next chunk to leave.
     next: usize,
     pending: BTreeMap<usize, Ready>,
-    whole: Sha256,
-}
-
-/// One chunk that left the buffer (written, or found present).
-pub(super) struct Left {
-    pub len: u64,
-    pub origin: Origin,
 }
 
 impl<'a> Ordered<'a> {
@@ -51,7 +43,6 @@ impl<'a> Ordered<'a> {
             base,
             next: 0,
             pending: BTreeMap::new(),
-            whole: Sha256::new(),
         }
     }
 
@@ -67,13 +58,11 @@ impl<'a> Ordered<'a> {
     }
 
     /// Writes every chunk that can leave now: consecutive runs of them at `offsets[i]` from
-    /// the base, one `pwritev` per run. Each chunk's buffer goes to `recycle`, and what left to
-    /// `left`, in order.
+    /// the base, one `pwritev` per run. Each chunk then goes to `left`, in order.
     pub(super) fn drain(
         &mut self,
         offsets: impl Fn(usize) -> u64,
-        mut recycle: impl FnMut(Vec<u8>),
-        mut left: impl FnMut(Left),
+        mut left: impl FnMut(Ready),
     ) -> std::io::Result<()> {
         loop {
             let mut run: Vec<(usize, Ready)> = Vec::new();
@@ -81,7 +70,6 @@ impl<'a> Ordered<'a> {
                 let Some(r) = self.pending.remove(&self.next) else {
                     break;
                 };
-                self.whole.update(&r.data);
                 let present = r.origin == Origin::Present;
                 run.push((self.next, r));
                 self.next += 1;
@@ -100,18 +88,9 @@ impl<'a> Ordered<'a> {
                 .collect();
             write_all_vectored_at(self.target, to_write, self.base + offsets(first))?;
             for (_, r) in run {
-                left(Left {
-                    len: r.data.len() as u64,
-                    origin: r.origin,
-                });
-                recycle(r.data);
+                left(r);
             }
         }
-    }
-
-    /// The sha256 (hex) of every byte that left, in order.
-    pub(super) fn digest(self) -> String {
-        hex::encode(self.whole.finalize())
     }
 }
 
@@ -151,7 +130,7 @@ mod tests {
     }
 
     #[test]
-    fn chunks_leave_in_order_and_the_digest_covers_every_byte() {
+    fn chunks_leave_in_order_and_only_what_is_not_present_is_written() {
         let dir = tempfile::tempdir().unwrap();
         let f = File::options()
             .create(true)
@@ -166,40 +145,32 @@ mod tests {
         let offsets = [0u64, 5, 8, 13];
         let mut o = Ordered::new(&f, 10);
         let mut order = Vec::new();
-        let mut recycled = 0;
         o.accept(3, ready(parts[3], Origin::Fetched(1)));
         o.accept(2, ready(parts[2], Origin::Seeded));
-        o.drain(
-            |i| offsets[i],
-            |_| recycled += 1,
-            |l| order.push((l.len, l.origin)),
-        )
-        .unwrap();
+        o.drain(|i| offsets[i], |r| order.push((r.data, r.origin)))
+            .unwrap();
         assert!(order.is_empty(), "nothing may leave before chunk 0");
         assert_eq!(o.done(), 0);
         o.accept(1, ready(parts[1], Origin::Present));
         o.accept(0, ready(parts[0], Origin::Fetched(4)));
-        o.drain(
-            |i| offsets[i],
-            |_| recycled += 1,
-            |l| order.push((l.len, l.origin)),
-        )
-        .unwrap();
+        o.drain(|i| offsets[i], |r| order.push((r.data, r.origin)))
+            .unwrap();
+        let origins: Vec<Origin> = order.iter().map(|(_, o)| *o).collect();
         assert_eq!(
-            order,
+            origins,
             [
-                (5, Origin::Fetched(4)),
-                (3, Origin::Present),
-                (5, Origin::Seeded),
-                (1, Origin::Fetched(1))
+                Origin::Fetched(4),
+                Origin::Present,
+                Origin::Seeded,
+                Origin::Fetched(1)
             ]
         );
-        assert_eq!(recycled, 4);
+        let left: Vec<u8> = order.into_iter().flat_map(|(d, _)| d).collect();
+        assert_eq!(&left, b"hellopreworld!");
         assert_eq!(o.done(), 4);
         let mut back = vec![0u8; 14];
         f.read_exact_at(&mut back, 10).unwrap();
         assert_eq!(&back, b"hellopreworld!");
-        assert_eq!(o.digest(), hex::encode(Sha256::digest(b"hellopreworld!")));
     }
 
     #[test]
@@ -211,10 +182,11 @@ mod tests {
         let mut o = Ordered::new(&f, 0);
         o.accept(0, ready(b"abc", Origin::Present));
         o.accept(1, ready(b"def", Origin::Present));
-        o.drain(|i| [0, 3][i], |_| {}, |_| {}).unwrap();
-        assert_eq!(o.digest(), hex::encode(Sha256::digest(b"abcdef")));
+        let mut n = 0;
+        o.drain(|i| [0, 3][i], |_| n += 1).unwrap();
+        assert_eq!(n, 2);
         let mut o = Ordered::new(&f, 0);
         o.accept(0, ready(b"xyz", Origin::Fetched(3)));
-        assert!(o.drain(|_| 0, |_| {}, |_| {}).is_err(), "a write happened");
+        assert!(o.drain(|_| 0, |_| {}).is_err(), "a write happened");
     }
 }
