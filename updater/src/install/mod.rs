@@ -1,9 +1,9 @@
 //! Streaming a verified payload into a target (a slot device, or a file), chunk by chunk:
 //! workers fetch each compressed chunk (size-capped), decompress it with a hard length limit
-//! and check its sha256 (`fetch.rs`); the calling thread writes them in order (`ordered.rs`) and
-//! a thread beside it hashes the whole payload as written. Memory stays bounded by a window of chunks whatever the
-//! payload size, and nothing is read back ([`verify_payload`] re-reads a target written
-//! earlier, when it may have changed since).
+//! and check its sha256 (`fetch.rs`); the calling thread writes them in order (`ordered.rs`)
+//! and a thread beside it hashes the whole payload as written. Memory stays bounded by a
+//! window of chunks whatever the payload size, and nothing is read back ([`verify_payload`]
+//! re-reads a target written earlier, when it may have changed since).
 
 mod fetch;
 mod ordered;
