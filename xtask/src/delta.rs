@@ -183,10 +183,11 @@ pub fn run(runs: usize, delays_ms: &[u64], work: Option<PathBuf>) -> Result<()> 
     Ok(())
 }
 
-fn check(out: &Path, want: &str, tool: &str) -> Result<()> {
+/// That `tool` wrote the root whose sha256 is `want` into `out` (outside the timing).
+pub(crate) fn check(out: &Path, want: &str, tool: &str) -> Result<()> {
     let got = imagebuilder::pipeline::sha256_file(out).map_err(|e| anyhow::anyhow!("{e}"))?;
     if got != want {
-        bail!("{tool} produced {got}, not v2's root {want}");
+        bail!("{tool} wrote {got}, not the expected root {want}");
     }
     Ok(())
 }

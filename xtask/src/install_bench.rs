@@ -12,7 +12,7 @@
 //! - Prints medians of N runs, the ratio kiln / pipe (goal ≤ 1.15×) and peak RSS (GNU time's
 //!   maxrss: kiln-updater's own; the pipe's largest stage).
 
-use crate::delta::{median, run_checked};
+use crate::delta::{check, median, run_checked};
 use anyhow::{bail, Context, Result};
 use std::fs;
 use std::io::Write;
@@ -176,14 +176,6 @@ fn timed(script: &str, rss_dir: &Path) -> Result<Sample> {
         rss_kib = rss_kib.max(k);
     }
     Ok(Sample { wall, rss_kib })
-}
-
-fn check(out: &Path, want: &str, tool: &str) -> Result<()> {
-    let got = imagebuilder::pipeline::sha256_file(out).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if got != want {
-        bail!("{tool} wrote {got}, not the root {want}");
-    }
-    Ok(())
 }
 
 pub fn run(
