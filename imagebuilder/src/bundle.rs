@@ -3,7 +3,8 @@
 use anyhow::{bail, Context, Result};
 use kiln_updater::bundle::keys::SecretKey;
 use kiln_updater::bundle::manifest::Manifest;
-use kiln_updater::bundle::writer::{pack, write_bundle, BundleInfo, PayloadFiles};
+pub use kiln_updater::bundle::writer::Layout;
+use kiln_updater::bundle::writer::{pack, write_bundle_as, BundleInfo, PayloadFiles};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -40,6 +41,8 @@ pub struct BundleArgs<'a> {
     pub sequence: u64,
     pub expires_in: Duration,
     pub kbundle: Option<&'a Path>,
+    /// How the chunks are stored (packed unless asked for one file each).
+    pub layout: Layout,
 }
 
 /// What a device running an older build downloads to install a bundle (`kiln bundle --from`).
@@ -141,7 +144,7 @@ pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
             bail!("{} is missing from the build directory", p.display());
         }
     }
-    let manifest = write_bundle(
+    let manifest = write_bundle_as(
         files,
         &BundleInfo {
             compatible: info.compatible,
@@ -152,6 +155,7 @@ pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
         },
         &keys.iter().collect::<Vec<_>>(),
         a.out,
+        a.layout,
     )
     .with_context(|| format!("writing the bundle {}", a.out.display()))?;
     if let Some(k) = a.kbundle {

@@ -65,6 +65,11 @@ enum Cmd {
         /// Also pack the bundle into this single `.kbundle` file.
         #[arg(long)]
         kbundle: Option<PathBuf>,
+        /// Store each chunk in a file of its own (`chunks/ab/<sha256>.zst`) instead of
+        /// `chunks.pack`: for devices whose kiln-updater predates the pack (one request per
+        /// chunk).
+        #[arg(long)]
+        chunk_files: bool,
         /// An older build directory: print what devices running it will download.
         #[arg(long)]
         from: Vec<PathBuf>,
@@ -184,6 +189,7 @@ fn real_main() -> Result<()> {
             sequence,
             expires_in_days,
             kbundle,
+            chunk_files,
             from,
         } => {
             let sequence = imagebuilder::bundle::sequence_for(&build, sequence)?;
@@ -194,6 +200,11 @@ fn real_main() -> Result<()> {
                 sequence,
                 expires_in: Duration::from_secs(expires_in_days * 86_400),
                 kbundle: kbundle.as_deref(),
+                layout: if chunk_files {
+                    imagebuilder::bundle::Layout::Files
+                } else {
+                    imagebuilder::bundle::Layout::Pack
+                },
             })?;
             let chunks: usize = m.payloads.named().iter().map(|(_, p)| p.chunks.len()).sum();
             println!(

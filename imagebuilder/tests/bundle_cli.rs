@@ -6,7 +6,9 @@ use common::*;
 use kiln_updater::bundle::keys::PublicKey;
 use kiln_updater::bundle::manifest::Policy;
 use kiln_updater::bundle::open::{open_verified, Limits};
-use kiln_updater::bundle::source::{DirSource, KbundleSource};
+use kiln_updater::bundle::source::{BundleSource, DirSource, KbundleSource};
+use kiln_updater::bundle::store::{ChunkStore, PACK};
+use kiln_updater::install::{write_payload, WriteOptions};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
@@ -124,12 +126,70 @@ fn keygen_build_with_keys_and_bundle() {
     );
     assert!(open_verified(
         &KbundleSource::open(&kb).unwrap(),
-        &[public],
+        std::slice::from_ref(&public),
         1,
         &policy,
         &Limits::default()
     )
     .is_ok());
+
+    // The chunks are packed; the root installs from the directory and from the .kbundle
+    // (the pack inside the tar) alike. `--chunk-files` stores one file per chunk instead, for
+    // older updaters, and installs the same root.
+    assert!(bundle.join(PACK).is_file() && !bundle.join("chunks").exists());
+    let files = d.path().join("bundle-files");
+    let o = kiln(&[
+        "bundle".as_ref(),
+        out.as_os_str(),
+        "--key".as_ref(),
+        secret.as_os_str(),
+        "--out".as_ref(),
+        files.as_os_str(),
+        "--sequence".as_ref(),
+        "7".as_ref(),
+        "--chunk-files".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!files.join(PACK).exists() && files.join("chunks").is_dir());
+    let want = imagebuilder::pipeline::sha256_file(&out.join("root.img")).unwrap();
+    let sources: [(&str, Box<dyn BundleSource>, bool); 3] = [
+        ("directory", Box::new(DirSource(bundle.clone())), true),
+        (
+            ".kbundle",
+            Box::new(KbundleSource::open(&kb).unwrap()),
+            true,
+        ),
+        ("--chunk-files", Box::new(DirSource(files.clone())), false),
+    ];
+    for (case, src, packed) in sources {
+        let v = open_verified(
+            src.as_ref(),
+            std::slice::from_ref(&public),
+            1,
+            &policy,
+            &Limits::default(),
+        )
+        .unwrap();
+        let store = ChunkStore::open(src.as_ref(), &v.manifest).unwrap();
+        assert_eq!(store.is_packed(), packed, "{case}");
+        let root = &v.manifest.payloads.root;
+        let t = tempfile::tempfile().unwrap();
+        let w = write_payload(
+            &store,
+            "root",
+            root,
+            &t,
+            0,
+            root.size,
+            &WriteOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(
+            (w.written, w.sha256.as_str()),
+            (root.size, want.as_str()),
+            "{case}"
+        );
+    }
 
     // The output directory is never overwritten.
     let o = kiln(&[

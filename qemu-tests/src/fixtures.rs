@@ -166,6 +166,7 @@ pub fn dev_bundle(
         sequence,
         expires_in: std::time::Duration::from_secs(30 * 86_400),
         kbundle: None,
+        layout: Default::default(),
     })
     .unwrap_or_else(|e| panic!("bundling {}: {e:#}", build.display()))
 }

@@ -62,6 +62,7 @@ fn agent_backs_off_without_delaying_ready_and_stages_without_activating() {
             sequence: seq,
             expires_in: Duration::from_secs(86_400),
             kbundle: None,
+            layout: Default::default(),
         })
         .unwrap();
     }

@@ -152,6 +152,7 @@ fn debian_node_runs_systemd_and_containers_and_updates_ab() {
             sequence: seq,
             expires_in: Duration::from_secs(30 * 86_400),
             kbundle: None,
+            layout: Default::default(),
         })
         .unwrap();
     }

@@ -39,6 +39,7 @@ fn scenario(loader: Loader) {
         sequence: 2,
         expires_in: Duration::from_secs(30 * 86_400),
         kbundle: None,
+        layout: Default::default(),
     })
     .unwrap();
     // v3 (sequence 3) with one root chunk replaced by other bytes of the same length. The chunk
@@ -63,14 +64,30 @@ fn scenario(loader: Loader) {
         .iter()
         .find(|c| !in_v2.contains(c.sha256.as_str()))
         .expect("v3's root differs from v2's somewhere");
+    // Its stored bytes in the pack replaced by a valid zstd frame of other data (same size).
+    let offsets = kiln_updater::bundle::store::pack_offsets(&m3);
+    let (at, stored) = offsets[c0.sha256.as_str()];
     let fake = zstd::bulk::compress(&vec![0x5a; c0.length as usize], 3).unwrap();
-    fs::write(
-        served
-            .join("tampered")
-            .join(kiln_updater::bundle::chunk_path(&c0.sha256)),
-        fake,
-    )
-    .unwrap();
+    assert!(
+        (fake.len() as u64) < stored,
+        "a frame of one repeated byte is smaller"
+    );
+    let mut frame = fake.clone();
+    // Padded with a skippable frame to the chunk's stored size.
+    let pad = stored as usize - fake.len();
+    assert!(pad >= 8, "room for a skippable frame header");
+    frame.extend_from_slice(&0x184D2A50u32.to_le_bytes());
+    frame.extend_from_slice(&((pad - 8) as u32).to_le_bytes());
+    frame.resize(stored as usize, 0);
+    let pack = fs::OpenOptions::new()
+        .write(true)
+        .open(
+            served
+                .join("tampered")
+                .join(kiln_updater::bundle::store::PACK),
+        )
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&pack, &frame, at).unwrap();
     let server = StaticServer::start(&served).unwrap();
 
     let mut c = Console::boot(&v1.disk).unwrap();

@@ -7,7 +7,7 @@
 
 use kiln_updater::bundle::keys::{SecretKey, Signatures};
 use kiln_updater::bundle::manifest::Manifest;
-use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+use kiln_updater::bundle::writer::{write_bundle_as, BundleInfo, Layout, PayloadFiles};
 use kiln_updater::bundle::{chunk_path, MANIFEST, SIGNATURES};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -80,7 +80,9 @@ fn main() {
     fs::create_dir_all(&cases).unwrap();
     let make = |name: &str, info: &BundleInfo, keys: &[&SecretKey], expect: &str| -> PathBuf {
         let dir = cases.join(name);
-        write_bundle(pf, info, keys, &dir).unwrap();
+        // One file per chunk: the layout updaters still read (packed bundles are made by
+        // the tests themselves).
+        write_bundle_as(pf, info, keys, &dir, Layout::Files).unwrap();
         fs::write(dir.join("expect"), format!("{expect}\n")).unwrap();
         dir
     };

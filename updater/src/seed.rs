@@ -39,6 +39,13 @@ impl<'a> Seed<'a> {
         self.index.is_empty()
     }
 
+    /// Whether the index says the running slot holds `c` (not yet read or verified).
+    pub fn indexes(&self, c: &Chunk) -> bool {
+        self.index
+            .get(c.sha256.as_str())
+            .is_some_and(|&(_, length)| length == c.length)
+    }
+
     /// The bytes of `c` from the running slot, if it holds them (verified).
     pub fn take(&self, c: &Chunk) -> Option<Vec<u8>> {
         let mut buf = Vec::new();

@@ -10,6 +10,7 @@ use kiln_updater::bundle::manifest::Policy;
 use kiln_updater::bundle::manifest::PolicyError;
 use kiln_updater::bundle::open::{open_verified, Limits, OpenError};
 use kiln_updater::bundle::source::{BundleSource, DirSource, KbundleSource, SourceError};
+use kiln_updater::bundle::store::{pack_offsets, ChunkStore, PACK};
 use kiln_updater::install::{verify_payload, write_payload, InstallError};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,7 @@ fn outcome(src: &dyn BundleSource, threshold: usize, limits: &Limits) -> String 
         }
     };
     let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(src, &v.manifest).unwrap();
     for (name, p) in v.manifest.payloads.named() {
         let target = fs::File::options()
             .create(true)
@@ -76,7 +78,7 @@ fn outcome(src: &dyn BundleSource, threshold: usize, limits: &Limits) -> String 
         target.set_len(1 << 20).unwrap();
         let base = 4096; // payloads go at an offset, as into a partition of a disk
         match write_payload(
-            src,
+            &store,
             name,
             p,
             &target,
@@ -198,12 +200,14 @@ fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
         m.payloads.root.chunks.len() > 2,
         "a 600 KB payload is several chunks"
     );
-    // Identical payloads share chunks: the store holds each chunk once.
-    let stored: usize = fs::read_dir(out.join("chunks"))
-        .unwrap()
-        .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
-        .sum();
-    assert_eq!(stored, m.payloads.root.chunks.len());
+    // Identical payloads share chunks: the pack holds each chunk once, back to back.
+    let distinct = pack_offsets(&m);
+    assert_eq!(distinct.len(), m.payloads.root.chunks.len());
+    assert_eq!(
+        fs::metadata(out.join(PACK)).unwrap().len(),
+        distinct.values().map(|&(_, n)| n).sum::<u64>()
+    );
+    assert!(!out.join("chunks").exists());
     assert_eq!(
         outcome(&DirSource(out.clone()), 1, &Limits::default()),
         "ok"
@@ -253,10 +257,17 @@ fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
             self.inner.describe()
         }
     }
-    // A root of 2 MiB of noise: about 30 chunks, more than any worker count below.
+    // A root of 2 MiB of noise: about 30 chunks, more than any worker count below, one file
+    // each (a packed bundle streams its chunks over one request, decoded in parallel).
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate().unwrap();
-    let m = common::test_bundle(dir.path(), "b", &common::noise(2 << 20, 11), &key);
+    let m = common::test_bundle_as(
+        dir.path(),
+        "b",
+        &common::noise(2 << 20, 11),
+        &key,
+        kiln_updater::bundle::writer::Layout::Files,
+    );
     let root = &m.payloads.root;
     assert!(root.chunks.len() >= 16, "{} chunks", root.chunks.len());
     let src = Slow {
@@ -277,7 +288,16 @@ fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
             parallel,
             ..WriteOptions::default()
         };
-        write_payload(&src, "root", root, &target, 0, 4 << 20, &o).unwrap();
+        write_payload(
+            &ChunkStore::files(&src),
+            "root",
+            root,
+            &target,
+            0,
+            4 << 20,
+            &o,
+        )
+        .unwrap();
         verify_payload("root", root, &target, 0).unwrap();
         let max = src.max.load(Ordering::SeqCst);
         assert!(
@@ -354,8 +374,7 @@ fn labels_outside_their_character_set_are_refused_by_the_writer_and_the_device()
         // The device: the same label in a manifest the trusted key signed.
         let forged = tmp.path().join(format!("forged-{n}"));
         fs::create_dir(&forged).unwrap();
-        fs::create_dir(forged.join("chunks")).unwrap();
-        copy_dir(&good.join("chunks"), &forged.join("chunks"));
+        fs::copy(good.join(PACK), forged.join(PACK)).unwrap();
         let mut m: Manifest =
             serde_json::from_slice(&fs::read(good.join(MANIFEST)).unwrap()).unwrap();
         if field == "version" {
@@ -393,19 +412,6 @@ fn labels_outside_their_character_set_are_refused_by_the_writer_and_the_device()
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            fs::create_dir(&dest).unwrap();
-            copy_dir(&e.path(), &dest);
-        } else {
-            fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 /// Without a read-back, the whole payload's digest computed as it is written is what proves the
 /// chunks arrived complete and in order: a payload whose chunks each verify but whose order or
 /// whole digest differs from what was signed fails the install, and is not synced as done.
@@ -415,7 +421,9 @@ fn chunks_that_each_verify_in_the_wrong_order_fail_the_whole_digest() {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate().unwrap();
     let m = common::test_bundle(dir.path(), "b", &common::noise(1 << 20, 5), &key);
-    let src = DirSource(dir.path().join("b"));
+    let dir_src = DirSource(dir.path().join("b"));
+    let src = ChunkStore::open(&dir_src, &m).unwrap();
+    assert!(src.is_packed());
     let good = &m.payloads.root;
     assert!(good.chunks.len() >= 3, "{} chunks", good.chunks.len());
     let target = |n: &str| {

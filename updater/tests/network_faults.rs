@@ -2,10 +2,13 @@
 //! dropped mid-body, a stalled response, a wrong body. The install retries with backoff, never
 //! writes an unverified byte, and a second run fetches only what the first did not verify.
 
+mod common;
+
 use kiln_updater::bundle::chunk_path;
 use kiln_updater::bundle::keys::PublicKey;
 use kiln_updater::bundle::manifest::{Manifest, Policy};
 use kiln_updater::bundle::open::{open_verified, Limits};
+use kiln_updater::bundle::store::{ChunkStore, PACK};
 use kiln_updater::device::http::{HttpOptions, HttpSource};
 use kiln_updater::install::{verify_payload, write_payload, InstallError, Stats, WriteOptions};
 use std::collections::HashMap;
@@ -26,6 +29,8 @@ enum Fault {
     Endless,
     /// A Content-Length of 1 TB.
     HugeLength,
+    /// A range request answered with the whole file (200).
+    IgnoreRange,
 }
 
 /// Per path: the faults of successive requests (then the file is served), or `always`.
@@ -77,10 +82,18 @@ fn serve(conn: TcpStream, root: &Path, plan: &Mutex<Plan>) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
+        let mut range = None;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                 break;
+            }
+            if let Some(v) = h
+                .strip_prefix("range: bytes=")
+                .or(h.strip_prefix("Range: bytes="))
+            {
+                let (a, b) = v.trim().split_once('-').unwrap();
+                range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
             }
         }
         let path = line
@@ -89,6 +102,24 @@ fn serve(conn: TcpStream, root: &Path, plan: &Mutex<Plan>) {
             .unwrap_or("/")
             .trim_start_matches('/')
             .to_string();
+        if line.starts_with("HEAD ") {
+            // The packed-store probe: counted apart, never faulted.
+            *plan
+                .lock()
+                .unwrap()
+                .requests
+                .entry(format!("HEAD {path}"))
+                .or_default() += 1;
+            let _ = match fs::metadata(root.join(&path)) {
+                Ok(m) => write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    m.len()
+                ),
+                Err(_) => write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            };
+            continue;
+        }
         let fault = {
             let mut p = plan.lock().unwrap();
             *p.requests.entry(path.clone()).or_default() += 1;
@@ -111,7 +142,21 @@ fn serve(conn: TcpStream, root: &Path, plan: &Mutex<Plan>) {
                 continue;
             }
         };
-        let head = |n: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+        let whole = body.len();
+        let (body, head) = match range {
+            Some((a, b)) if fault != Some(Fault::IgnoreRange) => {
+                let b = b.min(whole - 1);
+                let range = format!("Content-Range: bytes {a}-{b}/{whole}\r\n");
+                (body[a..=b].to_vec(), ("206 Partial Content", range))
+            }
+            _ => (body, ("200 OK", String::new())),
+        };
+        let head = |n: usize| {
+            format!(
+                "HTTP/1.1 {}\r\n{}Content-Length: {n}\r\n\r\n",
+                head.0, head.1
+            )
+        };
         match fault {
             Some(Fault::Status500) => {
                 let _ = write!(
@@ -156,7 +201,7 @@ fn serve(conn: TcpStream, root: &Path, plan: &Mutex<Plan>) {
                 let _ = out.write_all(&body);
                 return;
             }
-            None => {
+            Some(Fault::IgnoreRange) | None => {
                 let _ = out.write_all(head(body.len()).as_bytes());
                 let _ = out.write_all(&body);
             }
@@ -209,7 +254,8 @@ fn install_root(
         resume,
         ..WriteOptions::default()
     };
-    write_payload(src, "root", &m.payloads.root, target, 0, 1 << 20, &o).map(|w| w.stats)
+    let store = ChunkStore::open(src, m).unwrap();
+    write_payload(&store, "root", &m.payloads.root, target, 0, 1 << 20, &o).map(|w| w.stats)
 }
 
 fn target(dir: &Path) -> fs::File {
@@ -247,6 +293,7 @@ fn each_fault_is_retried_and_the_install_verifies() {
     let server = FaultServer::start(fixtures().join("bundles/valid"), plan);
     let src = source(&server);
     let m = manifest(&src);
+    let store = ChunkStore::open(&src, &m).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (name, p) in m.payloads.named() {
         let f = fs::File::options()
@@ -256,7 +303,7 @@ fn each_fault_is_retried_and_the_install_verifies() {
             .write(true)
             .open(dir.path().join(name))
             .unwrap();
-        let stats = write_payload(&src, name, p, &f, 0, 1 << 20, &WriteOptions::default())
+        let stats = write_payload(&store, name, p, &f, 0, 1 << 20, &WriteOptions::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(stats.written, p.size);
         verify_payload(name, p, &f, 0).unwrap();
@@ -361,4 +408,116 @@ fn a_body_past_its_cap_is_refused_whatever_its_framing_and_not_retried() {
             t.elapsed()
         );
     }
+}
+
+/// A packed bundle (root: 1 MiB of noise, several runs' worth of chunks) served by a fault
+/// server, and its verified manifest.
+fn packed(plan: Plan) -> (tempfile::TempDir, FaultServer, HttpSource, Manifest) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = kiln_updater::bundle::keys::SecretKey::generate().unwrap();
+    common::test_bundle(dir.path(), "b", &common::noise(1 << 20, 7), &key);
+    assert!(dir.path().join("b").join(PACK).exists());
+    let server = FaultServer::start(dir.path().join("b"), plan);
+    let src = source(&server);
+    let policy = Policy {
+        compatible: "test".into(),
+        now: 1_800_000_000,
+        ..Policy::default()
+    };
+    let m = open_verified(&src, &[key.public()], 1, &policy, &Limits::default())
+        .unwrap()
+        .manifest;
+    (dir, server, src, m)
+}
+
+#[test]
+fn a_packed_payload_is_one_range_request_and_each_fault_in_it_is_retried_where_it_stopped() {
+    // Clean: one probe, then the root in one range request (its chunks lie back to back).
+    let (_d, server, src, m) = packed(Plan::default());
+    let dir = tempfile::tempdir().unwrap();
+    let t = target(dir.path());
+    let stats = install_root(&src, &m, &t, false).unwrap();
+    assert!(
+        m.payloads.root.chunks.len() >= 8,
+        "{:?}",
+        m.payloads.root.chunks.len()
+    );
+    assert_eq!(stats.chunks, m.payloads.root.chunks.len() as u64);
+    assert_eq!(
+        stats.fetched,
+        m.payloads.root.chunks.iter().map(|c| c.stored).sum::<u64>()
+    );
+    assert_eq!(
+        (
+            server.requests(&format!("HEAD {PACK}")),
+            server.requests(PACK)
+        ),
+        (1, 1)
+    );
+    verify_payload("root", &m.payloads.root, &t, 0).unwrap();
+
+    // Each fault once, on successive requests of the pack: a 500 (asked again), a connection
+    // dropped half way (asked again from the chunk it stopped in), a stall past the deadline
+    // (asked again), then a damaged body (each chunk of it fails its digest and is fetched
+    // alone).
+    let mut plan = Plan::default();
+    plan.faults.insert(
+        PACK.into(),
+        vec![
+            Fault::Status500,
+            Fault::DropMidBody,
+            Fault::Stall,
+            Fault::WrongBody,
+        ],
+    );
+    let (_d, server, src, m) = packed(plan);
+    let dir = tempfile::tempdir().unwrap();
+    let t = target(dir.path());
+    let stats = install_root(&src, &m, &t, false).unwrap();
+    verify_payload("root", &m.payloads.root, &t, 0).unwrap();
+    assert_eq!(stats.written, m.payloads.root.size);
+    // The four faulted requests, then one for each chunk of the damaged body, fetched alone.
+    let n = m.payloads.root.chunks.len() as u32;
+    let requests = server.requests(PACK);
+    assert!(
+        (5..=4 + n).contains(&requests),
+        "{requests} requests of the pack"
+    );
+}
+
+#[test]
+fn a_server_that_ignores_ranges_is_a_clear_error_not_a_wrong_read() {
+    let mut plan = Plan::default();
+    plan.always.insert(PACK.into(), Fault::IgnoreRange);
+    let (_d, server, src, m) = packed(plan);
+    let store = ChunkStore::open(&src, &m).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The kernel lies after the root in the pack: its range does not start at 0, and the
+    // whole file (200) is refused, not read from its start.
+    let t = target(dir.path());
+    let e = write_payload(
+        &store,
+        "kernel",
+        &m.payloads.kernel,
+        &t,
+        0,
+        1 << 20,
+        &WriteOptions::default(),
+    )
+    .unwrap_err();
+    let msg = chain(&e);
+    assert!(matches!(e, InstallError::Fetch { index: 0, .. }), "{msg}");
+    assert!(msg.contains("range request"), "{msg}");
+    assert_eq!(server.requests(PACK), 1, "not retried: {msg}");
+}
+
+/// An error and its sources, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
 }

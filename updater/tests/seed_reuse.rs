@@ -8,6 +8,7 @@ use common::{noise, test_bundle};
 use kiln_updater::bundle::keys::SecretKey;
 use kiln_updater::bundle::manifest::Payload;
 use kiln_updater::bundle::source::DirSource;
+use kiln_updater::bundle::store::ChunkStore;
 use kiln_updater::install::{verify_payload, write_payload, Stats, WriteOptions};
 use kiln_updater::seed::{expected_download, Seed};
 use std::fs;
@@ -27,7 +28,7 @@ fn empty_target(p: &Path, len: u64) -> fs::File {
 }
 
 /// Installs `payload` seeded from `seed` into a fresh 8 MiB target at `at`, then verifies it.
-fn install_verified(src: &DirSource, payload: &Payload, seed: &Seed<'_>, at: &Path) -> Stats {
+fn install_verified(src: &ChunkStore<'_>, payload: &Payload, seed: &Seed<'_>, at: &Path) -> Stats {
     let t = empty_target(at, 8 << 20);
     let o = WriteOptions {
         seed: Some(seed),
@@ -54,7 +55,9 @@ fn chunks_of_the_running_slot_are_copied_not_downloaded() {
     fs::write(&running, &v1).unwrap();
     let running = fs::File::open(&running).unwrap();
     let seed = Seed::new(&running, 0, &m1.payloads.root);
-    let src = DirSource(d.path().join("v2"));
+    let dir = DirSource(d.path().join("v2"));
+    let src = ChunkStore::open(&dir, &m2).unwrap();
+    assert!(src.is_packed());
 
     let s = install_verified(&src, &m2.payloads.root, &seed, &d.path().join("slot"));
     // Exactly the chunks v1 lacks were downloaded; every other one came from the running slot.

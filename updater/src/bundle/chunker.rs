@@ -1,11 +1,14 @@
-//! Content-defined chunking (FastCDC) of a payload into a zstd-compressed chunk store.
+//! Content-defined chunking (FastCDC) of a payload into a zstd-compressed chunk store (a pack,
+//! or one file per chunk).
 
 use super::chunk_path;
 use super::manifest::{Chunk, Payload};
+use super::store::PACK;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::fs;
-use std::io::{self, BufReader, Read};
-use std::path::Path;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 
 /// Chunk size bounds (bytes): small enough that a changed file costs little, large enough
 /// that a 512 MiB root has a manifest of a few hundred KiB.
@@ -40,9 +43,54 @@ pub fn index<R: Read>(r: R) -> io::Result<Payload> {
     tile(r, |_| Ok(0))
 }
 
-/// Splits the file at `path` into chunks, storing each (once) under `bundle/chunks/`.
-pub fn chunk_file(path: &Path, bundle: &Path) -> io::Result<Payload> {
-    tile(BufReader::new(fs::File::open(path)?), |c| store(c, bundle))
+/// Where [`chunk_file`] stores the chunks of a bundle being written (see [`super::store`]).
+pub enum Store {
+    /// `chunks.pack`: each distinct chunk appended once, in the order first seen.
+    Pack {
+        out: io::BufWriter<fs::File>,
+        seen: HashMap<String, u64>,
+    },
+    /// `chunks/ab/<sha256>.zst` under the bundle directory.
+    Files(PathBuf),
+}
+
+impl Store {
+    /// A new `chunks.pack` in `bundle`.
+    pub fn pack(bundle: &Path) -> io::Result<Store> {
+        Ok(Store::Pack {
+            out: io::BufWriter::with_capacity(1 << 20, fs::File::create(bundle.join(PACK))?),
+            seen: HashMap::new(),
+        })
+    }
+
+    /// Stores `c` zstd-compressed unless it is there; returns its stored size.
+    fn put(&mut self, c: &Cut) -> io::Result<u64> {
+        match self {
+            Store::Pack { out, seen } => {
+                if let Some(&n) = seen.get(&c.sha256) {
+                    return Ok(n);
+                }
+                let z = zstd::bulk::compress(&c.data, ZSTD_LEVEL)?;
+                out.write_all(&z)?;
+                seen.insert(c.sha256.clone(), z.len() as u64);
+                Ok(z.len() as u64)
+            }
+            Store::Files(bundle) => store_file(c, bundle),
+        }
+    }
+
+    /// Flushes and syncs the pack.
+    pub fn finish(self) -> io::Result<()> {
+        if let Store::Pack { out, .. } = self {
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits the file at `path` into chunks, storing each distinct one once in `store`.
+pub fn chunk_file(path: &Path, store: &mut Store) -> io::Result<Payload> {
+    tile(BufReader::new(fs::File::open(path)?), |c| store.put(c))
 }
 
 /// The payload of `r`: its chunks in order, `stored` given by `store` for each.
@@ -69,7 +117,7 @@ fn tile<R: Read>(r: R, mut store: impl FnMut(&Cut) -> io::Result<u64>) -> io::Re
 }
 
 /// Stores `c` zstd-compressed under `bundle/chunks/` unless it is there; returns its stored size.
-fn store(c: &Cut, bundle: &Path) -> io::Result<u64> {
+fn store_file(c: &Cut, bundle: &Path) -> io::Result<u64> {
     let dest = bundle.join(chunk_path(&c.sha256));
     if let Ok(m) = fs::metadata(&dest) {
         return Ok(m.len());

@@ -7,8 +7,11 @@
 //! manifest.sig             {"signatures":[{"key_id":…,"signature":…}]}
 //! manifest.json.zst        the same manifest, zstd-compressed (a quarter of the bytes to fetch)
 //! manifest.json.zst.sig    signatures over the exact compressed bytes
-//! chunks/ab/<sha256>.zst   chunk store, named by the sha256 of the uncompressed chunk
+//! chunks.pack              chunk store: each distinct chunk's zstd frame once, in manifest order
 //! ```
+//!
+//! (or, instead of the pack, `chunks/ab/<sha256>.zst`: one file per chunk, named by the sha256
+//! of the uncompressed chunk; see [`store`].)
 //!
 //! Readers take the compressed pair when the bundle has it, else the plain one. They verify the
 //! signature over the exact bytes read before decompressing or parsing anything, then check the
@@ -21,6 +24,7 @@ pub mod keys;
 pub mod manifest;
 pub mod open;
 pub mod source;
+pub mod store;
 pub mod writer;
 
 /// Manifest file name inside a bundle.

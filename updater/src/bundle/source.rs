@@ -25,12 +25,76 @@ pub enum SourceError {
 pub trait BundleSource: Send + Sync {
     /// Reads the whole file, refusing more than `cap` bytes.
     fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError>;
+    /// `len` bytes of `name` from `offset`: a reader that yields exactly those bytes or fails
+    /// (a short file is an error from the reader). The default reads the whole file.
+    fn read_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+        let all = self.read(name, offset.saturating_add(len))?;
+        let start = (offset as usize).min(all.len());
+        let end = (start + len as usize).min(all.len());
+        Ok(Box::new(Exact {
+            r: std::io::Cursor::new(all[start..end].to_vec()),
+            left: len,
+        }))
+    }
+    /// Whether the bundle has `name`.
+    fn exists(&self, name: &str) -> Result<bool, SourceError> {
+        match self.read(name, 0) {
+            Ok(_) | Err(SourceError::TooLarge { .. }) => Ok(true),
+            Err(SourceError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
     /// For messages.
     fn describe(&self) -> String;
     /// Extra attempts for a chunk whose bytes arrived but did not verify (a network source may
     /// have handed out a damaged body; a local file will not change by asking again).
     fn corrupt_retries(&self) -> u32 {
         0
+    }
+}
+
+/// `len` bytes of `f` from `offset`, reading no more than `avail` of them: an error if the
+/// file (or `avail`) ended first.
+fn range_of(
+    mut f: fs::File,
+    name: &str,
+    offset: u64,
+    avail: u64,
+    len: u64,
+) -> Result<Box<dyn Read + Send>, SourceError> {
+    f.seek(SeekFrom::Start(offset))
+        .map_err(|source| SourceError::Io {
+            name: name.into(),
+            source,
+        })?;
+    Ok(Box::new(Exact {
+        r: f.take(avail),
+        left: len,
+    }))
+}
+
+/// Exactly `left` bytes of `r`: an end before them is an error.
+struct Exact<R> {
+    r: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.r.read(buf)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 
@@ -55,10 +119,9 @@ fn read_capped(mut r: impl Read, name: &str, cap: u64) -> Result<Vec<u8>, Source
 /// A bundle directory.
 pub struct DirSource(pub PathBuf);
 
-impl BundleSource for DirSource {
-    fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
-        let p = self.0.join(name);
-        let f = fs::File::open(&p).map_err(|source| match source.kind() {
+impl DirSource {
+    fn open(&self, name: &str) -> Result<fs::File, SourceError> {
+        fs::File::open(self.0.join(name)).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => SourceError::NotFound {
                 name: name.into(),
                 bundle: self.describe(),
@@ -67,8 +130,26 @@ impl BundleSource for DirSource {
                 name: name.into(),
                 source,
             },
-        })?;
+        })
+    }
+}
+
+impl BundleSource for DirSource {
+    fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
+        let f = self.open(name)?;
         read_capped(f, name, cap)
+    }
+    fn read_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+        let f = self.open(name)?;
+        range_of(f, name, offset, len, len)
+    }
+    fn exists(&self, name: &str) -> Result<bool, SourceError> {
+        Ok(self.0.join(name).is_file())
     }
     fn describe(&self) -> String {
         self.0.display().to_string()
@@ -127,6 +208,27 @@ impl BundleSource for KbundleSource {
                 source,
             })?;
         read_capped((&mut *f).take(size), name, cap)
+    }
+    fn read_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+        let &(off, size) = self.index.get(name).ok_or_else(|| SourceError::NotFound {
+            name: name.into(),
+            bundle: self.describe(),
+        })?;
+        // Inside the member only: past its end the reader fails, it never reads the next one.
+        let f = fs::File::open(&self.path).map_err(|source| SourceError::Io {
+            name: name.into(),
+            source,
+        })?;
+        let avail = size.saturating_sub(offset);
+        range_of(f, name, off + offset.min(size), len.min(avail), len)
+    }
+    fn exists(&self, name: &str) -> Result<bool, SourceError> {
+        Ok(self.index.contains_key(name))
     }
     fn describe(&self) -> String {
         self.path.display().to_string()

@@ -1,8 +1,9 @@
 //! Making a bundle (host side, `kiln bundle`).
 
-use super::chunker::chunk_file;
+use super::chunker::{chunk_file, Store};
 use super::keys::{SecretKey, Signatures};
 use super::manifest::{check_labels, Manifest, Payloads, FORMAT};
+use super::store::PACK;
 use super::{MANIFEST, MANIFEST_ZST, MANIFEST_ZSTD_LEVEL, SIGNATURES, SIGNATURES_ZST};
 use std::fs;
 use std::io;
@@ -26,14 +27,35 @@ pub struct PayloadFiles<'a> {
     pub initrd: &'a Path,
 }
 
-/// Writes a signed bundle directory at `out` (which must not exist). Built under a temporary
-/// name and renamed when complete; labels outside their character set are refused before
-/// anything is created.
+/// How a bundle stores its chunks (see [`super::store`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// `chunks.pack`: a run of chunks is one range request.
+    #[default]
+    Pack,
+    /// One file per chunk, for updaters that predate the pack.
+    Files,
+}
+
+/// Writes a signed bundle directory at `out` (which must not exist), its chunks packed.
 pub fn write_bundle(
     files: PayloadFiles<'_>,
     info: &BundleInfo,
     keys: &[&SecretKey],
     out: &Path,
+) -> io::Result<Manifest> {
+    write_bundle_as(files, info, keys, out, Layout::Pack)
+}
+
+/// Writes a signed bundle directory at `out` (which must not exist) with its chunks stored as
+/// `layout` says. Built under a temporary name and renamed when complete; labels outside their
+/// character set are refused before anything is created.
+pub fn write_bundle_as(
+    files: PayloadFiles<'_>,
+    info: &BundleInfo,
+    keys: &[&SecretKey],
+    out: &Path,
+    layout: Layout,
 ) -> io::Result<Manifest> {
     check_labels(&info.compatible, &info.version)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -54,6 +76,15 @@ pub fn write_bundle(
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     let result = (|| {
+        let mut store = match layout {
+            Layout::Pack => Store::pack(&tmp)?,
+            Layout::Files => Store::Files(tmp.clone()),
+        };
+        // In this order: the pack's layout is the chunks' first occurrences, root first.
+        let root = chunk_file(files.root, &mut store)?;
+        let kernel = chunk_file(files.kernel, &mut store)?;
+        let initrd = chunk_file(files.initrd, &mut store)?;
+        store.finish()?;
         let manifest = Manifest {
             format: FORMAT,
             compatible: info.compatible.clone(),
@@ -62,9 +93,9 @@ pub fn write_bundle(
             created: info.created,
             expires: info.expires,
             payloads: Payloads {
-                root: chunk_file(files.root, &tmp)?,
-                kernel: chunk_file(files.kernel, &tmp)?,
-                initrd: chunk_file(files.initrd, &tmp)?,
+                root,
+                kernel,
+                initrd,
             },
         };
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
@@ -105,10 +136,15 @@ pub fn pack(dir: &Path, file: &Path) -> io::Result<()> {
             b.append_path_with_name(dir.join(name), name)?;
         }
     }
+    if dir.join(PACK).exists() {
+        b.append_path_with_name(dir.join(PACK), PACK)?;
+    }
     let mut chunk_files = Vec::new();
-    for d in fs::read_dir(dir.join("chunks"))? {
-        for f in fs::read_dir(d?.path())? {
-            chunk_files.push(f?.path());
+    if dir.join("chunks").exists() {
+        for d in fs::read_dir(dir.join("chunks"))? {
+            for f in fs::read_dir(d?.path())? {
+                chunk_files.push(f?.path());
+            }
         }
     }
     chunk_files.sort();

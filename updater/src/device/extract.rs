@@ -7,6 +7,7 @@
 
 use crate::bundle::manifest::{Manifest, Payload, Policy};
 use crate::bundle::open::{open_verified, Limits};
+use crate::bundle::store::ChunkStore;
 use crate::install::{write_payload, WriteOptions};
 use crate::seed::Seed;
 use crate::slot_index;
@@ -98,6 +99,8 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
     .with_context(|| format!("verifying {source}"))?
     .manifest;
     let payload = pick(&manifest, &o.payload)?;
+    let store = ChunkStore::open(src.as_ref(), &manifest)
+        .with_context(|| format!("looking for the chunk store of {source}"))?;
 
     let seed_file = match &o.seed {
         Some(p) => {
@@ -148,7 +151,7 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
     let reporter = super::progress::Reporter::new();
     let quiet = crate::install::Quiet;
     let written = write_payload(
-        src.as_ref(),
+        &store,
         &o.payload,
         payload,
         &f,

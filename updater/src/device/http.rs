@@ -1,5 +1,6 @@
 //! Bundles over HTTP(S): each file is a GET under the bundle URL, size-capped (Content-Length
-//! checked first, then the body read with a hard limit), retried with exponential backoff.
+//! checked first, then the body read with a hard limit), retried with exponential backoff; a
+//! run of packed chunks is one range request (206 with the exact range, or refused).
 //!
 //! The client is ureq (rustls with ring): blocking, so each install worker reads its own
 //! keep-alive connection from the shared pool directly, with no runtime thread between them,
@@ -108,12 +109,76 @@ impl HttpSource {
     }
 }
 
-impl BundleSource for HttpSource {
-    fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
+impl HttpSource {
+    /// One range request; the error says whether trying again may help.
+    fn range_once(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send>, (bool, SourceError)> {
+        let url = format!("{}/{name}", self.base);
+        let io = |e: &dyn std::fmt::Display| SourceError::Io {
+            name: format!("{url} bytes {offset}+{len}"),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let last = offset + len.max(1) - 1;
+        let resp = self
+            .agent
+            .get(&url)
+            .header("Range", format!("bytes={offset}-{last}"))
+            .call()
+            .map_err(|e| (true, io(&e)))?;
+        let status = resp.status();
+        if status == 404 {
+            return Err((
+                false,
+                SourceError::NotFound {
+                    name: name.into(),
+                    bundle: self.base.clone(),
+                },
+            ));
+        }
+        // 206 with exactly the range asked for; a server that ignores ranges (200, the whole
+        // file) is refused rather than read from the start.
+        let range = resp
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let whole_file = status == 200 && offset == 0;
+        if status != 206 && !whole_file {
+            return Err((
+                status.is_server_error(),
+                io(&format!(
+                    "HTTP {status} to a range request (ranges are needed for a packed bundle)"
+                )),
+            ));
+        }
+        if status == 206 && !range.starts_with(&format!("bytes {offset}-{last}/")) {
+            return Err((
+                false,
+                io(&format!(
+                    "Content-Range {range:?} is not the range asked for"
+                )),
+            ));
+        }
+        if status == 206 && resp.body().content_length().is_some_and(|n| n != len) {
+            return Err((false, io(&"Content-Length is not the range's length")));
+        }
+        let body = resp.into_body().into_with_config().limit(len).reader();
+        Ok(Box::new(body))
+    }
+
+    /// Retries `once` with backoff while its error says retrying may help.
+    fn retrying<T>(
+        &self,
+        mut once: impl FnMut() -> Result<T, (bool, SourceError)>,
+    ) -> Result<T, SourceError> {
         let mut delay = self.backoff;
         let mut attempt = 0;
         loop {
-            match self.get_once(name, cap) {
+            match once() {
                 Ok(b) => return Ok(b),
                 Err((retry, e)) if retry && attempt < self.retries => {
                     tracing::warn!("{e}; retrying in {} ms", delay.as_millis());
@@ -124,6 +189,45 @@ impl BundleSource for HttpSource {
                 Err((_, e)) => return Err(e),
             }
         }
+    }
+}
+
+impl BundleSource for HttpSource {
+    fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
+        self.retrying(|| self.get_once(name, cap))
+    }
+    fn read_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+        self.retrying(|| self.range_once(name, offset, len))
+    }
+    fn exists(&self, name: &str) -> Result<bool, SourceError> {
+        let url = format!("{}/{name}", self.base);
+        self.retrying(|| {
+            let resp = self.agent.head(&url).call().map_err(|e| {
+                (
+                    true,
+                    SourceError::Io {
+                        name: url.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    },
+                )
+            })?;
+            match resp.status().as_u16() {
+                200..=299 => Ok(true),
+                404 => Ok(false),
+                s => Err((
+                    s >= 500,
+                    SourceError::Io {
+                        name: url.clone(),
+                        source: std::io::Error::other(format!("HTTP {s} to HEAD")),
+                    },
+                )),
+            }
+        })
     }
     fn describe(&self) -> String {
         self.base.clone()

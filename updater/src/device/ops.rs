@@ -9,6 +9,7 @@ use crate::bundle::keys::PublicKey;
 use crate::bundle::manifest::Payload;
 use crate::bundle::open::{open_verified, Limits};
 use crate::bundle::source::{BundleSource, DirSource, KbundleSource};
+use crate::bundle::store::ChunkStore;
 use crate::install::{verify_payload, write_payload, Stats, WriteOptions};
 use crate::seed::Seed;
 use crate::slot_index;
@@ -226,6 +227,8 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         .check(&v.manifest, &v.bytes)
         .with_context(|| format!("verifying {source}"))?;
     let m = &v.manifest;
+    let store = ChunkStore::open(src.as_ref(), m)
+        .with_context(|| format!("looking for the chunk store of {source}"))?;
     println!(
         "kiln-updater: installing {} (sequence {}) into slot {target}",
         m.version, m.sequence
@@ -293,7 +296,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         );
         let seed = running_root.as_ref().map(|(f, p)| Seed::new(f, 0, p));
         let written = write_payload(
-            src.as_ref(),
+            &store,
             "root",
             &m.payloads.root,
             &dev,
@@ -351,7 +354,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 .write(true)
                 .open(&tmp)?;
             let written = write_payload(
-                src.as_ref(),
+                &store,
                 name,
                 payload,
                 &f,

@@ -3,9 +3,8 @@
 //! decompressed with a hard length and window limit, hashed).
 
 use super::InstallError;
-use crate::bundle::chunk_path;
 use crate::bundle::manifest::Chunk;
-use crate::bundle::source::BundleSource;
+use crate::bundle::store::ChunkStore;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -40,14 +39,33 @@ impl Decoder {
     }
 }
 
-/// Fetches chunk `index` (`c`) of `payload` from `src`, decompresses it into `buf` (no more
-/// than `c.length` bytes) and checks its sha256; returns the compressed size fetched.
+/// Fetches chunk `index` (`c`) of `payload` from `store` alone, decompresses it into `buf`
+/// (no more than `c.length` bytes) and checks its sha256; returns the compressed size fetched.
 pub(super) fn fetch_into(
-    src: &dyn BundleSource,
+    store: &ChunkStore<'_>,
     dec: &mut Decoder,
     payload: &str,
     index: usize,
     c: &Chunk,
+    buf: &mut Vec<u8>,
+) -> Result<u64, InstallError> {
+    let z = store.read_chunk(c).map_err(|source| InstallError::Fetch {
+        payload: payload.into(),
+        index,
+        sha256: c.sha256.clone(),
+        source,
+    })?;
+    decode_into(dec, payload, index, c, &z, buf)
+}
+
+/// Decompresses the stored bytes `z` of chunk `index` (`c`) of `payload` into `buf` (no more
+/// than `c.length` bytes) and checks its sha256; returns the compressed size.
+pub(super) fn decode_into(
+    dec: &mut Decoder,
+    payload: &str,
+    index: usize,
+    c: &Chunk,
+    z: &[u8],
     buf: &mut Vec<u8>,
 ) -> Result<u64, InstallError> {
     let corrupt = |reason: String| InstallError::Corrupt {
@@ -56,20 +74,12 @@ pub(super) fn fetch_into(
         sha256: c.sha256.clone(),
         reason,
     };
-    let z = src
-        .read(&chunk_path(&c.sha256), c.stored)
-        .map_err(|source| InstallError::Fetch {
-            payload: payload.into(),
-            index,
-            sha256: c.sha256.clone(),
-            source,
-        })?;
     buf.clear();
     // One-shot decoding writes into the buffer and nowhere else: a frame that decodes to more
     // than its capacity (at least one byte more than the chunk) is an error, not an allocation.
     buf.reserve(c.length as usize + 1);
     dec.0
-        .decompress_to_buffer(&z[..], buf)
+        .decompress_to_buffer(z, buf)
         .map_err(|e| corrupt(format!("decompressing: {e}")))?;
     if buf.len() != c.length as usize {
         return Err(corrupt(format!(
@@ -88,6 +98,7 @@ pub(super) fn fetch_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::chunk_path;
     use crate::bundle::source::DirSource;
 
     fn store(dir: &std::path::Path, sha: &str, stored: &[u8]) {
@@ -111,6 +122,7 @@ mod tests {
             sha256: sha.clone(),
         };
         let src = DirSource(dir.path().to_path_buf());
+        let src = ChunkStore::files(&src);
         let mut dec = Decoder::new().unwrap();
         let mut buf = Vec::new();
         let e = fetch_into(&src, &mut dec, "root", 3, &c, &mut buf).unwrap_err();

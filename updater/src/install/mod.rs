@@ -5,11 +5,13 @@
 //! window of chunks whatever the payload size, and nothing is read back ([`verify_payload`]
 //! re-reads a target written earlier, when it may have changed since).
 
+mod feed;
 mod fetch;
 mod ordered;
 
 use crate::bundle::manifest::{Chunk, Payload};
-use crate::bundle::source::{BundleSource, SourceError};
+use crate::bundle::source::SourceError;
+use crate::bundle::store::ChunkStore;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -81,7 +83,7 @@ impl std::ops::AddAssign for Stats {
 
 /// [`fetch::fetch_into`] with the source's extra attempts for bodies that did not verify.
 fn fetch_verified(
-    src: &dyn BundleSource,
+    src: &ChunkStore<'_>,
     dec: &mut fetch::Decoder,
     payload: &str,
     index: usize,
@@ -91,7 +93,9 @@ fn fetch_verified(
     let mut attempt = 0;
     loop {
         match fetch::fetch_into(src, dec, payload, index, c, buf) {
-            Err(InstallError::Corrupt { reason, .. }) if attempt < src.corrupt_retries() => {
+            Err(InstallError::Corrupt { reason, .. })
+                if attempt < src.source().corrupt_retries() =>
+            {
                 tracing::warn!("{payload} chunk {index}: {reason}; fetching it again");
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
@@ -184,7 +188,7 @@ type Outcome = (usize, Result<ordered::Ready, InstallError>);
 /// signed manifest. The first error stops every worker (the lowest-numbered failing chunk is
 /// reported); nothing unverified is ever written.
 pub fn write_payload(
-    src: &dyn BundleSource,
+    src: &ChunkStore<'_>,
     name: &str,
     payload: &Payload,
     target: &File,
@@ -212,7 +216,15 @@ pub fn write_payload(
         free.send(Vec::new()).expect("the window has room");
     }
     let mut sha256 = String::new();
-    let take = Mutex::new((free_rx, 0usize));
+    // Which chunks come streamed from the pack, in order, by the feeder thread; the others the
+    // workers get themselves.
+    let plan = feed::plan(
+        chunks,
+        |c| src.place(c),
+        |c| o.resume || o.seed.is_some_and(|s| s.indexes(c)),
+    );
+    let (items_tx, items_rx) = mpsc::sync_channel::<(usize, feed::Feed)>(window);
+    let take = Mutex::new((free_rx, Some(items_rx)));
     let failed = AtomicBool::new(false);
     let (done_tx, done_rx) = mpsc::channel::<Outcome>();
     let mut stats = Stats::default();
@@ -232,6 +244,10 @@ pub fn write_payload(
             hex::encode(whole.finalize())
         });
         let mut hash_tx = Some(hash_tx);
+        {
+            let (plan, failed) = (&plan, &failed);
+            s.spawn(move || feed::feed(src, chunks, plan, &items_tx, failed));
+        }
         for _ in 0..workers {
             let done_tx = done_tx.clone();
             let (take, failed) = (&take, &failed);
@@ -249,18 +265,19 @@ pub fn write_payload(
                     }
                 };
                 loop {
-                    let (mut buf, i) = {
-                        let mut t = take.lock().expect("window lock");
+                    let (mut buf, (i, item)) = {
+                        let t = take.lock().expect("window lock");
                         let Ok(buf) = t.0.recv() else { return };
-                        let i = t.1;
-                        t.1 += 1;
-                        (buf, i)
+                        let Some(Ok(item)) = t.1.as_ref().map(|r| r.recv()) else {
+                            return;
+                        };
+                        (buf, item)
                     };
-                    if failed.load(Ordering::SeqCst) || i >= chunks.len() {
+                    if failed.load(Ordering::SeqCst) {
                         return;
                     }
                     let r = one_chunk(
-                        src, &mut dec, name, i, &chunks[i], target, base, o, &mut buf,
+                        src, &mut dec, name, i, &chunks[i], item, target, base, o, &mut buf,
                     )
                     .map(|origin| ordered::Ready { data: buf, origin });
                     let err = r.is_err();
@@ -340,8 +357,9 @@ pub fn write_payload(
             }
         }
         // The hasher ends with its input, and with it the window's sender: workers waiting
-        // for a buffer wake and stop.
+        // for a buffer wake and stop. The feeder stops when its receiver is gone.
         drop(hash_tx.take());
+        take.lock().expect("window lock").1 = None;
         sha256 = hasher.join().expect("the hasher thread");
     });
     if let Some((_, e)) = first_error {
@@ -361,20 +379,41 @@ pub fn write_payload(
     Ok(Written { stats, sha256 })
 }
 
-/// Chunk `i` (`c`) of `name`, verified, into `buf`: kept from the target when resuming, else
-/// copied from the seed, else fetched.
+/// Chunk `i` (`c`) of `name`, verified, into `buf`: decoded from the stored bytes the feeder
+/// streamed, else kept from the target when resuming, else copied from the seed, else fetched
+/// alone.
 #[allow(clippy::too_many_arguments)]
 fn one_chunk(
-    src: &dyn BundleSource,
+    src: &ChunkStore<'_>,
     dec: &mut fetch::Decoder,
     name: &str,
     i: usize,
     c: &Chunk,
+    item: feed::Feed,
     target: &File,
     base: u64,
     o: &WriteOptions<'_>,
     buf: &mut Vec<u8>,
 ) -> Result<ordered::Origin, InstallError> {
+    match item {
+        feed::Feed::Stored(Ok(z)) => match fetch::decode_into(dec, name, i, c, &z, buf) {
+            Ok(n) => return Ok(ordered::Origin::Fetched(n)),
+            // A body damaged on the way: asked for again, alone.
+            Err(InstallError::Corrupt { reason, .. }) if src.source().corrupt_retries() > 0 => {
+                tracing::warn!("{name} chunk {i}: {reason}; fetching it again");
+            }
+            Err(e) => return Err(e),
+        },
+        feed::Feed::Stored(Err(source)) => {
+            return Err(InstallError::Fetch {
+                payload: name.into(),
+                index: i,
+                sha256: c.sha256.clone(),
+                source,
+            })
+        }
+        feed::Feed::Local => {}
+    }
     if o.resume && fetch::read_matching(target, base, c, buf) {
         return Ok(ordered::Origin::Present);
     }

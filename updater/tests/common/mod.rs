@@ -2,7 +2,7 @@
 
 use kiln_updater::bundle::keys::SecretKey;
 use kiln_updater::bundle::manifest::Manifest;
-use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+use kiln_updater::bundle::writer::{write_bundle_as, BundleInfo, Layout, PayloadFiles};
 use std::fs;
 use std::path::Path;
 
@@ -19,14 +19,26 @@ pub fn noise(len: usize, mut x: u64) -> Vec<u8> {
 }
 
 /// Writes the bundle `dir/name` (compatible "test", version `name`, sequence 1, never
-/// expires) of `root` and a tiny kernel and initrd, signed by `key`.
+/// expires) of `root` and a tiny kernel and initrd, signed by `key`, its chunks packed.
+#[allow(dead_code)] // not every test file uses every helper
 pub fn test_bundle(dir: &Path, name: &str, root: &[u8], key: &SecretKey) -> Manifest {
+    test_bundle_as(dir, name, root, key, Layout::Pack)
+}
+
+/// [`test_bundle`] with its chunks stored as `layout` says.
+pub fn test_bundle_as(
+    dir: &Path,
+    name: &str,
+    root: &[u8],
+    key: &SecretKey,
+    layout: Layout,
+) -> Manifest {
     let d = dir.join(format!("{name}-files"));
     fs::create_dir_all(&d).unwrap();
     fs::write(d.join("root"), root).unwrap();
     fs::write(d.join("kernel"), b"kernel").unwrap();
     fs::write(d.join("initrd"), b"initrd").unwrap();
-    write_bundle(
+    write_bundle_as(
         PayloadFiles {
             root: &d.join("root"),
             kernel: &d.join("kernel"),
@@ -41,6 +53,7 @@ pub fn test_bundle(dir: &Path, name: &str, root: &[u8], key: &SecretKey) -> Mani
         },
         &[key],
         &dir.join(name),
+        layout,
     )
     .unwrap()
 }
