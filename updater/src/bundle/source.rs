@@ -26,20 +26,21 @@ pub trait BundleSource: Send + Sync {
     /// Reads the whole file, refusing more than `cap` bytes.
     fn read(&self, name: &str, cap: u64) -> Result<Vec<u8>, SourceError>;
     /// `len` bytes of `name` from `offset`: a reader that yields exactly those bytes or fails
-    /// (a short file is an error from the reader). The default reads the whole file.
+    /// (a short file is an error from the reader). Sources without ranges refuse: a packed
+    /// bundle cannot be read from them.
     fn read_range(
         &self,
         name: &str,
         offset: u64,
         len: u64,
     ) -> Result<Box<dyn Read + Send + '_>, SourceError> {
-        let all = self.read(name, offset.saturating_add(len))?;
-        let start = (offset as usize).min(all.len());
-        let end = (start + len as usize).min(all.len());
-        Ok(Box::new(Exact {
-            r: std::io::Cursor::new(all[start..end].to_vec()),
-            left: len,
-        }))
+        Err(SourceError::Io {
+            name: format!("{name} bytes {offset}+{len}"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("{} cannot read ranges", self.describe()),
+            ),
+        })
     }
     /// Whether the bundle has `name`.
     fn exists(&self, name: &str) -> Result<bool, SourceError> {
@@ -89,7 +90,10 @@ impl<R: Read> Read for Exact<R> {
         if self.left == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let n = self.r.read(buf)?;
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.r.read(&mut buf[..want])?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -149,7 +153,14 @@ impl BundleSource for DirSource {
         range_of(f, name, offset, len, len)
     }
     fn exists(&self, name: &str) -> Result<bool, SourceError> {
-        Ok(self.0.join(name).is_file())
+        match fs::metadata(self.0.join(name)) {
+            Ok(m) => Ok(m.is_file()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(SourceError::Io {
+                name: name.into(),
+                source,
+            }),
+        }
     }
     fn describe(&self) -> String {
         self.0.display().to_string()

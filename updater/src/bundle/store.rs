@@ -87,7 +87,7 @@ impl<'a> ChunkStore<'a> {
             .read_range(PACK, offset, len)?
             .read_exact(&mut buf)
             .map_err(|source| SourceError::Io {
-                name: format!("{PACK} bytes {offset}+{len}"),
+                name: format!("{PACK} bytes {offset}+{len} from {}", self.src.describe()),
                 source,
             })?;
         Ok(buf)

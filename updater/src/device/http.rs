@@ -218,7 +218,15 @@ impl BundleSource for HttpSource {
             })?;
             match resp.status().as_u16() {
                 200..=299 => Ok(true),
+                // Missing; or, from hosts that answer a missing key with 403 (private
+                // buckets) or refuse HEAD (405, 501), unknown: the one-byte range decides.
                 404 => Ok(false),
+                403 | 405 | 501 => match self.range_once(name, 0, 1) {
+                    Ok(_) => Ok(true),
+                    Err((_, SourceError::NotFound { .. })) => Ok(false),
+                    Err((_, SourceError::Io { .. })) => Ok(false),
+                    Err(e) => Err(e),
+                },
                 s => Err((
                     s >= 500,
                     SourceError::Io {

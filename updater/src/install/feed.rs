@@ -96,7 +96,7 @@ pub(super) fn feed(
         }
         let item = match plan.steps[i] {
             Step::Local => Feed::Local,
-            Step::Run(r) => Feed::Stored(streamed(store, plan, r, c, &mut open)),
+            Step::Run(r) => Feed::Stored(streamed(store, plan, r, c, &mut open, failed)),
         };
         let end = matches!(item, Feed::Stored(Err(_)));
         if tx.send((i, item)).is_err() || end {
@@ -107,13 +107,14 @@ pub(super) fn feed(
 
 /// The stored bytes of `c` (in run `r`) from the open request, opening it (again) when needed:
 /// a request that fails part way is retried from this chunk, up to the source's retries in a
-/// row without progress.
+/// row without progress, unless the install has failed meanwhile.
 fn streamed<'s>(
     store: &ChunkStore<'s>,
     plan: &Plan,
     r: usize,
     c: &Chunk,
     open: &mut Option<Open<'s>>,
+    failed: &AtomicBool,
 ) -> Result<Vec<u8>, SourceError> {
     let (off, len) = store.place(c).expect("a streamed chunk is packed");
     let src = store.source();
@@ -136,7 +137,7 @@ fn streamed<'s>(
             }
             Err(e) => {
                 *open = None;
-                if failures >= src.corrupt_retries() {
+                if failures >= src.corrupt_retries() || failed.load(Ordering::SeqCst) {
                     return Err(SourceError::Io {
                         name: format!("{PACK} bytes {off}+{len} from {}", src.describe()),
                         source: e,

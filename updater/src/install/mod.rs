@@ -107,7 +107,8 @@ fn fetch_verified(
 
 /// Chunks in flight by default (fetched, decompressed and verified at once by
 /// [`write_payload`]). Memory is bounded by [`window`] chunks (≤ [`MAX_CHUNK`](crate::bundle::manifest::MAX_CHUNK) bytes each) plus
-/// one compressed chunk per worker.
+/// one compressed chunk per worker, and, streaming from a pack, at most `window + 1` compressed
+/// chunks queued by the feeder.
 pub const PARALLEL: usize = 8;
 /// The most chunks in flight an install may ask for.
 pub const MAX_PARALLEL: usize = 64;
