@@ -8,7 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 deps="$root/.cache/deps"
 
 packages=(qemu-system-x86 qemu-utils ovmf systemd-boot-efi grub-efi-amd64-bin busybox-static e2fsprogs erofs-utils
-          gdisk mtools dosfstools cpio kmod zstd time g++ util-linux diffutils ipxe-qemu seabios casync)
+          gdisk mtools dosfstools cpio kmod zstd time g++ util-linux diffutils ipxe-qemu seabios casync
+          cryptsetup-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -9,6 +9,7 @@ pub mod grub;
 mod slot;
 pub mod state;
 pub mod systemd_boot;
+pub mod verity;
 
 pub use slot::{Slot, SlotParseError};
 

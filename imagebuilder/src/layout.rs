@@ -57,7 +57,8 @@ impl Ids {
         }
     }
 
-    fn digest(&self, role: &str) -> [u8; 32] {
+    /// 32 bytes derived from the image and `role` (a salt).
+    pub fn digest(&self, role: &str) -> [u8; 32] {
         Sha256::digest(format!("{}\0{role}", self.seed).as_bytes()).into()
     }
 

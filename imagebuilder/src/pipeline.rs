@@ -53,11 +53,25 @@ pub struct BuildReport {
     pub cmdline: String,
     pub disk: PathBuf,
     pub disk_size: u64,
+    /// The root slot's content: the filesystem image, and with verity its hash tree.
     pub root_image_size: u64,
     pub root_image_sha256: String,
+    /// The dm-verity tree after the filesystem image (`[rootfs] verity`).
+    pub root_verity: Option<RootVerity>,
     pub partitions: Vec<PartReport>,
     pub outputs: Vec<String>,
     pub timings_ms: Vec<(String, u128)>,
+}
+
+/// Where a root's dm-verity tree is and what it hashes to (`veritysetup verify ROOT ROOT
+/// ROOT_HASH --hash-offset=HASH_OFFSET` checks it).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RootVerity {
+    pub root_hash: String,
+    pub salt: String,
+    pub data_blocks: u64,
+    /// The filesystem image's length: the superblock starts there, the tree a block later.
+    pub hash_offset: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -136,7 +150,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
     // root-a), persist (mke2fs in place), and the boot files (initramfs, ESP).
     let disk_ref = &disk;
     let (root, persist, initrd) = std::thread::scope(|s| {
-        let root = s.spawn(|| -> Result<u64, BuildError> {
+        let root = s.spawn(|| -> Result<(u64, Option<RootVerity>), BuildError> {
             let staging = staging_dir(work, layout.root_a.size)?;
             let tree = staging.path().join("root");
             fs::create_dir(&tree).map_err(BuildError::io("creating the staging root"))?;
@@ -149,16 +163,47 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
                         format,
                         uuid: ids.uuid("fs:root").to_string(),
                         epoch: opts.epoch,
-                        slot_size: layout.root_a.size,
+                        // With verity the filesystem leaves room for its tree (an ext4 root
+                        // fills what it is given).
+                        slot_size: if spec.rootfs.verity {
+                            kiln_boot::verity::Geometry::max_data_blocks(layout.root_a.size)
+                                * kiln_boot::verity::BLOCK
+                        } else {
+                            layout.root_a.size
+                        },
                     },
                 )
             })?;
             drop(staging);
+            let verity = if spec.rootfs.verity {
+                let v = t.step("verity tree", || {
+                    kiln_rootfs::verity::append_tree(
+                        &root_img,
+                        ids.digest("verity-salt"),
+                        *ids.uuid("verity:root").as_bytes(),
+                        layout.root_a.size,
+                    )
+                })?;
+                Some((
+                    v.total_len,
+                    RootVerity {
+                        root_hash: hex::encode(v.root_hash),
+                        salt: hex::encode(v.salt),
+                        data_blocks: v.data_blocks,
+                        hash_offset: v.hash_offset,
+                    },
+                ))
+            } else {
+                None
+            };
             t.step("write root-a", || {
                 copy_file_sparse(&File::open(&root_img)?, disk_ref, layout.root_a.offset)
             })
             .map_err(BuildError::io("writing root-a"))?;
-            Ok(size)
+            Ok(match verity {
+                Some((total, v)) => (total, Some(v)),
+                None => (size, None),
+            })
         });
         let persist = s.spawn(|| -> Result<(), BuildError> {
             t.step("format persist", || {
@@ -215,7 +260,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         })();
         (joined(root), joined(persist), initrd)
     });
-    let root_size = root?;
+    let (root_size, root_verity) = root?;
     persist?;
     initrd?;
 
@@ -265,6 +310,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         disk: opts.out_dir.join("disk.raw"),
         disk_size: layout.size,
         root_image_size: root_size,
+        root_verity,
         root_image_sha256,
         partitions: layout
             .parts()

@@ -321,6 +321,10 @@ impl Default for Partitions {
 pub struct RootfsSpec {
     #[serde(default)]
     pub format: FsFormat,
+    /// Append a dm-verity hash tree (sha256, 4 KiB blocks) after the image in its slot, with a
+    /// salt derived from the spec; `build.json` records the root hash.
+    #[serde(default)]
+    pub verity: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -42,6 +42,8 @@ pub enum RootfsError {
     TooLarge { needed: u64, slot: u64 },
     #[error("{0}: not found")]
     Missing(PathBuf),
+    #[error("dm-verity tree of {path}: {reason}")]
+    Verity { path: PathBuf, reason: String },
 }
 
 impl RootfsError {

@@ -1,0 +1,185 @@
+//! The dm-verity hash tree of a root image, appended to the image itself: data, cryptsetup's
+//! superblock, tree (the layout of [`kiln_boot::verity`]), so that `veritysetup verify IMG IMG
+//! ROOT_HASH --hash-offset=DATA_BYTES` accepts it and the kernel's `verity` target reads it
+//! from the same partition. Written here rather than by running `veritysetup format`: the
+//! same geometry code serves the builder, the updater and kiln-init, the output depends on
+//! nothing but the image, the salt and the uuid (reproducible builds), and there is no tool
+//! output to parse. The tests check it against veritysetup.
+
+use crate::RootfsError;
+use kiln_boot::verity::{Geometry, Superblock, BLOCK, SUPERBLOCK_LEN};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// What the tree of an image is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityInfo {
+    pub root_hash: [u8; 32],
+    pub salt: [u8; 32],
+    pub data_blocks: u64,
+    /// Where the superblock starts (the data's length); the tree follows one block later.
+    pub hash_offset: u64,
+    /// Data, superblock and tree.
+    pub total_len: u64,
+}
+
+/// `sha256(salt ‖ block)`: a verity version 1 digest.
+fn digest(salt: &[u8], block: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(block);
+    h.finalize().into()
+}
+
+/// Digests packed into hash blocks, zero-padded (128 per 4 KiB block).
+fn pack(digests: &[[u8; 32]]) -> Vec<u8> {
+    let blocks = digests.len().div_ceil((BLOCK / 32) as usize);
+    let mut out = vec![0u8; blocks * BLOCK as usize];
+    for (i, d) in digests.iter().enumerate() {
+        out[i * 32..i * 32 + 32].copy_from_slice(d);
+    }
+    out
+}
+
+/// Appends the superblock and hash tree to the image at `path` (padded to 4 KiB first) with
+/// `salt` and `uuid`; the whole must fit in `cap` bytes (the slot).
+pub fn append_tree(
+    path: &Path,
+    salt: [u8; 32],
+    uuid: [u8; 16],
+    cap: u64,
+) -> Result<VerityInfo, RootfsError> {
+    let io = |what: &str, e: std::io::Error| RootfsError::Verity {
+        path: path.to_path_buf(),
+        reason: format!("{what}: {e}"),
+    };
+    let mut f = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io("opening", e))?;
+    let len = f.metadata().map_err(|e| io("reading its size", e))?.len();
+    let data_len = len.div_ceil(BLOCK) * BLOCK;
+    let g = Geometry::new(data_len / BLOCK).map_err(|e| RootfsError::Verity {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if g.total_len() > cap {
+        return Err(RootfsError::Verity {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the image ({data_len} bytes) and its hash tree ({} bytes) do not fit the {cap}-byte slot",
+                g.area_len()
+            ),
+        });
+    }
+    f.set_len(data_len).map_err(|e| io("padding to 4 KiB", e))?;
+
+    // Level 0: the data blocks' digests, read once, in order.
+    let mut r = BufReader::with_capacity(1 << 20, &mut f);
+    let mut block = vec![0u8; BLOCK as usize];
+    let mut digests = Vec::with_capacity(g.data_blocks as usize);
+    for _ in 0..g.data_blocks {
+        r.read_exact(&mut block)
+            .map_err(|e| io("reading the image", e))?;
+        digests.push(digest(&salt, &block));
+    }
+    drop(r);
+    // Each level packs the digests of the one below; the top one has a single block.
+    let mut levels = Vec::with_capacity(g.levels.len());
+    for &blocks in &g.levels {
+        let packed = pack(&digests);
+        debug_assert_eq!(packed.len() as u64, blocks * BLOCK);
+        digests = packed
+            .chunks(BLOCK as usize)
+            .map(|b| digest(&salt, b))
+            .collect();
+        levels.push(packed);
+    }
+    // With no level (one data block) the root is that block's digest; else the top block's.
+    let root_hash = digests[0];
+
+    let sb = Superblock {
+        uuid,
+        data_blocks: g.data_blocks,
+        salt: salt.to_vec(),
+    }
+    .encode()
+    .map_err(|e| RootfsError::Verity {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut sb_block = vec![0u8; BLOCK as usize];
+    sb_block[..SUPERBLOCK_LEN].copy_from_slice(&sb);
+    f.seek(SeekFrom::Start(data_len))
+        .map_err(|e| io("seeking", e))?;
+    f.write_all(&sb_block)
+        .map_err(|e| io("writing the superblock", e))?;
+    for level in levels.iter().rev() {
+        f.write_all(level)
+            .map_err(|e| io("writing the hash tree", e))?;
+    }
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    Ok(VerityInfo {
+        root_hash,
+        salt,
+        data_blocks: g.data_blocks,
+        hash_offset: data_len,
+        total_len: g.total_len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(dir: &Path, blocks: usize, seed: u8) -> std::path::PathBuf {
+        let p = dir.join(format!("img{blocks}-{seed}"));
+        let data: Vec<u8> = (0..blocks * BLOCK as usize)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect();
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn one_block_has_its_own_digest_as_root_and_no_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = image(dir.path(), 1, 1);
+        let first = std::fs::read(&p).unwrap();
+        let v = append_tree(&p, [9; 32], [1; 16], 1 << 20).unwrap();
+        assert_eq!(v.root_hash, digest(&[9; 32], &first));
+        assert_eq!(v.total_len, 2 * BLOCK);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 2 * BLOCK);
+    }
+
+    #[test]
+    fn the_top_block_is_first_and_covers_the_level_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = image(dir.path(), 129, 2);
+        let v = append_tree(&p, [3; 32], [1; 16], 1 << 20).unwrap();
+        let all = std::fs::read(&p).unwrap();
+        let b = BLOCK as usize;
+        // data 129, superblock 1, top level 1, level 0 of 2 blocks.
+        assert_eq!(all.len(), (129 + 1 + 1 + 2) * b);
+        let top = &all[130 * b..131 * b];
+        let level0 = &all[131 * b..133 * b];
+        assert_eq!(v.root_hash, digest(&[3; 32], top));
+        assert_eq!(&top[..32], &digest(&[3; 32], &level0[..b]));
+        assert_eq!(&level0[32..64], &digest(&[3; 32], &all[b..2 * b]));
+        assert!(top[64..].iter().all(|&x| x == 0));
+        let sb = Superblock::parse(&all[129 * b..]).unwrap();
+        assert_eq!((sb.data_blocks, sb.salt), (129, vec![3; 32]));
+    }
+
+    #[test]
+    fn a_tree_that_does_not_fit_the_slot_is_refused_and_nothing_is_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = image(dir.path(), 128, 3);
+        let e = append_tree(&p, [0; 32], [0; 16], 129 * BLOCK).unwrap_err();
+        assert!(e.to_string().contains("do not fit"), "{e}");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 128 * BLOCK);
+    }
+}
