@@ -6,6 +6,7 @@
 pub mod contract;
 pub mod failpoint;
 pub mod grub;
+pub mod image_len;
 mod slot;
 pub mod state;
 pub mod systemd_boot;

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use kiln_updater::bundle::keys::SecretKey;
 use kiln_updater::bundle::manifest::Manifest;
+use kiln_updater::bundle::manifest::RootVerity;
 pub use kiln_updater::bundle::writer::Layout;
 use kiln_updater::bundle::writer::{pack, write_bundle_as, BundleInfo, PayloadFiles};
 use std::fs;
@@ -108,6 +109,9 @@ struct BuildInfo {
     /// The sequence baked into the build's root (absent in older builds).
     #[serde(default)]
     sequence: Option<u64>,
+    /// The root's dm-verity tree, when the build made one.
+    #[serde(default)]
+    root_verity: Option<crate::pipeline::RootVerity>,
 }
 
 /// The sequence of a bundle of `build`: the one given, else the build's own.
@@ -152,6 +156,10 @@ pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
             sequence: a.sequence,
             created: now,
             expires: now + a.expires_in.as_secs(),
+            root_verity: info.root_verity.map(|v| RootVerity {
+                root_hash: v.root_hash,
+                data_blocks: v.data_blocks,
+            }),
         },
         &keys.iter().collect::<Vec<_>>(),
         a.out,

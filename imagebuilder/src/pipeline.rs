@@ -144,10 +144,9 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         .map_err(BuildError::io("sizing disk.raw"))?;
     t.step("write GPT", || write_gpt(&mut disk, &layout))
         .map_err(BuildError::io("writing the GPT"))?;
-    let line = kiln_boot::contract::slot_cmdline(layout.root_a.guid, Slot::A, &spec.boot.cmdline);
 
-    // Three independent jobs write disjoint parts of the disk: the root (tree, image, copy into
-    // root-a), persist (mke2fs in place), and the boot files (initramfs, ESP).
+    // Three independent jobs: the root (tree, image, verity tree, copy into root-a) and persist
+    // (mke2fs in place) write disjoint parts of the disk; the initramfs is built beside them.
     let disk_ref = &disk;
     let (root, persist, initrd) = std::thread::scope(|s| {
         let root = s.spawn(|| -> Result<(u64, Option<RootVerity>), BuildError> {
@@ -223,46 +222,49 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
             }
             Ok(())
         });
-        let initrd = (|| -> Result<Vec<u8>, BuildError> {
-            let initrd = t.step("build initramfs", || build_initramfs(r, opts, format))?;
-            let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
-                "reading {}",
-                r.kernel_image.display()
-            )))?;
-            let esp_files = esp_files(r, work, opts.epoch, &kernel, &initrd, &line)?;
-            let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
-            // Room for the other slot's kernel and initrd too, plus FAT overhead.
-            if esp_need * 2 + (8 << 20) > layout.esp.size {
-                return Err(crate::SpecError {
-                    file: r.spec_path.display().to_string(),
-                    field: "partitions.esp".into(),
-                    message: format!(
-                        "{} bytes is too small for two slots of {esp_need} bytes of boot files",
-                        layout.esp.size
-                    ),
-                }
-                .into());
-            }
-            t.step("write ESP", || {
-                crate::esp::build(
-                    disk_ref,
-                    layout.esp.offset,
-                    layout.esp.size,
-                    ids.u32("esp"),
-                    opts.epoch,
-                    &esp_files,
-                )
-            })
-            .map_err(BuildError::io("building the ESP"))?;
-            fs::write(work.join("initrd.img"), &initrd)
-                .map_err(BuildError::io("writing initrd.img"))?;
-            Ok(initrd)
-        })();
+        let initrd = t.step("build initramfs", || build_initramfs(r, opts, format));
         (joined(root), joined(persist), initrd)
     });
     let (root_size, root_verity) = root?;
     persist?;
-    initrd?;
+    let initrd = initrd?;
+    // The boot files wait for the root: slot A's command line carries its root hash.
+    let line = kiln_boot::contract::slot_cmdline(
+        layout.root_a.guid,
+        Slot::A,
+        root_verity.as_ref().map(|v| v.root_hash.as_str()),
+        &spec.boot.cmdline,
+    );
+    let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
+        "reading {}",
+        r.kernel_image.display()
+    )))?;
+    let esp_files = esp_files(r, work, opts.epoch, &kernel, &initrd, &line)?;
+    let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
+    // Room for the other slot's kernel and initrd too, plus FAT overhead.
+    if esp_need * 2 + (8 << 20) > layout.esp.size {
+        return Err(crate::SpecError {
+            file: r.spec_path.display().to_string(),
+            field: "partitions.esp".into(),
+            message: format!(
+                "{} bytes is too small for two slots of {esp_need} bytes of boot files",
+                layout.esp.size
+            ),
+        }
+        .into());
+    }
+    t.step("write ESP", || {
+        crate::esp::build(
+            &disk,
+            layout.esp.offset,
+            layout.esp.size,
+            ids.u32("esp"),
+            opts.epoch,
+            &esp_files,
+        )
+    })
+    .map_err(BuildError::io("building the ESP"))?;
+    fs::write(work.join("initrd.img"), &initrd).map_err(BuildError::io("writing initrd.img"))?;
 
     // 5. Other formats, written while disk.raw is synced.
     let mut outputs = vec![
@@ -601,6 +603,9 @@ fn build_initramfs(
         message,
     };
     let mut wanted = r.spec.kernel.modules.clone();
+    if r.spec.rootfs.verity {
+        wanted.push("dm-verity".into());
+    }
     let mut module_params = std::collections::BTreeMap::new();
     if let Some(secs) = r.spec.boot.watchdog_secs {
         wanted.push("softdog".into());
@@ -632,6 +637,7 @@ fn build_initramfs(
         grow_persist: r.spec.partitions.grow_persist,
         pxe_modules: pxe_only.iter().map(|m| in_initrd(m)).collect(),
         root_slot_bytes: Some(r.spec.partitions.root),
+        verity: r.spec.rootfs.verity,
     };
     let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
     for m in closure.iter().chain(&pxe_only) {

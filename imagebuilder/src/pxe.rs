@@ -21,13 +21,9 @@ struct BuildInfo {
 }
 
 /// The image's own kernel arguments: the slot's command line without the disk-boot words
-/// (`root=`, `ro`, `kiln.slot=`).
+/// (`root=`, `ro`, `kiln.slot=`, and `kiln.verity=`: a live root is checked by its sha256).
 pub fn extra_args(slot_cmdline: &str) -> String {
-    slot_cmdline
-        .split_whitespace()
-        .filter(|w| !w.starts_with("root=") && *w != "ro" && !w.starts_with("kiln.slot="))
-        .collect::<Vec<_>>()
-        .join(" ")
+    kiln_boot::contract::image_args(slot_cmdline)
 }
 
 /// What the iPXE script boots.

@@ -392,6 +392,17 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
     if spec.boot.cmdline.contains('\n') {
         return Err(ctx.err("boot.cmdline", "must be one line"));
     }
+    // The per-slot words are the builder's and the updater's to write.
+    if let Some(w) = spec.boot.cmdline.split_whitespace().find(|w| {
+        w.starts_with("root=")
+            || w.starts_with("kiln.slot=")
+            || w.starts_with(kiln_boot::contract::VERITY_ARG)
+    }) {
+        return Err(ctx.err(
+            "boot.cmdline",
+            format!("{w:?} is set per slot by kiln; leave it out"),
+        ));
+    }
 
     // Partitions.
     let p = &spec.partitions;

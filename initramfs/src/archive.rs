@@ -122,6 +122,7 @@ mod tests {
 
     fn config() -> InitConfig {
         InitConfig {
+            verity: false,
             name: "t".into(),
             version: "1".into(),
             modules: vec![],

@@ -7,6 +7,8 @@ pub struct Cmdline {
     pub root_partuuid: Option<String>,
     /// `kiln.slot=a|b`.
     pub slot: Option<String>,
+    /// `kiln.verity=<root hash>`: the root slot is opened through dm-verity.
+    pub verity: Option<String>,
     /// `kiln.init=/path` overrides the configured init (debugging).
     pub init: Option<String>,
     /// `kiln.pxe=live`: network boot, root image fetched over HTTP and run from RAM.
@@ -45,6 +47,7 @@ pub fn parse(text: &str) -> Cmdline {
             }
             "kiln.slot" => c.slot = Some(v.to_string()),
             "kiln.init" => c.init = Some(v.to_string()),
+            "kiln.verity" => c.verity = Some(v.to_string()),
             "kiln.pxe" => c.pxe = Some(v.to_string()),
             "kiln.ip" => c.ip = Some(v.to_string()),
             "kiln.netmask" => c.netmask = Some(v.to_string()),

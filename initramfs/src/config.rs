@@ -48,4 +48,9 @@ pub struct InitConfig {
     /// RAM (absent in older images: RAM alone bounds it).
     #[serde(default)]
     pub root_slot_bytes: Option<u64>,
+    /// The root slots carry a dm-verity tree (`[rootfs] verity`): the root is mounted only
+    /// through dm-verity, with the hash `kiln.verity=` gives, and a command line without one is
+    /// refused.
+    #[serde(default)]
+    pub verity: bool,
 }

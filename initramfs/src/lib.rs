@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod cmdline;
 pub mod config;
+pub mod dm;
 pub mod ext4sb;
 pub mod gpt;
 pub mod init;

@@ -38,6 +38,7 @@ fn info(version: &str, sequence: u64) -> BundleInfo {
         sequence,
         created: 1_700_000_000,
         expires: VALID_EXPIRES,
+        root_verity: None,
     }
 }
 
@@ -174,6 +175,7 @@ fn main() {
         "expired",
         &BundleInfo {
             expires: 1_750_000_000,
+            root_verity: None,
             ..info("2.0.0", 11)
         },
         &[&trusted],

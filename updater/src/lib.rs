@@ -9,7 +9,7 @@
 pub mod bundle;
 #[cfg(feature = "device")]
 pub mod device;
-pub mod image_len;
+pub use kiln_boot::image_len;
 pub mod install;
 pub mod seed;
 pub mod slot_index;

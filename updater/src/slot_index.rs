@@ -24,8 +24,28 @@ pub fn index_slot(dev: &File) -> io::Result<Option<Payload>> {
     let Some(len) = image_len(&head).filter(|&l| l >= HEAD as u64 && l <= size) else {
         return Ok(None);
     };
+    let len = with_verity_tree(dev, len, size);
     f.seek(SeekFrom::Start(0))?;
     chunker::index(BufReader::with_capacity(1 << 20, f.take(len))).map(Some)
+}
+
+/// The length of a filesystem image of `len` bytes in a slot of `size` bytes, with the dm-verity
+/// superblock and tree that follow it if they do (a root built with `[rootfs] verity`): a
+/// bundle's root payload holds the tree too, so the seed must cover it. Untrusted like the rest
+/// of the index: every chunk taken from the seed is verified.
+fn with_verity_tree(dev: &File, len: u64, size: u64) -> u64 {
+    use kiln_boot::verity::{Geometry, Superblock, BLOCK, SUPERBLOCK_LEN};
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    if !len.is_multiple_of(BLOCK) || dev.read_exact_at(&mut sb, len).is_err() {
+        return len;
+    }
+    Superblock::parse(&sb)
+        .ok()
+        .filter(|s| s.data_blocks.checked_mul(BLOCK) == Some(len))
+        .and_then(|s| Geometry::new(s.data_blocks).ok())
+        .map(|g| g.total_len())
+        .filter(|&total| total <= size)
+        .unwrap_or(len)
 }
 
 /// Indexes a whole file (a kernel or initrd on the ESP).

@@ -191,6 +191,7 @@ fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
             sequence: 12,
             created: 0,
             expires: 4_000_000_000,
+            root_verity: None,
         },
         &[&key],
         &out,
@@ -224,7 +225,8 @@ fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
                 version: "3".into(),
                 sequence: 12,
                 created: 0,
-                expires: 1
+                expires: 1,
+                root_verity: None,
             },
             &[&key],
             &out
@@ -338,6 +340,7 @@ fn labels_outside_their_character_set_are_refused_by_the_writer_and_the_device()
         sequence: 12,
         created: 1_700_000_000,
         expires: 4_000_000_000,
+        root_verity: None,
     };
     let good = tmp.path().join("good");
     write_bundle(files, &info("3.0.0", "kiln-fixture-x86_64"), &[&key], &good).unwrap();

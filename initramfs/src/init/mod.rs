@@ -13,6 +13,7 @@ mod machine_id;
 mod net;
 mod pxe;
 mod sys;
+mod verity;
 
 use crate::cmdline;
 use crate::config::{InitConfig, CONFIG_PATH};
@@ -124,7 +125,19 @@ fn disk_boot(cmd: &cmdline::Cmdline, cfg: &InitConfig) -> Result<String, InitErr
     if let (Some(fsck), Some(esp)) = (&cfg.esp_fsck, &found.esp) {
         sys::check_esp(fsck, esp);
     }
-    sys::mount_root(&found.root, &cfg.root_fstype)?;
+    // A root hash on the command line, or an image built with verity: the root is mounted only
+    // through dm-verity, never unverified (a missing hash is fatal, so boot counting falls back).
+    let root = match (&cmd.verity, cfg.verity) {
+        (Some(hash), _) => verity::open(&found.root, hash)?,
+        (None, true) => {
+            return Err(err(
+                "opening the root with dm-verity",
+                "this image verifies its root, and the command line gives no kiln.verity=",
+            ))
+        }
+        (None, false) => found.root.clone(),
+    };
+    sys::mount_root(&root, &cfg.root_fstype)?;
     let persist = format!("{SYSROOT}{}", kiln_overlays::PERSIST_MOUNT);
     let fs_size = cfg
         .grow_persist

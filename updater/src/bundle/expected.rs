@@ -80,6 +80,7 @@ mod tests {
                 kernel: p.clone(),
                 initrd: p,
             },
+            root_verity: None,
         }
     }
 

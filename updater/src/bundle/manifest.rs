@@ -25,6 +25,19 @@ pub struct Manifest {
     pub created: u64,
     pub expires: u64,
     pub payloads: Payloads,
+    /// The root's dm-verity description, when the root payload is a filesystem followed by its
+    /// hash tree. Signed like the rest: its root hash goes onto the slot's command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_verity: Option<RootVerity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootVerity {
+    /// sha256 root of the hash tree (hex).
+    pub root_hash: String,
+    /// 4 KiB blocks of filesystem the tree covers; the superblock and the tree follow them.
+    pub data_blocks: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +91,8 @@ pub enum StructureError {
         field: &'static str,
         error: kiln_boot::contract::LabelError,
     },
+    #[error("manifest field root_verity: {0}")]
+    Verity(String),
     #[error("payload {payload}: {message}")]
     Payload {
         payload: &'static str,
@@ -115,6 +130,26 @@ impl Manifest {
             return Err(StructureError::Format(self.format));
         }
         check_labels(&self.compatible, &self.version)?;
+        if let Some(v) = &self.root_verity {
+            if !kiln_boot::contract::is_root_hash(&v.root_hash) {
+                return Err(StructureError::Verity(format!(
+                    "root_hash {:?} is not 64 lower-case hex digits",
+                    v.root_hash
+                )));
+            }
+            // The data, the superblock's block and the tree are the whole root payload.
+            let root = self.payloads.root.size;
+            let total = (v.data_blocks <= root / kiln_boot::verity::BLOCK)
+                .then(|| kiln_boot::verity::Geometry::new(v.data_blocks).ok())
+                .flatten()
+                .map(|g| g.total_len());
+            if total != Some(root) {
+                return Err(StructureError::Verity(format!(
+                    "{} data blocks and their tree are not the {root}-byte root payload",
+                    v.data_blocks
+                )));
+            }
+        }
         for (name, p) in self.payloads.named() {
             let bad = |message: String| StructureError::Payload {
                 payload: name,

@@ -2,7 +2,7 @@
 
 use super::chunker::{chunk_file, Store};
 use super::keys::{SecretKey, Signatures};
-use super::manifest::{check_labels, Manifest, Payloads, FORMAT};
+use super::manifest::{check_labels, Manifest, Payloads, RootVerity, FORMAT};
 use super::store::PACK;
 use super::{MANIFEST, MANIFEST_ZST, MANIFEST_ZSTD_LEVEL, SIGNATURES, SIGNATURES_ZST};
 use std::fs;
@@ -17,6 +17,8 @@ pub struct BundleInfo {
     pub sequence: u64,
     pub created: u64,
     pub expires: u64,
+    /// The root's dm-verity description (the root payload then holds the tree).
+    pub root_verity: Option<RootVerity>,
 }
 
 /// The three payload files.
@@ -97,7 +99,11 @@ pub fn write_bundle_as(
                 kernel,
                 initrd,
             },
+            root_verity: info.root_verity.clone(),
         };
+        manifest
+            .check_structure()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
         let z = zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL)?;
         for (name, sig_name, data) in [

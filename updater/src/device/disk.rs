@@ -13,8 +13,11 @@ pub struct BootDisk {
     pub disk: String,
     pub booted: Slot,
     pub parts: Vec<PartEntry>,
-    /// Kernel arguments of the booted entry other than root= and kiln.slot=.
+    /// Kernel arguments of the booted entry other than the per-slot words
+    /// ([`kiln_boot::contract::image_args`]).
     pub extra_cmdline: String,
+    /// The booted root's dm-verity hash (`kiln.verity=`), if it has one.
+    pub booted_verity: Option<String>,
 }
 
 fn read_table(dev: &str) -> io::Result<Vec<PartEntry>> {
@@ -27,26 +30,6 @@ fn read_table(dev: &str) -> io::Result<Vec<PartEntry>> {
     f.seek(SeekFrom::Start(hdr.entries_lba * 512))?;
     f.read_exact(&mut entries)?;
     parse_entries(&hdr, &entries).map_err(io::Error::other)
-}
-
-/// The image's own kernel arguments, from the running kernel's command line: without the
-/// per-slot words (`root=`, `ro`, `kiln.slot=`) and without what the loaders add at boot
-/// (`BOOT_IMAGE=` from GRUB, `initrd=` from systemd-boot for each initrd). Slot entries are
-/// rebuilt from this on every install, so anything a loader adds would otherwise accumulate —
-/// which the 200-cut campaign found: after ~110 updates systemd-boot's `initrd=` words made the
-/// command line longer than the EFI stub's 2 KiB and `console=` was cut off.
-pub fn extra_args(cmdline: &str) -> String {
-    cmdline
-        .split_whitespace()
-        .filter(|w| {
-            !w.starts_with("root=")
-                && !w.starts_with("kiln.slot=")
-                && !w.starts_with("BOOT_IMAGE=")
-                && !w.starts_with("initrd=")
-                && *w != "ro"
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 impl BootDisk {
@@ -63,7 +46,8 @@ impl BootDisk {
             .unwrap_or("")
             .parse()
             .map_err(|_| io::Error::other("no kiln.slot= on the kernel command line"))?;
-        let extra_cmdline = extra_args(&cmdline);
+        let extra_cmdline = kiln_boot::contract::image_args(&cmdline);
+        let booted_verity = kiln_boot::contract::verity_arg(&cmdline).map(str::to_string);
         let mut disks: Vec<String> = fs::read_dir("/sys/block")?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -79,6 +63,7 @@ impl BootDisk {
                         booted,
                         parts,
                         extra_cmdline,
+                        booted_verity,
                     });
                 }
             }
@@ -110,12 +95,13 @@ impl BootDisk {
         (p.last_lba.saturating_sub(p.first_lba) + 1) * 512
     }
 
-    /// The kernel command line of `slot`.
-    pub fn cmdline(&self, slot: Slot) -> io::Result<String> {
+    /// The kernel command line of `slot` whose root has the dm-verity hash `verity`, if any.
+    pub fn cmdline(&self, slot: Slot, verity: Option<&str>) -> io::Result<String> {
         let p = self.part(slot.partlabel())?;
         Ok(kiln_boot::contract::slot_cmdline(
             &p.part_guid,
             slot,
+            verity,
             &self.extra_cmdline,
         ))
     }
@@ -181,10 +167,13 @@ fn is_mountpoint(p: &Path) -> bool {
 mod tests {
     use super::*;
 
+    use kiln_boot::contract::{image_args as extra_args, slot_cmdline, verity_arg};
+
     #[test]
     fn loader_added_words_do_not_accumulate_over_updates() {
         let extra = "console=ttyS0,115200 quiet panic=5";
-        let mut options = format!("root=PARTUUID=aa ro kiln.slot=a {extra}");
+        let h = |i: usize| format!("{i:064x}");
+        let mut options = slot_cmdline("aa", Slot::A, Some(&h(0)), extra);
         for i in 0..300 {
             let slot = if i % 2 == 0 { "a" } else { "b" };
             // What the kernel sees: systemd-boot appends initrd= for the entry's initrd,
@@ -192,13 +181,18 @@ mod tests {
             let proc_cmdline = format!(
                 "BOOT_IMAGE=/kiln/{slot}/vmlinuz {options} initrd=\\kiln\\{slot}\\initrd.img\n"
             );
-            let next = if slot == "a" { "b" } else { "a" };
-            options = format!(
-                "root=PARTUUID=bb ro kiln.slot={next} {}",
-                extra_args(&proc_cmdline)
-            );
+            assert_eq!(verity_arg(&proc_cmdline), Some(h(i).as_str()));
+            // Each update's entry carries the new root's hash, and only that one.
+            let next = if slot == "a" { Slot::B } else { Slot::A };
+            options = slot_cmdline("bb", next, Some(&h(i + 1)), &extra_args(&proc_cmdline));
         }
-        assert_eq!(options, format!("root=PARTUUID=bb ro kiln.slot=a {extra}"));
+        assert_eq!(
+            options,
+            format!(
+                "root=PARTUUID=bb ro kiln.slot=a kiln.verity={} {extra}",
+                h(300)
+            )
+        );
         assert_eq!(extra_args("root=x ro kiln.slot=b"), "");
     }
 }

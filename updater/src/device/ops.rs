@@ -96,7 +96,11 @@ struct Ctx {
     esp: Esp,
     _lock: nix::fcntl::Flock<fs::File>,
     release: Release,
-    cmdlines: [(Slot, String); 2],
+    /// Each slot's root hash as its entry carries it now: the booted slot's from the kernel's
+    /// command line, the other's from its loader record (GRUB re-renders both slots' lines on
+    /// every commit, so the other slot's hash must come back from somewhere other than the
+    /// booted line).
+    verity: [(Slot, Option<String>); 2],
     state_dir: PathBuf,
 }
 
@@ -106,18 +110,37 @@ impl Ctx {
         let disk = BootDisk::detect().context("finding the boot disk")?;
         let esp = Esp::mount(&disk)?;
         let release = release()?;
-        let cmdlines = [
-            (Slot::A, disk.cmdline(Slot::A)?),
-            (Slot::B, disk.cmdline(Slot::B)?),
-        ];
-        Ok(Ctx {
+        let mut ctx = Ctx {
             disk,
             esp,
             _lock: lock,
             release,
-            cmdlines,
+            verity: [(Slot::A, None), (Slot::B, None)],
             state_dir: PathBuf::from(state_file::DIR),
-        })
+        };
+        let booted = ctx.disk.booted;
+        ctx.verity = [Slot::A, Slot::B].map(|s| {
+            let h = if s == booted {
+                ctx.disk.booted_verity.clone()
+            } else {
+                ctx.recorded_verity(s)
+            };
+            (s, h.filter(|h| kiln_boot::contract::is_root_hash(h)))
+        });
+        Ok(ctx)
+    }
+
+    /// The root hash in `slot`'s loader record (its GRUB command line, or its entry's options).
+    fn recorded_verity(&self, slot: Slot) -> Option<String> {
+        let line = if self.release.loader == LoaderKind::Grub {
+            let (_, vars) = self.grubenv().read().ok()?;
+            vars.get(&format!("{}_CMDLINE", slot.to_string().to_uppercase()))?
+                .clone()
+        } else {
+            let (_, entries) = self.esp.entries().read().ok()?;
+            entries.into_iter().find(|(s, _)| *s == slot)?.1.options
+        };
+        kiln_boot::contract::verity_arg(&line).map(str::to_string)
     }
 
     fn grubenv(&self) -> GrubEnv {
@@ -138,11 +161,24 @@ impl Ctx {
     }
 
     fn commit(&self, boot: &BootState) -> Result<()> {
-        let cmd = |s: Slot| {
-            self.cmdlines
+        self.commit_staging(boot, None)
+    }
+
+    /// Commits `boot`; `staged`: a slot just written, and its new root's hash.
+    fn commit_staging(&self, boot: &BootState, staged: Option<(Slot, Option<&str>)>) -> Result<()> {
+        let hash = |s: Slot| match staged {
+            Some((t, h)) if t == s => h.map(str::to_string),
+            _ => self
+                .verity
                 .iter()
                 .find(|(x, _)| *x == s)
-                .map(|(_, c)| c.clone())
+                .and_then(|(_, h)| h.clone()),
+        };
+        let lines = [Slot::A, Slot::B].map(|s| self.disk.cmdline(s, hash(s).as_deref()));
+        let cmd = |s: Slot| {
+            lines[usize::from(s == Slot::B)]
+                .as_ref()
+                .map(|c| c.clone())
                 .unwrap_or_default()
         };
         if self.release.loader == LoaderKind::Grub {
@@ -208,6 +244,11 @@ fn running_seed(
 }
 
 /// Installs a bundle into the inactive slot and stages it. Returns the staged version.
+/// The root hash a staged slot's entry carries: the signed manifest's.
+fn root_hash(m: &crate::bundle::manifest::Manifest) -> Option<&str> {
+    m.root_verity.as_ref().map(|v| v.root_hash.as_str())
+}
+
 pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     let ctx = Ctx::open()?;
     let booted = ctx.disk.booted;
@@ -394,7 +435,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             .context("the root read back does not match the manifest")?;
         if o.activate {
             boot.stage(verified, booted, o.tries)?;
-            ctx.commit(&boot)?;
+            ctx.commit_staging(&boot, Some((target, root_hash(m))))?;
             hit("install.staged");
         }
         Ok(root_sha)
@@ -495,6 +536,9 @@ pub fn activate(tries: u8) -> Result<String> {
         &fs::read(&mpath).with_context(|| format!("reading {}", mpath.display()))?,
     )
     .with_context(|| format!("parsing {}", mpath.display()))?;
+    // Persist is not the signed bundle: what reaches the entry is checked again.
+    m.check_structure()
+        .with_context(|| format!("checking {}", mpath.display()))?;
     if m.version != w.version || m.sequence != w.sequence {
         bail!(
             "{} is not the manifest of the written {}",
@@ -519,7 +563,7 @@ pub fn activate(tries: u8) -> Result<String> {
         .context("the root read back does not match the manifest")?;
     let mut boot = ctx.read_boot()?;
     boot.stage(verified, booted, tries)?;
-    ctx.commit(&boot)?;
+    ctx.commit_staging(&boot, Some((target, root_hash(&m))))?;
     hit("install.staged");
     st.written = None;
     st.staged = Some(w);

@@ -68,6 +68,7 @@ mod tests {
                 kernel: empty(),
                 initrd: empty(),
             },
+            root_verity: None,
         }
     }
 

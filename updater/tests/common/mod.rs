@@ -50,6 +50,7 @@ pub fn test_bundle_as(
             sequence: 1,
             created: 0,
             expires: u64::MAX,
+            root_verity: None,
         },
         &[key],
         &dir.join(name),
