@@ -1,9 +1,13 @@
 //! dm-verity roots (issue 17): an image built with `[rootfs] verity` boots with its root on a
-//! verity device whose root hash is the one on the slot's command line, and one changed byte of
-//! a file in the slot makes the kernel report the corrupted block and restart the machine when
-//! the file is read.
+//! verity device whose root hash is the one on the slot's command line; one changed byte of a
+//! file's data, or of the hash tree over it, makes the kernel report the corrupted block and
+//! restart the machine when the file is read; updates stage each new root's hash (both
+//! loaders), and a pending slot that reads a corrupted block at boot rolls back.
 
-use imagebuilder::spec::BakedFile;
+use imagebuilder::pipeline::BuildReport;
+use imagebuilder::spec::{BakedFile, Loader};
+use qemu_tests::http::StaticServer;
+use qemu_tests::updater::status;
 use qemu_tests::{fixtures, Console};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -98,4 +102,109 @@ fn a_verity_root_boots_verified_and_a_changed_byte_restarts_the_machine() {
     );
     // The machine came back by itself (a restart, not a hang), on slot a.
     c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+}
+
+fn verity_image(out: &std::path::Path, version: &str, loader: Loader) -> BuildReport {
+    fixtures::build_default_with(out, |s| {
+        s.rootfs.verity = true;
+        s.boot.loader = loader;
+        s.version = version.into();
+    })
+}
+
+#[test]
+fn an_update_stages_the_new_root_hash_and_a_corrupted_pending_slot_rolls_back_systemd_boot() {
+    update_scenario(Loader::SystemdBoot);
+}
+
+#[test]
+fn an_update_stages_the_new_root_hash_and_a_corrupted_pending_slot_rolls_back_grub() {
+    update_scenario(Loader::Grub);
+}
+
+/// v1 → v2 over HTTP: slot b boots through dm-verity with v2's hash; a rollback then boots
+/// slot a with v1's (each slot keeps its own hash through every commit, GRUB's included).
+/// Then v3 is staged on b and one byte of a file read at boot is changed in root-b offline:
+/// the pending slot restarts on that read until its tries run out, and the machine is back on
+/// a, which reports the rollback.
+fn update_scenario(loader: Loader) {
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str| work.path().join(n);
+    let v1 = verity_image(&w("v1"), "1.0.0", loader);
+    let v2 = verity_image(&w("v2"), "2.0.0", loader);
+    let v3 = verity_image(&w("v3"), "3.0.0", loader);
+    let hash = |r: &BuildReport| r.root_verity.clone().unwrap().root_hash;
+    assert_ne!(hash(&v1), hash(&v2));
+    fixtures::dev_bundle(&w("v2"), &w("www/v2"), 2);
+    let m3 = fixtures::dev_bundle(&w("v3"), &w("www/v3"), 3);
+    assert_eq!(m3.root_verity.unwrap().root_hash, hash(&v3));
+    let server = StaticServer::start(&w("www")).unwrap();
+    let verified = |r: &BuildReport| format!("root hash {}", hash(r));
+
+    let mut c = Console::boot(&v1.disk).unwrap();
+    let boot = c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+    assert!(boot.contains(&verified(&v1)), "{boot}");
+    c.send_line(&format!("kiln-updater install {}", server.guest_url("v2")))
+        .unwrap();
+    c.expect("kiln-updater: slot b staged", Duration::from_secs(600))
+        .unwrap();
+    let boot = c.expect("kiln-ready slot=b version=2.0.0", BOOT).unwrap();
+    assert!(boot.contains(&verified(&v2)), "{boot}");
+    assert!(boot.contains("kiln-updater: slot b marked good"), "{boot}");
+    let out = c.ok("kiln-updater rollback").unwrap();
+    assert!(out.contains("slot a boots next"), "{out}");
+    c.send_line("reboot").unwrap();
+    let boot = c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+    assert!(boot.contains(&verified(&v1)), "{boot}");
+
+    // v3 staged on b, not booted; then the machine is off.
+    let (rc, out) = c
+        .sh(
+            &format!(
+                "kiln-updater install --no-reboot {}",
+                server.guest_url("v3")
+            ),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    assert_eq!(rc, 0, "{out}");
+    c.send_line("poweroff").unwrap();
+    c.wait_exit(Duration::from_secs(60)).unwrap();
+    // One byte of v3's release file (read on every boot) changed in root-b.
+    let root_img = std::fs::read(w("v3").join("root.img")).unwrap();
+    let needle = b"\nKILN_VERSION='3.0.0'\n";
+    let at = root_img
+        .windows(needle.len())
+        .position(|x| x == needle)
+        .expect("v3's release file") as u64;
+    let root_b = v1.partitions.iter().find(|p| p.label == "root-b").unwrap();
+    let disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&v1.disk)
+        .unwrap();
+    let mut b = [0u8; 1];
+    disk.read_exact_at(&mut b, root_b.offset + at + 2).unwrap();
+    disk.write_all_at(&[b[0] ^ 0x01], root_b.offset + at + 2)
+        .unwrap();
+    disk.sync_all().unwrap();
+    drop(disk);
+
+    let mut c = Console::boot(&v1.disk).unwrap();
+    let fallback = c
+        .expect("kiln-ready slot=a version=1.0.0", Duration::from_secs(900))
+        .unwrap();
+    assert!(
+        fallback.contains(&verified(&v3)),
+        "v3 never ran: {fallback}"
+    );
+    assert!(fallback.contains("is corrupted"), "{fallback}");
+    assert!(
+        fallback.contains("slot b (3.0.0) failed to boot; rolled back to slot a"),
+        "{fallback}"
+    );
+    assert!(fallback.contains(&verified(&v1)), "{fallback}");
+    let s = status(&mut c);
+    assert_eq!(s["booted"], "a");
+    assert_eq!(s["rolled_back_from"], "3.0.0");
 }
