@@ -95,6 +95,37 @@ pub mod counting {
         p
     }
 
+    /// The state and each slot's entry details from the entry files `(name, text)` of a
+    /// `loader/entries` directory (other names are ignored).
+    pub fn read_entries(mut files: Vec<(String, String)>) -> (BootState, Vec<(Slot, Parsed)>) {
+        let mut state = BootState::default();
+        let mut details = Vec::new();
+        files.sort();
+        for (name, text) in files {
+            let Some((slot, health)) = parse_file_name(&name) else {
+                continue;
+            };
+            let p = parse(&name, &text);
+            let entry = SlotEntry {
+                version: p.version.clone(),
+                priority: p.priority,
+                health,
+            };
+            // Two files for one slot can only come from a cut between rename and unlink:
+            // keep the higher priority.
+            if state
+                .entries
+                .get(&slot)
+                .is_none_or(|e| e.priority < entry.priority)
+            {
+                state.entries.insert(slot, entry);
+                details.retain(|(s, _)| *s != slot);
+                details.push((slot, p));
+            }
+        }
+        (state, details)
+    }
+
     /// The `loader/entries` directory of a mounted ESP.
     pub struct EntriesDir(pub PathBuf);
 
@@ -125,35 +156,15 @@ pub mod counting {
 
         /// Reads the state and each entry's details.
         pub fn read(&self) -> io::Result<(BootState, Vec<(Slot, Parsed)>)> {
-            let mut state = BootState::default();
-            let mut details = Vec::new();
-            let mut names: Vec<String> = fs::read_dir(&self.0)?
-                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect();
-            names.sort();
-            for name in names {
-                let Some((slot, health)) = parse_file_name(&name) else {
-                    continue;
-                };
-                let p = parse(&name, &fs::read_to_string(self.0.join(&name))?);
-                let entry = SlotEntry {
-                    version: p.version.clone(),
-                    priority: p.priority,
-                    health,
-                };
-                // Two files for one slot can only come from a cut between rename and unlink:
-                // keep the higher priority.
-                if state
-                    .entries
-                    .get(&slot)
-                    .is_none_or(|e| e.priority < entry.priority)
-                {
-                    state.entries.insert(slot, entry);
-                    details.retain(|(s, _)| *s != slot);
-                    details.push((slot, p));
+            let mut files = Vec::new();
+            for e in fs::read_dir(&self.0)? {
+                let name = e?.file_name().to_string_lossy().into_owned();
+                if parse_file_name(&name).is_some() {
+                    let text = fs::read_to_string(self.0.join(&name))?;
+                    files.push((name, text));
                 }
             }
-            Ok((state, details))
+            Ok(read_entries(files))
         }
 
         /// Commits `new` over what is on disk: changed entries are written to a temporary

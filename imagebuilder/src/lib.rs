@@ -12,6 +12,7 @@ pub mod esp;
 mod esp_fixup;
 mod grub_image;
 pub mod host_tool;
+pub mod inspect;
 pub mod keyfiles;
 pub mod layout;
 pub mod pipeline;

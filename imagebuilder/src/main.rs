@@ -45,6 +45,15 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Show what a Kiln disk holds, read-only: its partitions, both slots' versions, states
+    /// and root hashes, and whether each slot's root still matches its dm-verity root hash.
+    Inspect {
+        /// A disk image (disk.raw) or a block device.
+        disk: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a signed update bundle from a build directory (root.img, vmlinuz, initrd.img, build.json).
     Bundle {
         /// A `kiln build` output directory.
@@ -182,6 +191,14 @@ fn real_main() -> Result<()> {
             println!("{}", report.disk.display());
         }
         Cmd::Keygen { out } => imagebuilder::bundle::keygen(&out)?,
+        Cmd::Inspect { disk, json } => {
+            let i = imagebuilder::inspect::inspect(&disk)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+            } else {
+                print!("{}", imagebuilder::inspect::render(&i));
+            }
+        }
         Cmd::Bundle {
             build,
             keys,

@@ -346,3 +346,64 @@ fn an_ext4_root_leaves_room_for_its_tree() {
     let (ok, out) = tool("e2fsck", &["-fn", root.to_str().unwrap()]);
     assert!(ok, "e2fsck -fn root-a (ext4 under verity):\n{out}");
 }
+
+/// `kiln inspect --json` over `disk`.
+fn inspect(disk: &Path) -> serde_json::Value {
+    let o = kiln(&["inspect".as_ref(), disk.as_os_str(), "--json".as_ref()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn inspect_shows_each_slot_and_whether_its_root_verifies() {
+    let d = tempfile::tempdir().unwrap();
+    let r = build_default(d.path(), |s| s.rootfs.verity = true);
+    let v = r.root_verity.clone().unwrap();
+    let before = sha256(&r.disk);
+    let i = inspect(&r.disk);
+    assert_eq!(i["loader"], "systemd-boot");
+    assert_eq!(i["partitions"].as_array().unwrap().len(), 4);
+    let (a, b) = (&i["slots"][0], &i["slots"][1]);
+    assert_eq!(
+        (a["slot"].as_str(), a["state"].as_str()),
+        (Some("a"), Some("good"))
+    );
+    assert_eq!(a["version"], "1.0.0");
+    assert_eq!(a["root_hash"], v.root_hash.as_str());
+    assert_eq!(a["data_root_hash"], v.root_hash.as_str());
+    assert_eq!(a["verity_blocks"], v.data_blocks);
+    assert_eq!(a["verifies"], "verified");
+    assert_eq!(
+        (b["state"].as_str(), b["verifies"].as_str()),
+        (Some("empty"), Some("empty"))
+    );
+    // Text too, and nothing written.
+    let o = kiln(&["inspect".as_ref(), r.disk.as_os_str()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("slot a: good 1.0.0\n  root: verified\n"),
+        "{text}"
+    );
+    assert_eq!(sha256(&r.disk), before);
+
+    // One bit of root-a's data (block 7): the slot no longer verifies, and the block is named.
+    let root_a = &r.partitions[1];
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&r.disk)
+        .unwrap();
+    let at = root_a.offset + 7 * 4096 + 100;
+    let mut byte = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[byte[0] ^ 1]).unwrap();
+    drop(f);
+    let i = inspect(&r.disk);
+    assert_eq!(
+        i["slots"][0]["verifies"],
+        "corrupt: data block 7 does not match the tree"
+    );
+    assert_ne!(i["slots"][0]["data_root_hash"], v.root_hash.as_str());
+}

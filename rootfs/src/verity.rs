@@ -43,6 +43,107 @@ fn pack(digests: &[[u8; 32]]) -> Vec<u8> {
     out
 }
 
+/// The tree of the `g.data_blocks` blocks `r` yields: its levels (level 0 first, each packed
+/// into hash blocks) and the root hash.
+fn compute(
+    mut r: impl Read,
+    g: &Geometry,
+    salt: &[u8],
+) -> std::io::Result<(Vec<Vec<u8>>, [u8; 32])> {
+    // Level 0: the data blocks' digests, read once, in order.
+    let mut block = vec![0u8; BLOCK as usize];
+    let mut digests = Vec::with_capacity(g.data_blocks as usize);
+    for _ in 0..g.data_blocks {
+        r.read_exact(&mut block)?;
+        digests.push(digest(salt, &block));
+    }
+    // Each level packs the digests of the one below; the top one has a single block.
+    let mut levels = Vec::with_capacity(g.levels.len());
+    for &blocks in &g.levels {
+        let packed = pack(&digests);
+        debug_assert_eq!(packed.len() as u64, blocks * BLOCK);
+        digests = packed
+            .chunks(BLOCK as usize)
+            .map(|b| digest(salt, b))
+            .collect();
+        levels.push(packed);
+    }
+    // With no level (one data block) the root is that block's digest; else the top block's.
+    Ok((levels, digests[0]))
+}
+
+/// A slot's dm-verity tree as found after its filesystem, checked against its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundTree {
+    pub data_blocks: u64,
+    /// The root hash of the data as it is now (equal to the entry's, or the slot is damaged).
+    pub root_hash: [u8; 32],
+    /// The first data block whose digest differs from the tree on disk (damaged data), if any.
+    pub bad_data_block: Option<u64>,
+    /// Whether the tree on disk is exactly the tree of the data.
+    pub tree_matches: bool,
+}
+
+/// Reads the verity superblock `data_len` bytes into the volume at `base` of `f` (at most
+/// `avail` bytes long) and recomputes the tree from the data: `None` when no superblock for
+/// that length is there. Read-only.
+pub fn check_tree(
+    f: &File,
+    base: u64,
+    data_len: u64,
+    avail: u64,
+) -> std::io::Result<Option<FoundTree>> {
+    use std::os::unix::fs::FileExt;
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    if f.read_exact_at(&mut sb, base + data_len).is_err() {
+        return Ok(None);
+    }
+    let Ok(sb) = Superblock::parse(&sb) else {
+        return Ok(None);
+    };
+    if sb.data_blocks.checked_mul(BLOCK) != Some(data_len) {
+        return Ok(None);
+    }
+    let Ok(g) = Geometry::new(sb.data_blocks) else {
+        return Ok(None);
+    };
+    if g.total_len() > avail {
+        return Ok(None);
+    }
+    let mut data = f.try_clone()?;
+    data.seek(SeekFrom::Start(base))?;
+    let (levels, root_hash) = compute(
+        BufReader::with_capacity(1 << 20, data.take(data_len)),
+        &g,
+        &sb.salt,
+    )?;
+    // On disk: the top level first, then down to level 0.
+    let mut at = base + data_len + BLOCK;
+    let mut tree_matches = true;
+    let mut bad_data_block = None;
+    for (i, level) in levels.iter().enumerate().rev() {
+        let mut disk = vec![0u8; level.len()];
+        f.read_exact_at(&mut disk, at)?;
+        if disk != *level {
+            tree_matches = false;
+            if i == 0 {
+                bad_data_block = disk
+                    .chunks(32)
+                    .zip(level.chunks(32))
+                    .position(|(a, b)| a != b)
+                    .map(|k| k as u64);
+            }
+        }
+        at += level.len() as u64;
+    }
+    Ok(Some(FoundTree {
+        data_blocks: sb.data_blocks,
+        root_hash,
+        bad_data_block,
+        tree_matches,
+    }))
+}
+
 /// Appends the superblock and hash tree to the image at `path` (padded to 4 KiB first) with
 /// `salt` and `uuid`; the whole must fit in `cap` bytes (the slot).
 pub fn append_tree(
@@ -76,30 +177,8 @@ pub fn append_tree(
         });
     }
     f.set_len(data_len).map_err(|e| io("padding to 4 KiB", e))?;
-
-    // Level 0: the data blocks' digests, read once, in order.
-    let mut r = BufReader::with_capacity(1 << 20, &mut f);
-    let mut block = vec![0u8; BLOCK as usize];
-    let mut digests = Vec::with_capacity(g.data_blocks as usize);
-    for _ in 0..g.data_blocks {
-        r.read_exact(&mut block)
-            .map_err(|e| io("reading the image", e))?;
-        digests.push(digest(&salt, &block));
-    }
-    drop(r);
-    // Each level packs the digests of the one below; the top one has a single block.
-    let mut levels = Vec::with_capacity(g.levels.len());
-    for &blocks in &g.levels {
-        let packed = pack(&digests);
-        debug_assert_eq!(packed.len() as u64, blocks * BLOCK);
-        digests = packed
-            .chunks(BLOCK as usize)
-            .map(|b| digest(&salt, b))
-            .collect();
-        levels.push(packed);
-    }
-    // With no level (one data block) the root is that block's digest; else the top block's.
-    let root_hash = digests[0];
+    let (levels, root_hash) = compute(BufReader::with_capacity(1 << 20, &mut f), &g, &salt)
+        .map_err(|e| io("reading the image", e))?;
 
     let sb = Superblock {
         uuid,
