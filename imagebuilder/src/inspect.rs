@@ -8,28 +8,21 @@ use kiln_boot::state::Health;
 use kiln_boot::{grub, systemd_boot, Slot};
 use kiln_initramfs::gpt::{parse_entries, parse_header};
 use serde::Serialize;
+
+/// A partition as `build.json` reports it.
+pub use crate::pipeline::PartReport as Partition;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
     pub disk: String,
     pub partitions: Vec<Partition>,
     /// `systemd-boot`, `grub`, or `none` (no ESP or no Kiln loader state on it).
     pub loader: String,
     pub slots: Vec<SlotReport>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Partition {
-    pub number: u32,
-    pub label: String,
-    pub type_guid: String,
-    pub guid: String,
-    pub offset: u64,
-    pub size: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -73,29 +73,53 @@ fn a_verity_root_boots_verified_and_a_changed_byte_restarts_the_machine() {
     c.send_line("poweroff").unwrap();
     c.wait_exit(Duration::from_secs(60)).unwrap();
 
-    // One byte of the probe's data changed in root-a, offline.
+    // Two copies of the disk, each with one byte of root-a changed offline: one in the probe's
+    // data, one in the hash tree where it covers the probe.
     let root_img = std::fs::read(w("v1").join("root.img")).unwrap();
-    let at = find_block(&root_img, &probe[8192..12288]).expect("the probe's third block");
+    let first = find_block(&root_img, &probe[..4096]).expect("the probe's first block") as u64;
+    // Its 256 blocks lie in order (an erofs file's data is contiguous).
+    assert_eq!(
+        find_block(&root_img, &probe[(255 << 12)..]),
+        Some(first as usize + (255 << 12))
+    );
     let root_a = r.partitions.iter().find(|p| p.label == "root-a").unwrap();
-    let disk = std::fs::OpenOptions::new()
+    let g = kiln_boot::verity::Geometry::new(v.data_blocks).unwrap();
+    // A level-0 tree block whose 128 data blocks all belong to the probe (256 blocks long).
+    let j = (first / 4096).div_ceil(128);
+    assert!((j + 1) * 128 <= first / 4096 + 256);
+    let tree_block = (g.hash_start_block() + g.level_start(0) + j) * 4096;
+    let tree_disk = w("tree-changed.raw");
+    std::fs::copy(&r.disk, &tree_disk).unwrap();
+    let third = find_block(&root_img, &probe[8192..12288]).expect("the probe's third block") as u64;
+    flip_byte(&r.disk, root_a.offset + third + 100);
+    flip_byte(&tree_disk, root_a.offset + tree_block + 100);
+    for disk in [&r.disk, &tree_disk] {
+        read_restarts(disk);
+    }
+}
+
+/// Changes one bit of the byte at `at` of `disk`, offline.
+fn flip_byte(disk: &std::path::Path, at: u64) {
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&r.disk)
+        .open(disk)
         .unwrap();
     let mut b = [0u8; 1];
-    disk.read_exact_at(&mut b, root_a.offset + at as u64 + 100)
-        .unwrap();
-    disk.write_all_at(&[b[0] ^ 0x01], root_a.offset + at as u64 + 100)
-        .unwrap();
-    disk.sync_all().unwrap();
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
+    f.sync_all().unwrap();
+}
 
-    // It boots (nothing reads the probe on the way), then reading the file restarts it.
-    let mut c = Console::boot(&r.disk).unwrap();
+/// Boots `disk` (nothing reads the probe on the way), then reads the probe: the kernel reports
+/// a corrupted block and restarts the machine, which comes back by itself.
+fn read_restarts(disk: &std::path::Path) {
+    let mut c = Console::boot(disk).unwrap();
     c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
     c.send_line(&format!("cat {PROBE} > /dev/null; echo read-done"))
         .unwrap();
     let out = c.expect("kiln-init: ", Duration::from_secs(120)).unwrap();
-    assert!(out.contains("is corrupted"), "{out}");
+    assert!(out.contains("is corrupted"), "{}: {out}", disk.display());
     assert!(
         !out.lines().any(|l| l.trim() == "read-done"),
         "the corrupted file was read: {out}"
@@ -178,17 +202,7 @@ fn update_scenario(loader: Loader) {
         .position(|x| x == needle)
         .expect("v3's release file") as u64;
     let root_b = v1.partitions.iter().find(|p| p.label == "root-b").unwrap();
-    let disk = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&v1.disk)
-        .unwrap();
-    let mut b = [0u8; 1];
-    disk.read_exact_at(&mut b, root_b.offset + at + 2).unwrap();
-    disk.write_all_at(&[b[0] ^ 0x01], root_b.offset + at + 2)
-        .unwrap();
-    disk.sync_all().unwrap();
-    drop(disk);
+    flip_byte(&v1.disk, root_b.offset + at + 2);
 
     let mut c = Console::boot(&v1.disk).unwrap();
     let fallback = c
