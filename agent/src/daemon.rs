@@ -101,8 +101,8 @@ impl<D: Device> Agent<D> {
                 Ok(()) => {}
                 Err(e) => {
                     let d = backoff.next_delay();
-                    eprintln!(
-                        "kiln-agent: API server {} not usable ({}); attempt {attempt} failed, next in {} s",
+                    tracing::info!(
+                        "API server {} not usable ({}); attempt {attempt} failed, next in {} s",
                         self.server,
                         describe(&e),
                         d.as_secs()
@@ -118,12 +118,9 @@ impl<D: Device> Agent<D> {
     async fn session(&mut self, backoff: &mut Backoff, attempt: &mut u32) -> Result<(), Error> {
         let n = self.nodes().get(&self.node).await?;
         if *attempt > 1 {
-            eprintln!(
-                "kiln-agent: connected to {} after {attempt} attempts",
-                self.server
-            );
+            tracing::info!("connected to {} after {attempt} attempts", self.server);
         } else {
-            eprintln!("kiln-agent: connected to {}", self.server);
+            tracing::info!("connected to {}", self.server);
         }
         backoff.reset();
         *attempt = 0;
@@ -230,7 +227,7 @@ impl<D: Device> Agent<D> {
         let labels = n.metadata.labels.clone().unwrap_or_default();
         let ev = match crate::admit::admit(&t, osu.as_ref(), &labels) {
             Err(why) => {
-                eprintln!("kiln-agent: refusing target {}: {why}", t.version);
+                tracing::info!("refusing target {}: {why}", t.version);
                 Event::Refused(t, why)
             }
             Ok(t) => Event::NewTarget(t),
@@ -290,7 +287,7 @@ impl<D: Device> Agent<D> {
     async fn act(&mut self, a: Action) -> Result<Option<Event>, Error> {
         Ok(match a {
             Action::Stage(t) => {
-                eprintln!("kiln-agent: staging {} from {}", t.version, t.bundle_url);
+                tracing::info!("staging {} from {}", t.version, t.bundle_url);
                 Some(match self.device.stage(&t).await {
                     Ok(()) => Event::Staged,
                     Err(e) => Event::StageFailed(e),
@@ -305,8 +302,8 @@ impl<D: Device> Agent<D> {
                 Some(
                     match crate::drain::drain(&self.client, &self.node, &policy).await {
                         Ok(d) => {
-                            eprintln!(
-                                "kiln-agent: drained ({} evicted, {} skipped)",
+                            tracing::info!(
+                                "drained ({} evicted, {} skipped)",
                                 d.evicted.len(),
                                 d.skipped.len()
                             );
@@ -318,7 +315,7 @@ impl<D: Device> Agent<D> {
                 )
             }
             Action::FlipAndReboot => {
-                eprintln!("kiln-agent: switching to the staged slot and rebooting");
+                tracing::info!("switching to the staged slot and rebooting");
                 match self.device.flip_and_reboot().await {
                     Ok(()) => None,
                     Err(e) => Some(Event::FlipFailed(e)),

@@ -9,12 +9,14 @@
 //!   state committed to persist so a reboot in the middle resumes it;
 //! - [`admit`]: the agent's check of a target against the OSUpgrade it names;
 //! - [`credentials`]: the agent's kubeconfig must be private to its owner;
+//! - [`console`]: the agent's console lines, one write each;
 //! - [`backoff`]: reconnect backoff (1 s → 60 s) and the heartbeat's healthy / degraded /
 //!   offline classification.
 
 pub mod admit;
 pub mod backoff;
 pub mod budget;
+pub mod console;
 pub mod crd;
 pub mod credentials;
 pub mod daemon;

@@ -70,22 +70,13 @@ fn hostname() -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,kube_client=off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    kiln_agent::console::init();
     let cli = Cli::parse();
     let node = cli.node.clone().unwrap_or_else(hostname);
     if let Some(dir) = cli.state.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    eprintln!(
-        "kiln-agent: node {node}, kubeconfig {}",
-        cli.kubeconfig.display()
-    );
+    tracing::info!("node {node}, kubeconfig {}", cli.kubeconfig.display());
     // The kubeconfig may arrive later (provisioning): wait for it with the same backoff. A node
     // not configured for a cluster is not failing, so the same reason is logged once, not per
     // attempt (the console stays quiet).
@@ -97,7 +88,9 @@ async fn main() -> Result<()> {
             Err(e) => {
                 let why = kiln_agent::daemon::describe(e.as_ref());
                 if why != last {
-                    eprintln!("kiln-agent: no API client yet ({why}); checking again with backoff up to 60 s");
+                    tracing::info!(
+                        "no API client yet ({why}); checking again with backoff up to 60 s"
+                    );
                     last = why;
                 }
                 tokio::time::sleep(backoff.next_delay()).await;

@@ -97,6 +97,14 @@ enum Cmd {
     Reconcile,
 }
 
+/// Prints `kiln-updater: error: …` in one write: stderr is unbuffered, and `eprintln!` would
+/// write each piece separately, letting another writer on the console split the line.
+fn error_line(e: &anyhow::Error) {
+    use std::io::Write;
+    let line = format!("kiln-updater: error: {e:#}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -106,11 +114,11 @@ fn main() {
         .init();
     #[cfg(feature = "failpoints")]
     if let Err(e) = failpoints::arm() {
-        eprintln!("kiln-updater: error: {e:#}");
+        error_line(&e);
         std::process::exit(1);
     }
     if let Err(e) = run() {
-        eprintln!("kiln-updater: error: {e:#}");
+        error_line(&e);
         // 3: a pending slot is unhealthy (the boot script reboots so the loader spends a try).
         let code = if e.downcast_ref::<ops::Unhealthy>().is_some() {
             3
