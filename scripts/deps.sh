@@ -3,13 +3,14 @@
 # image under .cache/deps (idempotent):
 #   .cache/deps/kernel               the Debian cloud kernel, extracted and depmod'ed
 #   .cache/deps/busybox-rootfs.tar   a busybox-static root (applet symlinks, passwd, group)
+#   .cache/deps/venv                 virt-firmware from PyPI (virt-fw-vars enrolls Secure Boot keys)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 deps="$root/.cache/deps"
 
 packages=(qemu-system-x86 qemu-utils ovmf systemd-boot-efi grub-efi-amd64-bin busybox-static e2fsprogs erofs-utils
           gdisk mtools dosfstools cpio kmod zstd time g++ util-linux diffutils ipxe-qemu seabios casync
-          cryptsetup-bin)
+          cryptsetup-bin binutils osslsigncode openssl python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -54,5 +55,11 @@ if [ ! -e "$deps/busybox-rootfs.tar" ]; then
   chmod 1777 "$r/tmp"
   tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$r" -cf "$deps/busybox-rootfs.tar.tmp" .
   mv "$deps/busybox-rootfs.tar.tmp" "$deps/busybox-rootfs.tar"
+fi
+if [ ! -x "$deps/venv/bin/virt-fw-vars" ]; then
+  echo "deps: installing virt-firmware (PyPI) into $deps/venv"
+  rm -rf "$deps/venv"
+  python3 -m venv "$deps/venv"
+  "$deps/venv/bin/pip" install -q --disable-pip-version-check 'virt-firmware==26.10'
 fi
 echo "deps: ready in $deps"

@@ -88,6 +88,9 @@ pub struct Release {
     /// The image's build time (`KILN_BUILT`, UNIX seconds, from SOURCE_DATE_EPOCH): the
     /// device's time floor starts there (`None` when the build had no epoch).
     pub built: Option<u64>,
+    /// The image boots signed unified kernel images (`KILN_UKI=1`, Secure Boot): its entries
+    /// name `kiln/<slot>/kiln.efi` and carry no command line, and an update must bring one.
+    pub uki: bool,
 }
 
 /// A release file that cannot be read.
@@ -132,6 +135,9 @@ impl Release {
         if let Some(t) = self.built {
             s.push_str(&format!("KILN_BUILT={t}\n"));
         }
+        if self.uki {
+            s.push_str("KILN_UKI=1\n");
+        }
         s
     }
 
@@ -151,6 +157,7 @@ impl Release {
             // Absent in older images; present but unreadable fails (a floor is never dropped).
             sequence: optional_number(text, "KILN_SEQUENCE")?,
             built: optional_number(text, "KILN_BUILT")?,
+            uki: release_value(text, "KILN_UKI").as_deref() == Some("1"),
         })
     }
 }
@@ -172,6 +179,16 @@ pub fn slot_cmdline(
         .map(|h| format!(" {VERITY_ARG}{h}"))
         .unwrap_or_default();
     format!("root=PARTUUID={partuuid} ro kiln.slot={slot}{verity} {extra}")
+        .trim()
+        .to_string()
+}
+
+/// The command line signed into a slot's unified kernel image: like [`slot_cmdline`] but with
+/// no `root=`. A bundle's image is built without knowing the device's partition GUIDs (they
+/// are the factory image's), so kiln-init and the updater find the root by its GPT label
+/// (`root-a`, `root-b`) on the boot disk; the root hash, signed here, then binds its content.
+pub fn uki_cmdline(slot: Slot, verity: &str, extra: &str) -> String {
+    format!("ro kiln.slot={slot} {VERITY_ARG}{verity} {extra}")
         .trim()
         .to_string()
 }
@@ -263,6 +280,7 @@ mod tests {
             loader: LoaderKind::Grub,
             sequence: None,
             built: None,
+            uki: false,
         };
         let text = r.render();
         assert_eq!(
@@ -286,6 +304,12 @@ mod tests {
             "{text}"
         );
         assert_eq!(Release::parse(&text), Ok(floors));
+        let uki = Release {
+            uki: true,
+            ..r.clone()
+        };
+        assert!(uki.render().ends_with("KILN_UKI=1\n"));
+        assert_eq!(Release::parse(&uki.render()), Ok(uki));
         assert_eq!(
             Release::parse(&text.replace("=7", "=seven")),
             Err(ReleaseError::BadNumber("KILN_SEQUENCE"))
@@ -319,6 +343,12 @@ mod tests {
         let booted = format!("BOOT_IMAGE=/kiln/a/vmlinuz {line} initrd=\\kiln\\a\\initrd.img");
         assert_eq!(image_args(&booted), "quiet");
         assert_eq!(verity_arg("quiet"), None);
+        let uki = uki_cmdline(Slot::B, &h, "console=ttyS0 quiet");
+        assert_eq!(
+            uki,
+            format!("ro kiln.slot=b kiln.verity={h} console=ttyS0 quiet")
+        );
+        assert_eq!(image_args(&uki), "console=ttyS0 quiet");
         assert_eq!(in_tree(RELEASE), "usr/lib/kiln/release");
     }
 }

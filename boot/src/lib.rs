@@ -29,6 +29,13 @@ pub fn esp_initrd(slot: Slot) -> String {
     format!("{}/initrd.img", esp_slot_dir(slot))
 }
 
+/// Path on the ESP of a slot's signed unified kernel image (Secure Boot images): kernel,
+/// initrd, command line and os-release in one signed PE file. Not under `EFI/Linux`, so
+/// systemd-boot lists it only through Kiln's entry (with its boot counter), never twice.
+pub fn esp_uki(slot: Slot) -> String {
+    format!("{}/kiln.efi", esp_slot_dir(slot))
+}
+
 /// Renames `from` over `to` on the ESP and makes it durable. On FAT a rename over an existing
 /// file frees the old file's clusters at once, but the directory slot only gets the new file's
 /// first cluster and size when the *renamed file's* inode is written back: fsyncing only the

@@ -11,7 +11,7 @@ pub fn loader_conf() -> String {
 /// Entries with boot counting, as files in `loader/entries/` (see [`counting::EntriesDir`]).
 pub mod counting {
     use crate::state::{BootState, Health, SlotEntry};
-    use crate::{esp_initrd, esp_kernel, Slot};
+    use crate::{esp_initrd, esp_kernel, esp_uki, Slot};
     use std::fs;
     use std::io::{self, Write};
     use std::path::{Path, PathBuf};
@@ -52,15 +52,33 @@ pub mod counting {
         Some((slot, health))
     }
 
+    /// What an entry boots.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum EntryBoot<'a> {
+        /// The slot's kernel and initrd with this command line.
+        Linux { options: &'a str },
+        /// The slot's signed unified kernel image ([`crate::esp_uki`]). No `options` line: the
+        /// image's own signed command line is the one that counts (under Secure Boot the stub
+        /// ignores the loader's, and without it an `options` line would override the signed
+        /// one).
+        Uki,
+    }
+
     /// Entry text: the loader orders Kiln entries by `version`, which holds the priority.
-    pub fn render(slot: Slot, e: &SlotEntry, title: &str, options: &str) -> String {
-        format!(
-            "# kiln-version {version}\ntitle {title} {version} (slot {slot})\nsort-key kiln\nversion {priority:010}\nlinux /{kernel}\ninitrd /{initrd}\noptions {options}\n",
+    pub fn render(slot: Slot, e: &SlotEntry, title: &str, boot: EntryBoot<'_>) -> String {
+        let head = format!(
+            "# kiln-version {version}\ntitle {title} {version} (slot {slot})\nsort-key kiln\nversion {priority:010}\n",
             version = e.version,
             priority = e.priority,
-            kernel = esp_kernel(slot),
-            initrd = esp_initrd(slot),
-        )
+        );
+        match boot {
+            EntryBoot::Linux { options } => format!(
+                "{head}linux /{kernel}\ninitrd /{initrd}\noptions {options}\n",
+                kernel = esp_kernel(slot),
+                initrd = esp_initrd(slot),
+            ),
+            EntryBoot::Uki => format!("{head}efi /{}\n", esp_uki(slot)),
+        }
     }
 
     /// What an entry file says besides its name.
@@ -71,6 +89,8 @@ pub mod counting {
         pub priority: u32,
         pub title: String,
         pub options: String,
+        /// The `efi` line's path (an entry booting a unified kernel image).
+        pub efi: Option<String>,
     }
 
     pub fn parse(file: &str, text: &str) -> Parsed {
@@ -80,6 +100,7 @@ pub mod counting {
             priority: 0,
             title: String::new(),
             options: String::new(),
+            efi: None,
         };
         for line in text.lines() {
             if let Some(v) = line.strip_prefix("# kiln-version ") {
@@ -88,6 +109,8 @@ pub mod counting {
                 p.priority = v.trim().parse().unwrap_or(0);
             } else if let Some(v) = line.strip_prefix("options ") {
                 p.options = v.trim().into();
+            } else if let Some(v) = line.strip_prefix("efi ") {
+                p.efi = Some(v.trim().into());
             } else if let Some(v) = line.strip_prefix("title ") {
                 p.title = v.split(' ').next().unwrap_or("").into();
             }
@@ -337,10 +360,26 @@ pub mod counting {
             st.entries.insert(Slot::A, good("1", 1));
             st.entries.insert(Slot::B, good("2", 2));
             // Slot A's entry was written by an older renderer (other options): kept as is.
-            let text = |s: Slot, e: &SlotEntry| render(s, e, "kiln", "new options");
+            let text = |s: Slot, e: &SlotEntry| {
+                render(
+                    s,
+                    e,
+                    "kiln",
+                    EntryBoot::Linux {
+                        options: "new options",
+                    },
+                )
+            };
             fs::write(
                 d.path().join("kiln-a.conf"),
-                render(Slot::A, &good("1", 1), "kiln", "old options"),
+                render(
+                    Slot::A,
+                    &good("1", 1),
+                    "kiln",
+                    EntryBoot::Linux {
+                        options: "old options",
+                    },
+                ),
             )
             .unwrap();
             dir.commit(&st, text).unwrap();
@@ -353,6 +392,29 @@ pub mod counting {
             assert!(after.contains("version 0000000003") && after.contains("old options"));
             assert_eq!(fs::metadata(&a).unwrap().ino(), ino, "rewritten in place");
             assert_eq!(dir.read().unwrap().0, st);
+        }
+
+        #[test]
+        fn a_uki_entry_names_the_slot_image_and_no_command_line() {
+            let e = SlotEntry {
+                version: "2.0.0".into(),
+                priority: 7,
+                health: Health::Good,
+            };
+            let t = render(Slot::B, &e, "kiln", EntryBoot::Uki);
+            assert_eq!(
+                t,
+                "# kiln-version 2.0.0\ntitle kiln 2.0.0 (slot b)\nsort-key kiln\nversion 0000000007\nefi /kiln/b/kiln.efi\n"
+            );
+            let p = parse("kiln-b.conf", &t);
+            assert_eq!(
+                (p.efi.as_deref(), p.options.as_str(), p.priority),
+                (Some("/kiln/b/kiln.efi"), "", 7)
+            );
+            // The counter's priority edit works on it as on a kernel entry.
+            assert!(with_priority(&t, 8)
+                .unwrap()
+                .contains("\nversion 0000000008\nefi "));
         }
 
         /// The file names in `dir`, sorted.
@@ -369,7 +431,16 @@ pub mod counting {
         fn commit_and_read_back_through_a_loader_rename() {
             let d = tempfile::tempdir().unwrap();
             let dir = EntriesDir(d.path().to_path_buf());
-            let text = |s: Slot, e: &SlotEntry| render(s, e, "kiln", &format!("kiln.slot={s}"));
+            let text = |s: Slot, e: &SlotEntry| {
+                render(
+                    s,
+                    e,
+                    "kiln",
+                    EntryBoot::Linux {
+                        options: &format!("kiln.slot={s}"),
+                    },
+                )
+            };
             let mut st = BootState::default();
             st.entries.insert(
                 Slot::A,

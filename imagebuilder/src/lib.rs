@@ -20,9 +20,11 @@ pub mod pxe;
 pub mod qcow2;
 pub mod qemu;
 pub mod root_facts;
+pub mod secure_boot;
 pub mod services;
 pub mod signed_checksum;
 pub mod spec;
+pub mod uki;
 pub mod validate;
 
 pub use error::{BuildError, SpecError};

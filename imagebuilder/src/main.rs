@@ -39,11 +39,15 @@ enum Cmd {
         #[arg(long)]
         sequence: Option<u64>,
     },
-    /// Make an ed25519 signing key: PREFIX.key (private, mode 0600) and PREFIX.pub.
+    /// Make an ed25519 signing key: PREFIX.key (private, mode 0600) and PREFIX.pub; or, with
+    /// --secure-boot DIR, Secure Boot's PK, KEK and db key pairs in DIR.
     Keygen {
         /// Path prefix of the two files.
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "secure_boot")]
+        out: Option<PathBuf>,
+        /// Write PK.key/.crt, KEK.key/.crt and db.key/.crt (RSA 2048, self-signed) into DIR.
+        #[arg(long, value_name = "DIR", conflicts_with = "out")]
+        secure_boot: Option<PathBuf>,
     },
     /// Show what a Kiln disk holds, read-only: its partitions, both slots' versions, states
     /// and root hashes, and whether each slot's root still matches its dm-verity root hash.
@@ -144,6 +148,11 @@ enum Cmd {
         until: Option<String>,
         #[arg(long, default_value_t = 1024)]
         memory: u32,
+        /// Boot under Secure Boot: OVMF's Secure Boot firmware with the PK, KEK and db
+        /// certificates of this `kiln keygen --secure-boot` directory enrolled (into
+        /// DISK.sb.vars, made on first use).
+        #[arg(long, value_name = "KEYDIR", requires = "disk", conflicts_with = "pxe")]
+        secure_boot: Option<PathBuf>,
     },
 }
 
@@ -190,7 +199,15 @@ fn real_main() -> Result<()> {
             .with_context(|| format!("building {}", spec.display()))?;
             println!("{}", report.disk.display());
         }
-        Cmd::Keygen { out } => imagebuilder::bundle::keygen(&out)?,
+        Cmd::Keygen { out, secure_boot } => match (out, secure_boot) {
+            (_, Some(dir)) => {
+                for p in imagebuilder::secure_boot::keygen(&dir, "Kiln")? {
+                    println!("{}", p.display());
+                }
+            }
+            (Some(out), None) => imagebuilder::bundle::keygen(&out)?,
+            (None, None) => bail!("give --out PREFIX or --secure-boot DIR"),
+        },
         Cmd::Inspect { disk, json } => {
             let i = imagebuilder::inspect::inspect(&disk)?;
             if json {
@@ -307,15 +324,20 @@ fn real_main() -> Result<()> {
             timeout,
             until,
             memory,
+            secure_boot,
         } => {
             let mut cfg = match (&disk, &pxe) {
                 (Some(disk), None) => {
                     if !disk.is_file() {
                         bail!("{}: no such disk image", disk.display());
                     }
-                    VmConfig::for_disk(disk).with_context(|| {
-                        format!("preparing firmware variables for {}", disk.display())
-                    })?
+                    if let Some(keys) = &secure_boot {
+                        VmConfig::for_secure_boot(disk, keys)?
+                    } else {
+                        VmConfig::for_disk(disk).with_context(|| {
+                            format!("preparing firmware variables for {}", disk.display())
+                        })?
+                    }
                 }
                 (None, Some(dir)) => {
                     if !dir.join("boot.ipxe").is_file() {

@@ -12,6 +12,7 @@ use crate::validate::Resolved;
 use kiln_boot::contract;
 use kiln_boot::grub;
 use kiln_boot::state::{BootState, Health, SlotEntry};
+use kiln_boot::systemd_boot::counting::EntryBoot;
 use kiln_boot::systemd_boot::{self, counting};
 use kiln_boot::Slot;
 use kiln_initramfs::archive::Contents;
@@ -58,6 +59,9 @@ pub struct BuildReport {
     pub root_image_sha256: String,
     /// The dm-verity tree after the filesystem image (`[rootfs] verity`).
     pub root_verity: Option<RootVerity>,
+    /// `[boot] secure_boot`: the slots boot the signed `uki-a.efi` / `uki-b.efi` of this
+    /// directory (`cmdline` is slot A's signed one).
+    pub secure_boot: bool,
     pub partitions: Vec<PartReport>,
     pub outputs: Vec<String>,
     pub timings_ms: Vec<(String, u128)>,
@@ -239,7 +243,38 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         "reading {}",
         r.kernel_image.display()
     )))?;
-    let esp_files = esp_files(r, work, opts.epoch, &kernel, &initrd, &line)?;
+    // Secure Boot: each slot's signed UKI (the factory ESP holds slot A's; both go to the
+    // build directory for bundles), and the signed loader.
+    let signed = match &r.secure_boot {
+        Some(sb) => Some(t.step("sign UKIs", || {
+            secure_boot_files(
+                r,
+                work,
+                opts.epoch,
+                sb,
+                &kernel,
+                &initrd,
+                root_verity.as_ref(),
+            )
+        })?),
+        None => None,
+    };
+    let line = match &signed {
+        Some(s) => s.cmdline_a.clone(),
+        None => line,
+    };
+    let boot = match &signed {
+        Some(s) => SlotBoot::Uki {
+            loader: &s.loader,
+            uki: &s.uki_a,
+        },
+        None => SlotBoot::Kernel {
+            kernel: &kernel,
+            initrd: &initrd,
+            cmdline: &line,
+        },
+    };
+    let esp_files = esp_files(r, work, opts.epoch, boot)?;
     let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
     // Room for the other slot's kernel and initrd too, plus FAT overhead.
     if esp_need * 2 + (8 << 20) > layout.esp.size {
@@ -274,6 +309,9 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         "initrd.img".into(),
         "build.json".into(),
     ];
+    if signed.is_some() {
+        outputs.extend(["uki-a.efi".to_string(), "uki-b.efi".into()]);
+    }
     let disk_ref = &disk;
     let (qcow2, root_sha, synced) = std::thread::scope(|s| {
         let root_sha = s.spawn(|| t.step("checksum root", || sha256_file(&root_img)));
@@ -312,6 +350,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         disk: opts.out_dir.join("disk.raw"),
         disk_size: layout.size,
         root_image_size: root_size,
+        secure_boot: signed.is_some(),
         root_verity,
         root_image_sha256,
         partitions: layout
@@ -656,19 +695,123 @@ fn build_initramfs(
     Ok(out)
 }
 
+/// How slot A boots from the factory ESP.
+enum SlotBoot<'a> {
+    /// Kernel and initrd files with the command line in the loader's entry (or grubenv).
+    Kernel {
+        kernel: &'a [u8],
+        initrd: &'a [u8],
+        cmdline: &'a str,
+    },
+    /// Secure Boot: the signed systemd-boot and slot A's signed UKI.
+    Uki { loader: &'a [u8], uki: &'a [u8] },
+}
+
+/// What Secure Boot adds to a build: the signed loader, each slot's signed UKI (written to
+/// `work` as `uki-a.efi` and `uki-b.efi`) and slot A's signed command line.
+struct SecureBootFiles {
+    loader: Vec<u8>,
+    uki_a: Vec<u8>,
+    cmdline_a: String,
+}
+
+fn secure_boot_files(
+    r: &Resolved,
+    work: &Path,
+    epoch: u64,
+    sb: &crate::spec::SecureBootSpec,
+    kernel: &[u8],
+    initrd: &[u8],
+    verity: Option<&RootVerity>,
+) -> Result<SecureBootFiles, BuildError> {
+    let hash = verity
+        .map(|v| v.root_hash.as_str())
+        .ok_or_else(|| BuildError::Other("Secure Boot needs the root's verity hash".into()))?;
+    let loader_efi = r
+        .loader_efi
+        .as_ref()
+        .ok_or_else(|| BuildError::Other("Secure Boot needs systemd-boot".into()))?;
+    let osrel = crate::uki::os_release(&r.spec.name, &r.spec.version);
+    let mut cmdline_a = String::new();
+    for slot in Slot::ALL {
+        let cmdline = kiln_boot::contract::uki_cmdline(slot, hash, &r.spec.boot.cmdline);
+        let unsigned = work.join(format!("uki-{slot}.unsigned.efi"));
+        crate::uki::assemble(
+            Path::new(crate::uki::STUB),
+            &crate::uki::UkiParts {
+                osrel: osrel.as_bytes(),
+                cmdline: &cmdline,
+                linux: kernel,
+                initrd,
+            },
+            work,
+            &unsigned,
+            epoch,
+        )?;
+        let out = work.join(format!("uki-{slot}.efi"));
+        crate::secure_boot::sign(&unsigned, &out, &sb.key, &sb.cert, epoch)?;
+        fs::remove_file(&unsigned).map_err(BuildError::io("removing the unsigned UKI"))?;
+        if slot == Slot::A {
+            cmdline_a = cmdline;
+        }
+    }
+    let loader = work.join("loader.signed.efi");
+    crate::secure_boot::sign(loader_efi, &loader, &sb.key, &sb.cert, epoch)?;
+    let read = |p: &Path| fs::read(p).map_err(BuildError::io(format!("reading {}", p.display())));
+    let files = SecureBootFiles {
+        loader: read(&loader)?,
+        uki_a: read(&work.join("uki-a.efi"))?,
+        cmdline_a,
+    };
+    fs::remove_file(&loader).map_err(BuildError::io("removing the signed loader copy"))?;
+    Ok(files)
+}
+
 fn esp_files<'a>(
     r: &Resolved,
     work: &Path,
     epoch: u64,
-    kernel: &'a [u8],
-    initrd: &'a [u8],
-    cmdline: &str,
+    boot: SlotBoot<'a>,
 ) -> Result<Vec<crate::esp::EspFile<'a>>, BuildError> {
     use crate::esp::EspFile;
     let entry = SlotEntry {
         version: r.spec.version.clone(),
         priority: 1,
         health: Health::Good,
+    };
+    let entry_file = |how: EntryBoot<'_>| EspFile {
+        path: format!(
+            "loader/entries/{}",
+            counting::file_name(Slot::A, entry.health)
+        ),
+        data: counting::render(Slot::A, &entry, &r.spec.name, how)
+            .into_bytes()
+            .into(),
+    };
+    let loader_conf = || EspFile {
+        path: "loader/loader.conf".into(),
+        data: systemd_boot::loader_conf().into_bytes().into(),
+    };
+    let (kernel, initrd, cmdline) = match boot {
+        SlotBoot::Uki { loader, uki } => {
+            return Ok(vec![
+                EspFile {
+                    path: systemd_boot::LOADER_PATH.into(),
+                    data: loader.into(),
+                },
+                loader_conf(),
+                entry_file(EntryBoot::Uki),
+                EspFile {
+                    path: kiln_boot::esp_uki(Slot::A),
+                    data: uki.into(),
+                },
+            ])
+        }
+        SlotBoot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => (kernel, initrd, cmdline),
     };
     let mut files = match &r.loader_efi {
         Some(efi) => vec![
@@ -678,23 +821,12 @@ fn esp_files<'a>(
                     .map_err(BuildError::io(format!("reading {}", efi.display())))?
                     .into(),
             },
-            EspFile {
-                path: "loader/loader.conf".into(),
-                data: systemd_boot::loader_conf().into_bytes().into(),
-            },
-            EspFile {
-                path: format!(
-                    "loader/entries/{}",
-                    counting::file_name(Slot::A, entry.health)
-                ),
-                data: counting::render(Slot::A, &entry, &r.spec.name, cmdline)
-                    .into_bytes()
-                    .into(),
-            },
+            loader_conf(),
+            entry_file(EntryBoot::Linux { options: cmdline }),
         ],
         None => {
             let mut state = BootState::default();
-            state.entries.insert(Slot::A, entry);
+            state.entries.insert(Slot::A, entry.clone());
             vec![
                 EspFile {
                     path: systemd_boot::LOADER_PATH.into(),

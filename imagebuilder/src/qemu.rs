@@ -62,6 +62,11 @@ fn probe_sector() -> [u8; 512] {
 
 /// Boots the probe sector with `accel` and reports whether it reached the exit port in time.
 pub fn probe(accel: Accel, timeout: Duration) -> bool {
+    probe_machine(accel, false, timeout)
+}
+
+/// [`probe`] on a machine with System Management Mode (`smm=on`) when `smm`.
+pub fn probe_machine(accel: Accel, smm: bool, timeout: Duration) -> bool {
     let Ok(dir) = tempfile::tempdir() else {
         return false;
     };
@@ -76,7 +81,7 @@ pub fn probe(accel: Accel, timeout: Duration) -> bool {
     let child = Command::new("qemu-system-x86_64")
         .args([
             "-machine",
-            "pc",
+            if smm { "pc,smm=on" } else { "pc" },
             "-accel",
             accel_arg,
             "-m",
@@ -125,11 +130,38 @@ pub fn accel() -> Accel {
     })
 }
 
+/// The accelerator of a Secure Boot VM: OVMF's Secure Boot build needs System Management
+/// Mode, which KVM may not offer (nested, it often says "System Management Mode not supported
+/// by this hypervisor"): KVM only when a probe with SMM runs, else TCG.
+pub fn accel_smm() -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| {
+        if std::env::var("KILN_ACCEL").is_ok() {
+            return accel();
+        }
+        if accel() == Accel::Kvm && probe_machine(Accel::Kvm, true, Duration::from_secs(3)) {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        }
+    })
+}
+
+/// Per-disk firmware variables with Secure Boot keys enrolled: `<disk>.sb.vars`.
+pub fn secure_vars_path(disk: &Path) -> PathBuf {
+    let mut s = disk.as_os_str().to_owned();
+    s.push(".sb.vars");
+    PathBuf::from(s)
+}
+
 /// Firmware of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Firmware {
     /// OVMF with this (per-disk) variables file.
     Uefi { vars: PathBuf },
+    /// OVMF's Secure Boot build (with SMM) and a variables file with keys enrolled and
+    /// Secure Boot on.
+    SecureBoot { vars: PathBuf },
     /// SeaBIOS (QEMU's default), for network boots through iPXE's legacy PXE ROM.
     Bios,
 }
@@ -166,6 +198,27 @@ impl VmConfig {
         })
     }
 
+    /// `disk` under Secure Boot with the PK, KEK and db certificates of `keys` (`kiln keygen
+    /// --secure-boot`) enrolled into its own variables file (made on first use).
+    pub fn for_secure_boot(disk: &Path, keys: &Path) -> Result<VmConfig, crate::BuildError> {
+        let vars = secure_vars_path(disk);
+        if !vars.exists() {
+            let template = std::env::var_os("KILN_OVMF_VARS")
+                .map(PathBuf::from)
+                .unwrap_or(OVMF_VARS.into());
+            crate::secure_boot::enroll(&template, keys, &vars)?;
+        }
+        Ok(VmConfig {
+            disk: Some(disk.to_path_buf()),
+            firmware: Firmware::SecureBoot { vars },
+            pxe_dir: None,
+            memory_mb: 1024,
+            cpus: 1,
+            accel: accel_smm(),
+            serial: "stdio".into(),
+        })
+    }
+
     /// A network boot from `dir` (see `kiln pxe`) with no disk.
     pub fn for_pxe(dir: &Path, firmware: Firmware) -> VmConfig {
         VmConfig {
@@ -184,10 +237,22 @@ impl VmConfig {
         let code = std::env::var_os("KILN_OVMF_CODE")
             .map(PathBuf::from)
             .unwrap_or(OVMF_CODE.into());
+        let secure = matches!(self.firmware, Firmware::SecureBoot { .. });
+        let code = if secure {
+            std::env::var_os("KILN_OVMF_CODE_SECBOOT")
+                .map(PathBuf::from)
+                .unwrap_or(crate::secure_boot::OVMF_CODE_SECBOOT.into())
+        } else {
+            code
+        };
         let mut c = Command::new("qemu-system-x86_64");
+        if secure {
+            // The variable store is writable only from SMM, as on hardware.
+            c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
         c.args([
             "-machine",
-            "q35",
+            if secure { "q35,smm=on" } else { "q35" },
             "-nodefaults",
             "-no-user-config",
             "-display",
@@ -208,7 +273,7 @@ impl VmConfig {
             &self.cpus.to_string(),
         ])
         .args(["-serial", &self.serial]);
-        if let Firmware::Uefi { vars } = &self.firmware {
+        if let Firmware::Uefi { vars } | Firmware::SecureBoot { vars } = &self.firmware {
             c.arg("-drive")
                 .arg(format!(
                     "if=pflash,format=raw,unit=0,readonly=on,file={}",

@@ -353,6 +353,21 @@ pub struct BootSpec {
     /// The root's init system: what Kiln generates to start the services and report readiness.
     #[serde(default)]
     pub init: InitChoice,
+    /// Secure Boot (systemd-boot with `[rootfs] verity` only): each slot boots a signed unified
+    /// kernel image, and the loader is signed, with this db key and certificate.
+    #[serde(default)]
+    pub secure_boot: Option<SecureBootSpec>,
+}
+
+/// `[boot] secure_boot = { key = "db.key", cert = "db.crt" }` (paths relative to the spec;
+/// `kiln keygen --secure-boot DIR` makes them).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureBootSpec {
+    /// The db signing key (PEM).
+    pub key: PathBuf,
+    /// Its certificate (PEM), enrolled in the firmware's db.
+    pub cert: PathBuf,
 }
 
 /// `[boot] init`.
@@ -381,6 +396,7 @@ impl Default for BootSpec {
             cmdline: default_cmdline(),
             watchdog_secs: None,
             init: InitChoice::Auto,
+            secure_boot: None,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Resolved {
     pub files: Vec<ResolvedFile>,
     /// The systemd-boot binary (None for GRUB, which is made at build time).
     pub loader_efi: Option<PathBuf>,
+    /// Secure Boot's db key and certificate (`[boot] secure_boot`), resolved.
+    pub secure_boot: Option<crate::spec::SecureBootSpec>,
     /// Trusted update keys: (key id, public key file text).
     pub update_keys: Vec<(String, String)>,
     /// The image input of each `[[container]]`, in order, resolved.
@@ -378,6 +380,24 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
                 })?,
         ),
     };
+    let secure_boot =
+        match &spec.boot.secure_boot {
+            None => None,
+            Some(_) if spec.boot.loader != Loader::SystemdBoot => {
+                return Err(ctx.err(
+                    "boot.secure_boot",
+                    "needs loader = \"systemd-boot\" (signed unified kernel images)",
+                ))
+            }
+            Some(_) if !spec.rootfs.verity => return Err(ctx.err(
+                "boot.secure_boot",
+                "needs [rootfs] verity = true: the signed command line pins the root by its hash",
+            )),
+            Some(sb) => Some(crate::spec::SecureBootSpec {
+                key: ctx.existing("boot.secure_boot.key", &sb.key, false)?,
+                cert: ctx.existing("boot.secure_boot.cert", &sb.cert, false)?,
+            }),
+        };
     if let Some(w) = spec.boot.watchdog_secs {
         if u64::from(w) < spec.update.health_timeout_secs + 20 {
             return Err(ctx.err(
@@ -508,6 +528,7 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
         overlays,
         files,
         loader_efi,
+        secure_boot,
         spec,
     })
 }

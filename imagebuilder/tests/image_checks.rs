@@ -407,3 +407,131 @@ fn inspect_shows_each_slot_and_whether_its_root_verifies() {
     );
     assert_ne!(i["slots"][0]["data_root_hash"], v.root_hash.as_str());
 }
+
+/// `osslsigncode verify` of a signed PE file against `cert`: (verified, output).
+fn signature_verifies(file: &Path, cert: &Path) -> (bool, String) {
+    let o = std::process::Command::new("osslsigncode")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(cert)
+        .arg("-in")
+        .arg(file)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.success(), out)
+}
+
+#[test]
+fn secure_boot_builds_are_reproducible_with_signed_ukis_and_loader() {
+    let keys = tempfile::tempdir().unwrap();
+    imagebuilder::secure_boot::keygen(keys.path(), "Kiln test").unwrap();
+    let sb = |s: &mut imagebuilder::spec::Spec| {
+        s.boot.secure_boot = Some(imagebuilder::spec::SecureBootSpec {
+            key: keys.path().join("db.key"),
+            cert: keys.path().join("db.crt"),
+        })
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ra = build_default(a.path(), sb);
+    let rb = build_default(b.path(), sb);
+    // Acceptance 4: same bytes (disk, both UKIs) and the same root hash.
+    assert_eq!(
+        sha256(&ra.disk),
+        sha256(&rb.disk),
+        "two Secure Boot builds differ"
+    );
+    for f in ["uki-a.efi", "uki-b.efi"] {
+        assert_eq!(sha256(&a.path().join(f)), sha256(&b.path().join(f)), "{f}");
+    }
+    let hash = ra.root_verity.as_ref().unwrap().root_hash.clone();
+    assert_eq!(Some(&hash), rb.root_verity.as_ref().map(|v| &v.root_hash));
+    assert!(ra.secure_boot && ra.outputs.contains(&"uki-b.efi".to_string()));
+
+    // Each UKI is signed by db and carries its own slot's signed command line.
+    let cert = keys.path().join("db.crt");
+    for slot in ["a", "b"] {
+        let f = a.path().join(format!("uki-{slot}.efi"));
+        let (ok, out) = signature_verifies(&f, &cert);
+        assert!(ok, "uki-{slot}.efi: {out}");
+        let bytes = std::fs::read(&f).unwrap();
+        let want = format!("ro kiln.slot={slot} kiln.verity={hash} console=ttyS0");
+        assert!(
+            bytes.windows(want.len()).any(|w| w == want.as_bytes()),
+            "uki-{slot}.efi lacks {want}"
+        );
+    }
+    // The ESP: the signed loader, slot A's UKI and an entry naming it with no command line.
+    let esp = a.path().join("esp.img");
+    extract_part(
+        &ra.disk,
+        ra.partitions[0].offset,
+        ra.partitions[0].size,
+        &esp,
+    );
+    let mtype = |path: &str| {
+        let o = std::process::Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&esp)
+            .arg(format!("::/{path}"))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    let entry = String::from_utf8(mtype("loader/entries/kiln-a.conf")).unwrap();
+    assert!(
+        entry.ends_with("\nefi /kiln/a/kiln.efi\n") && !entry.contains("options"),
+        "{entry}"
+    );
+    assert_eq!(
+        mtype("kiln/a/kiln.efi"),
+        std::fs::read(a.path().join("uki-a.efi")).unwrap()
+    );
+    let loader = a.path().join("BOOTX64.EFI");
+    std::fs::write(&loader, mtype("EFI/BOOT/BOOTX64.EFI")).unwrap();
+    let (ok, out) = signature_verifies(&loader, &cert);
+    assert!(ok, "BOOTX64.EFI: {out}");
+    // Signed by another key: not verified against this db.
+    let other = tempfile::tempdir().unwrap();
+    imagebuilder::secure_boot::keygen(other.path(), "Other").unwrap();
+    assert!(!signature_verifies(&loader, &other.path().join("db.crt")).0);
+}
+
+#[test]
+fn secure_boot_needs_systemd_boot_and_verity() {
+    let keys = tempfile::tempdir().unwrap();
+    let path = default_spec();
+    let with = |change: &dyn Fn(&mut imagebuilder::spec::Spec)| {
+        let mut spec = imagebuilder::validate::load(&path).unwrap().spec;
+        spec.boot.secure_boot = Some(imagebuilder::spec::SecureBootSpec {
+            key: keys.path().join("db.key"),
+            cert: keys.path().join("db.crt"),
+        });
+        change(&mut spec);
+        imagebuilder::validate::resolve(spec, &path)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = with(&|s| s.rootfs.verity = false);
+    assert!(
+        e.contains("boot.secure_boot") && e.contains("verity"),
+        "{e}"
+    );
+    let e = with(&|s| s.boot.loader = imagebuilder::spec::Loader::Grub);
+    assert!(
+        e.contains("boot.secure_boot") && e.contains("systemd-boot"),
+        "{e}"
+    );
+    let e = with(&|_| {});
+    assert!(
+        e.contains("boot.secure_boot.key") && e.contains("db.key"),
+        "{e}"
+    );
+}

@@ -32,6 +32,48 @@ pub struct Cmdline {
     pub fetch_timeout_secs: Option<u64>,
 }
 
+/// Which partition is the root slot. `root=PARTUUID=` when given; else the GPT label of the
+/// `kiln.slot=` slot (`root-a`, `root-b`) on the first local disk holding one — the form of a
+/// signed unified kernel image's command line, which cannot know a device's partition GUIDs
+/// (they are its factory image's) — and then only with a root hash (`kiln.verity=`), which
+/// binds the content of whatever partition is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSelector {
+    PartUuid(String),
+    Label(&'static str),
+}
+
+impl RootSelector {
+    pub fn matches(&self, p: &crate::gpt::PartEntry) -> bool {
+        match self {
+            RootSelector::PartUuid(u) => p.part_guid == *u,
+            RootSelector::Label(l) => p.name == *l,
+        }
+    }
+}
+
+impl std::fmt::Display for RootSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootSelector::PartUuid(u) => write!(f, "PARTUUID {u}"),
+            RootSelector::Label(l) => write!(f, "label {l}"),
+        }
+    }
+}
+
+impl Cmdline {
+    /// The root partition this command line names (see [`RootSelector`]); None when it names
+    /// none (no `root=PARTUUID=`, and no slot with a root hash).
+    pub fn root(&self) -> Option<RootSelector> {
+        if let Some(u) = &self.root_partuuid {
+            return Some(RootSelector::PartUuid(u.clone()));
+        }
+        self.verity.as_ref()?;
+        let slot: kiln_boot::Slot = self.slot.as_deref()?.parse().ok()?;
+        Some(RootSelector::Label(slot.partlabel()))
+    }
+}
+
 /// Parses a command line; unknown words are ignored, the last occurrence of a key wins.
 pub fn parse(text: &str) -> Cmdline {
     let mut c = Cmdline::default();
@@ -101,5 +143,19 @@ mod tests {
         assert_eq!(parse("kiln.fetch_timeout=20").fetch_timeout_secs, Some(20));
         assert_eq!(parse("kiln.fetch_timeout=0").fetch_timeout_secs, None);
         assert_eq!(parse("kiln.fetch_timeout=x").fetch_timeout_secs, None);
+    }
+
+    #[test]
+    fn the_root_is_named_by_partuuid_or_by_the_slot_label_with_a_hash() {
+        let h = "ab".repeat(32);
+        let by_uuid = parse(&format!("root=PARTUUID=AB-1 kiln.slot=b kiln.verity={h}"));
+        assert_eq!(by_uuid.root(), Some(RootSelector::PartUuid("ab-1".into())));
+        let by_label = parse(&format!("ro kiln.slot=b kiln.verity={h} quiet"));
+        assert_eq!(by_label.root(), Some(RootSelector::Label("root-b")));
+        assert_eq!(by_label.root().unwrap().to_string(), "label root-b");
+        // Without a hash a label alone never picks a root (nothing would bind its content).
+        assert_eq!(parse("ro kiln.slot=b quiet").root(), None);
+        assert_eq!(parse(&format!("kiln.slot=c kiln.verity={h}")).root(), None);
+        assert_eq!(parse(&format!("kiln.verity={h}")).root(), None);
     }
 }

@@ -121,6 +121,7 @@ pub fn release(spec: &Spec, built: u64) -> String {
         },
         sequence: spec.update.sequence,
         built: (built > 0).then_some(built),
+        uki: spec.boot.secure_boot.is_some(),
     }
     .render()
 }

@@ -1,6 +1,8 @@
-//! Finding the root partition (by PARTUUID) and persist (by label, on the same disk).
+//! Finding the root partition (by PARTUUID, or by its slot's label: [`RootSelector`]) and
+//! persist (by label, on the same disk).
 
 use super::{err, InitError};
+use crate::cmdline::RootSelector;
 use crate::gpt::{parse_entries, parse_header, PartEntry};
 use std::fs;
 use std::time::{Duration, Instant};
@@ -21,14 +23,14 @@ const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
 /// Polls the block devices until the root partition shows up, or `timeout`.
 pub fn wait_for_root(
-    partuuid: &str,
+    root: &RootSelector,
     persist_label: &str,
     timeout: Duration,
 ) -> Result<Found, InitError> {
     let start = Instant::now();
     let mut last = String::from("no disks seen");
     loop {
-        match scan(partuuid, persist_label) {
+        match scan(root, persist_label) {
             Ok(Some(f)) => return Ok(f),
             Ok(None) => {}
             Err(e) => last = e,
@@ -37,7 +39,7 @@ pub fn wait_for_root(
             return Err(err(
                 "waiting for root",
                 format!(
-                    "no partition with PARTUUID {partuuid} after {} s ({last})",
+                    "no partition with {root} after {} s ({last})",
                     timeout.as_secs()
                 ),
             ));
@@ -58,12 +60,12 @@ fn local_disks() -> Result<Vec<String>, String> {
     Ok(disks)
 }
 
-fn scan(partuuid: &str, persist_label: &str) -> Result<Option<Found>, String> {
+fn scan(want: &RootSelector, persist_label: &str) -> Result<Option<Found>, String> {
     for disk in local_disks()? {
         let Ok(parts) = read_table(&format!("/dev/{disk}")) else {
             continue;
         };
-        let Some(root) = parts.iter().find(|p| p.part_guid == partuuid) else {
+        let Some(root) = parts.iter().find(|p| want.matches(p)) else {
             continue;
         };
         let persist = parts

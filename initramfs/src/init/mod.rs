@@ -105,18 +105,24 @@ fn run(started: Instant) -> Result<Never, InitError> {
 
 /// Root slot and persist from the local disk; returns the persist mount point.
 fn disk_boot(cmd: &cmdline::Cmdline, cfg: &InitConfig) -> Result<String, InitError> {
-    let partuuid = cmd
-        .root_partuuid
-        .clone()
-        .ok_or_else(|| err("kernel command line", "no root=PARTUUID=… given"))?;
+    let want = cmd.root().ok_or_else(|| {
+        err(
+            "kernel command line",
+            "no root=PARTUUID=… given, and no kiln.slot= with kiln.verity=",
+        )
+    })?;
     let found = disk::wait_for_root(
-        &partuuid,
+        &want,
         &cfg.persist_label,
         Duration::from_secs(cfg.root_wait_secs),
     )?;
+    let shown = match &want {
+        crate::cmdline::RootSelector::PartUuid(u) => u.clone(),
+        label => label.to_string(),
+    };
     say(format!(
-        "root {} ({}), persist {}",
-        found.root, partuuid, found.persist
+        "root {} ({shown}), persist {}",
+        found.root, found.persist
     ));
 
     if cfg.grow_persist {

@@ -33,13 +33,16 @@ fn read_table(dev: &str) -> io::Result<Vec<PartEntry>> {
 }
 
 impl BootDisk {
-    /// Finds the disk holding the booted root (`root=PARTUUID=` on /proc/cmdline).
+    /// Finds the disk holding the booted root as kiln-init did (`root=PARTUUID=`, or the
+    /// slot's label: [`kiln_initramfs::cmdline::RootSelector`]).
     pub fn detect() -> io::Result<BootDisk> {
         let cmdline = fs::read_to_string("/proc/cmdline")?;
         let c = kiln_initramfs::cmdline::parse(&cmdline);
-        let uuid = c
-            .root_partuuid
-            .ok_or_else(|| io::Error::other("no root=PARTUUID= on the kernel command line"))?;
+        let want = c.root().ok_or_else(|| {
+            io::Error::other(
+                "no root=PARTUUID=, nor kiln.slot= with kiln.verity=, on the kernel command line",
+            )
+        })?;
         let booted: Slot = c
             .slot
             .as_deref()
@@ -57,7 +60,7 @@ impl BootDisk {
         for d in disks {
             let dev = format!("/dev/{d}");
             if let Ok(parts) = read_table(&dev) {
-                if parts.iter().any(|p| p.part_guid == uuid) {
+                if parts.iter().any(|p| want.matches(p)) {
                     return Ok(BootDisk {
                         disk: dev,
                         booted,
@@ -69,7 +72,7 @@ impl BootDisk {
             }
         }
         Err(io::Error::other(format!(
-            "no disk holds the booted root partition {uuid}"
+            "no disk holds the booted root partition ({want})"
         )))
     }
 

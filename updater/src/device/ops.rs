@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use kiln_boot::failpoint::hit;
 use kiln_boot::grub::{self, GrubEnv};
 use kiln_boot::state::{BootState, Health, SlotEntry, VerifiedSlot};
-use kiln_boot::systemd_boot::counting::render;
+use kiln_boot::systemd_boot::counting::{render, EntryBoot};
 use kiln_boot::{esp_initrd, esp_kernel, Slot};
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -189,7 +189,14 @@ impl Ctx {
         }
         self.esp
             .entries()
-            .commit(boot, |s, e| render(s, e, &self.release.name, &cmd(s)))
+            .commit(boot, |s, e| {
+                let how = if self.release.uki {
+                    EntryBoot::Uki
+                } else {
+                    EntryBoot::Linux { options: &cmd(s) }
+                };
+                render(s, e, &self.release.name, how)
+            })
             .context("committing the loader entries")
     }
 }
@@ -268,6 +275,14 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         .check(&v.manifest, &v.bytes)
         .with_context(|| format!("verifying {source}"))?;
     let m = &v.manifest;
+    if ctx.release.uki {
+        // Fail closed until bundles carry signed unified kernel images: a kernel and initrd
+        // written for this image would leave its Secure Boot entry without a bootable file.
+        bail!(
+            "this image boots signed unified kernel images (Secure Boot) and bundle {} carries a kernel and initrd, not a signed image for slot {target}",
+            m.version
+        );
+    }
     let store = ChunkStore::open(src.as_ref(), m)
         .with_context(|| format!("looking for the chunk store of {source}"))?;
     println!(

@@ -47,6 +47,7 @@ mod tests {
             loader: LoaderKind::SystemdBoot,
             sequence,
             built,
+            uki: false,
         }
     }
 

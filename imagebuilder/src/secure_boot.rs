@@ -1,0 +1,154 @@
+//! Secure Boot keys, signing and enrollment, with the host tools that do them (as `mkfs.erofs`
+//! and `veritysetup` are used elsewhere): `openssl` makes keys, `osslsigncode` signs PE files
+//! (Authenticode), `virt-fw-vars` (PyPI `virt-firmware`) enrolls certificates into a copy of
+//! OVMF's variable store. No Rust crate signs Authenticode (`authenticode` and goblin only
+//! digest and verify), and the OVMF variable store's authenticated-variable format is not
+//! worth a second implementation.
+//!
+//! Signing is reproducible: `osslsigncode -time` puts the build's epoch in the signature's
+//! signing time (`sbsign` stamps the current time), and RSA PKCS#1 v1.5 is deterministic.
+
+use crate::error::BuildError;
+use kiln_rootfs::mkfs::run_tool;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The owner GUID Kiln enrolls its certificates under (PK, KEK, db).
+pub const OWNER_GUID: &str = "6b696c6e-0000-4b69-9c6e-536563426f6f";
+
+/// The key pairs `kiln keygen --secure-boot` writes: `<name>.key` and `<name>.crt`.
+pub const KEY_NAMES: [&str; 3] = ["PK", "KEK", "db"];
+
+/// OVMF built with Secure Boot (needs SMM) and its empty variable store.
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+
+/// Writes PK, KEK and db key pairs (RSA 2048, self-signed, 10 years) into `dir`. Refuses to
+/// overwrite existing keys.
+pub fn keygen(dir: &Path, common_name: &str) -> Result<Vec<PathBuf>, BuildError> {
+    std::fs::create_dir_all(dir).map_err(BuildError::io(format!("creating {}", dir.display())))?;
+    for n in KEY_NAMES {
+        for ext in ["key", "crt"] {
+            let p = dir.join(format!("{n}.{ext}"));
+            if p.exists() {
+                return Err(BuildError::Other(format!(
+                    "{} exists; not overwriting Secure Boot keys",
+                    p.display()
+                )));
+            }
+        }
+    }
+    let mut written = vec![];
+    for n in KEY_NAMES {
+        let (key, crt) = (dir.join(format!("{n}.key")), dir.join(format!("{n}.crt")));
+        let (tk, tc) = (
+            dir.join(format!(".{n}.key.tmp")),
+            dir.join(format!(".{n}.crt.tmp")),
+        );
+        let made = run_tool(
+            Command::new("openssl")
+                .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes"])
+                .args(["-sha256", "-days", "3650", "-subj"])
+                .arg(format!("/CN={common_name} {n}/"))
+                .arg("-keyout")
+                .arg(&tk)
+                .arg("-out")
+                .arg(&tc),
+            "openssl",
+        );
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&tk);
+            let _ = std::fs::remove_file(&tc);
+            return Err(e.into());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tk, std::fs::Permissions::from_mode(0o600))
+            .map_err(BuildError::io(format!("chmod {}", tk.display())))?;
+        std::fs::rename(&tk, &key).map_err(BuildError::io(format!("writing {}", key.display())))?;
+        std::fs::rename(&tc, &crt).map_err(BuildError::io(format!("writing {}", crt.display())))?;
+        written.extend([key, crt]);
+    }
+    Ok(written)
+}
+
+/// Signs the PE file `input` into `out` with `key`/`cert`, the signing time set to `epoch`.
+pub fn sign(
+    input: &Path,
+    out: &Path,
+    key: &Path,
+    cert: &Path,
+    epoch: u64,
+) -> Result<(), BuildError> {
+    let tmp = out.with_extension("signing.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let r = run_tool(
+        Command::new("osslsigncode")
+            .arg("sign")
+            .arg("-certs")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .args(["-h", "sha256", "-time", &epoch.to_string()])
+            .arg("-in")
+            .arg(input)
+            .arg("-out")
+            .arg(&tmp),
+        "osslsigncode",
+    );
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BuildError::Other(format!(
+            "signing {}: {e}",
+            input.display()
+        )));
+    }
+    std::fs::rename(&tmp, out).map_err(BuildError::io(format!("writing {}", out.display())))
+}
+
+/// `virt-fw-vars`: `$KILN_VIRT_FW_VARS`, else on `PATH`.
+fn virt_fw_vars() -> PathBuf {
+    std::env::var_os("KILN_VIRT_FW_VARS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "virt-fw-vars".into())
+}
+
+/// A copy of `template` (OVMF's empty variable store) at `out` with `keys`' PK, KEK and db
+/// certificates enrolled and Secure Boot turned on.
+pub fn enroll(template: &Path, keys: &Path, out: &Path) -> Result<(), BuildError> {
+    let cert = |n: &str| -> Result<PathBuf, BuildError> {
+        let p = keys.join(format!("{n}.crt"));
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(BuildError::Other(format!(
+                "{}: missing (make the keys with kiln keygen --secure-boot {})",
+                p.display(),
+                keys.display()
+            )))
+        }
+    };
+    let tmp = out.with_extension("enrolling.tmp");
+    let tool = virt_fw_vars();
+    let r = run_tool(
+        Command::new(&tool)
+            .arg("--input")
+            .arg(template)
+            .arg("--output")
+            .arg(&tmp)
+            .args(["--set-pk", OWNER_GUID])
+            .arg(cert("PK")?)
+            .args(["--add-kek", OWNER_GUID])
+            .arg(cert("KEK")?)
+            .args(["--add-db", OWNER_GUID])
+            .arg(cert("db")?)
+            .arg("--secure-boot"),
+        "virt-firmware from PyPI (scripts/deps.sh makes .cache/deps/venv; set KILN_VIRT_FW_VARS)",
+    );
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BuildError::Other(format!(
+            "enrolling the keys of {}: {e}",
+            keys.display()
+        )));
+    }
+    std::fs::rename(&tmp, out).map_err(BuildError::io(format!("writing {}", out.display())))
+}
