@@ -5,7 +5,7 @@ use kiln_updater::bundle::keys::SecretKey;
 use kiln_updater::bundle::manifest::Manifest;
 use kiln_updater::bundle::manifest::RootVerity;
 pub use kiln_updater::bundle::writer::Layout;
-use kiln_updater::bundle::writer::{pack, write_bundle_as, BundleInfo, PayloadFiles};
+use kiln_updater::bundle::writer::{pack, write_bundle_as, BootFiles, BundleInfo, PayloadFiles};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -31,8 +31,17 @@ pub fn keygen(prefix: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The files of a build directory that a bundle carries: root, kernel, initrd.
-const PAYLOAD_FILES: [&str; 3] = ["root.img", "vmlinuz", "initrd.img"];
+/// The file of a build directory that a bundle carries as payload `name`: the root, and the
+/// kernel and initrd or (Secure Boot) each slot's signed UKI.
+fn payload_file(name: &str) -> &'static str {
+    match name {
+        "root" => "root.img",
+        "kernel" => "vmlinuz",
+        "initrd" => "initrd.img",
+        "uki-a" => "uki-a.efi",
+        _ => "uki-b.efi",
+    }
+}
 
 /// Inputs of `kiln bundle`.
 pub struct BundleArgs<'a> {
@@ -56,7 +65,7 @@ pub struct Estimate {
     /// The same for a device with nothing to reuse.
     pub full: u64,
     pub full_chunks: u64,
-    /// Chunk bytes to download, per payload (root, kernel, initrd).
+    /// Chunk bytes to download, per payload (root, then kernel and initrd or the UKIs).
     pub payloads: Vec<(&'static str, u64)>,
 }
 
@@ -81,8 +90,8 @@ pub fn estimate(m: &Manifest, bundle_dir: &Path, old: &Path) -> Result<Estimate>
         full_chunks: 0,
         payloads: Vec::new(),
     };
-    for ((name, p), file) in m.payloads.named().into_iter().zip(PAYLOAD_FILES) {
-        let path = old.join(file);
+    for (name, p) in m.payloads.named() {
+        let path = old.join(payload_file(name));
         let f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         // As the device indexes its running slot (the root over its superblock's length).
         let index = if name == "root" {
@@ -112,6 +121,9 @@ struct BuildInfo {
     /// The root's dm-verity tree, when the build made one.
     #[serde(default)]
     root_verity: Option<crate::pipeline::RootVerity>,
+    /// A Secure Boot build: its slots boot `uki-a.efi` / `uki-b.efi`.
+    #[serde(default)]
+    secure_boot: bool,
 }
 
 /// The sequence of a bundle of `build`: the one given, else the build's own.
@@ -137,17 +149,34 @@ pub fn bundle(a: &BundleArgs<'_>) -> Result<Manifest> {
     }
     let keys = crate::keyfiles::secret_keys(a.keys)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let [root, kernel, initrd] = PAYLOAD_FILES.map(|f| a.build.join(f));
-    let files = PayloadFiles {
-        root: &root,
-        kernel: &kernel,
-        initrd: &initrd,
+    let names: &[&str] = if info.secure_boot {
+        &["root", "uki-a", "uki-b"]
+    } else {
+        &["root", "kernel", "initrd"]
     };
-    for p in [files.root, files.kernel, files.initrd] {
+    let paths: Vec<std::path::PathBuf> = names
+        .iter()
+        .map(|n| a.build.join(payload_file(n)))
+        .collect();
+    for p in &paths {
         if !p.is_file() {
             bail!("{} is missing from the build directory", p.display());
         }
     }
+    let files = PayloadFiles {
+        root: &paths[0],
+        boot: if info.secure_boot {
+            BootFiles::Uki {
+                a: &paths[1],
+                b: &paths[2],
+            }
+        } else {
+            BootFiles::Kernel {
+                kernel: &paths[1],
+                initrd: &paths[2],
+            }
+        },
+    };
     let manifest = write_bundle_as(
         files,
         &BundleInfo {

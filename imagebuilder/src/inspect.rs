@@ -141,7 +141,21 @@ fn loader_state(f: &File, esp: &Partition) -> Result<LoaderState> {
         .into_iter()
         .filter_map(|(s, p)| {
             let e = state.entries.get(&s)?;
-            Some((s, e.health, e.version.clone(), p.options))
+            // A UKI entry has no options: the command line is the image's signed one.
+            let cmdline = match &p.efi {
+                Some(efi) => read(efi.trim_start_matches('/'))
+                    .and_then(|pe| {
+                        crate::uki::section(&pe, ".cmdline").map(|c| {
+                            String::from_utf8_lossy(c)
+                                .trim_end_matches('\0')
+                                .trim()
+                                .to_string()
+                        })
+                    })
+                    .unwrap_or_default(),
+                None => p.options,
+            };
+            Some((s, e.health, e.version.clone(), cmdline))
         })
         .collect();
     Ok(("systemd-boot".into(), slots))

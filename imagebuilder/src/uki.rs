@@ -66,6 +66,32 @@ pub fn image_end(pe: &[u8]) -> Result<u64, PeError> {
     Ok(base + size)
 }
 
+/// The bytes of the section `name` (e.g. `.cmdline`) of a PE file, if it has one within the
+/// file: `VirtualSize` bytes (the data without the file alignment's padding).
+pub fn section<'a>(pe: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    if pe.get(..2) != Some(b"MZ") {
+        return None;
+    }
+    let nt = u32_at(pe, 0x3c).ok()? as usize;
+    if pe.get(nt..nt + 4) != Some(b"PE\0\0") {
+        return None;
+    }
+    let count = usize::from(u16_at(pe, nt + 6).ok()?);
+    let table = nt + 24 + usize::from(u16_at(pe, nt + 20).ok()?);
+    (0..count).find_map(|i| {
+        let h = pe.get(table + i * 40..table + (i + 1) * 40)?;
+        let raw_name = &h[..8];
+        let end = raw_name.iter().position(|&b| b == 0).unwrap_or(8);
+        if &raw_name[..end] != name.as_bytes() {
+            return None;
+        }
+        let vsize = u32_at(h, 8).ok()? as usize;
+        let raw = u32_at(h, 16).ok()? as usize;
+        let at = u32_at(h, 20).ok()? as usize;
+        pe.get(at..at.checked_add(vsize.min(raw))?)
+    })
+}
+
 /// Sets a PE file's COFF `TimeDateStamp` and clears its optional header's `CheckSum`, which
 /// covers the stamp (objcopy 2.40 stamps the current time and ignores `SOURCE_DATE_EPOCH`; the
 /// build's epoch keeps UKIs reproducible). Firmware does not check the sum, Authenticode does
@@ -222,5 +248,12 @@ mod tests {
         }
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("ro kiln.slot=a quiet") && text.contains("IMAGE_VERSION=1.0"));
+        assert_eq!(
+            section(&bytes, ".cmdline"),
+            Some(&b"ro kiln.slot=a quiet"[..])
+        );
+        assert_eq!(section(&bytes, ".initrd"), Some(&[9u8; 5000][..]));
+        assert_eq!(section(&bytes, ".nothere"), None);
+        assert_eq!(section(b"MZ", ".cmdline"), None);
     }
 }

@@ -497,6 +497,17 @@ fn secure_boot_builds_are_reproducible_with_signed_ukis_and_loader() {
     std::fs::write(&loader, mtype("EFI/BOOT/BOOTX64.EFI")).unwrap();
     let (ok, out) = signature_verifies(&loader, &cert);
     assert!(ok, "BOOTX64.EFI: {out}");
+    // `kiln inspect` reads slot A's command line and root hash from its signed UKI.
+    let i = inspect(&ra.disk);
+    let slot_a = &i["slots"][0];
+    assert_eq!(slot_a["root_hash"], hash.as_str(), "{i}");
+    assert_eq!(slot_a["verifies"], "verified", "{i}");
+    assert!(
+        slot_a["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("ro kiln.slot=a kiln.verity=")),
+        "{i}"
+    );
     // Signed by another key: not verified against this db.
     let other = tempfile::tempdir().unwrap();
     imagebuilder::secure_boot::keygen(other.path(), "Other").unwrap();

@@ -98,25 +98,39 @@ impl Console {
     /// Waits until `pat` appears after the cursor; returns the text from the cursor through the
     /// end of the match and moves the cursor past it.
     pub fn expect(&mut self, pat: &str, timeout: Duration) -> Result<String, ConsoleError> {
+        self.expect_any(&[pat], timeout)
+    }
+
+    /// Like [`Console::expect`], for whichever of `pats` appears first; the returned text ends
+    /// with it.
+    pub fn expect_any(&mut self, pats: &[&str], timeout: Duration) -> Result<String, ConsoleError> {
+        let shown = match pats {
+            [one] => format!("{one:?}"),
+            many => format!("any of {many:?}"),
+        };
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.shared;
         let mut g = lock.lock().expect("console lock");
         loop {
-            if let Some(i) = g.text[self.cursor..].find(pat) {
-                let end = self.cursor + i + pat.len();
+            let first = pats
+                .iter()
+                .filter_map(|p| g.text[self.cursor..].find(p).map(|i| (i, p.len())))
+                .min();
+            if let Some((i, len)) = first {
+                let end = self.cursor + i + len;
                 let out = g.text[self.cursor..end].to_string();
                 self.cursor = end;
                 return Ok(out);
             }
             if g.closed {
                 drop(g);
-                return Err(self.fail(format!("QEMU exited while waiting for {pat:?}")));
+                return Err(self.fail(format!("QEMU exited while waiting for {shown}")));
             }
             let now = Instant::now();
             if now >= deadline {
                 drop(g);
                 return Err(self.fail(format!(
-                    "timed out after {} s waiting for {pat:?}",
+                    "timed out after {} s waiting for {shown}",
                     timeout.as_secs()
                 )));
             }

@@ -7,6 +7,8 @@
 
 use imagebuilder::pipeline::BuildReport;
 use imagebuilder::qemu::VmConfig;
+use qemu_tests::http::StaticServer;
+use qemu_tests::updater::{slot, status};
 use qemu_tests::{fixtures, Console};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,13 +29,19 @@ fn use_venv_virt_fw_vars() {
 fn secure_image(work: &Path) -> (PathBuf, BuildReport) {
     let keys = work.join("keys");
     imagebuilder::secure_boot::keygen(&keys, "Kiln test").unwrap();
-    let report = fixtures::build_default_with(&work.join("v1"), |s| {
+    let report = secure_version(&keys, &work.join("v1"), "1.0.0");
+    (keys, report)
+}
+
+/// The default image at `version` with Secure Boot on, signed with `keys`' db.
+fn secure_version(keys: &Path, out: &Path, version: &str) -> BuildReport {
+    fixtures::build_default_with(out, |s| {
+        s.version = version.into();
         s.boot.secure_boot = Some(imagebuilder::spec::SecureBootSpec {
             key: keys.join("db.key"),
             cert: keys.join("db.crt"),
         });
-    });
-    (keys, report)
+    })
 }
 
 /// A sparse copy of `disk` at `to`.
@@ -117,9 +125,9 @@ fn a_signed_image_boots_under_secure_boot_and_tampered_or_unsigned_images_are_re
         "{cmdline}"
     );
     // The updater finds the boot disk by the same label rule and reads the UKI entry.
-    let st = qemu_tests::updater::status(&mut c);
+    let st = status(&mut c);
     assert_eq!(st["booted"], "a", "{st}");
-    assert_eq!(qemu_tests::updater::slot(&st, "a")["version"], "1.0.0");
+    assert_eq!(slot(&st, "a")["version"], "1.0.0");
     drop(c);
 
     let esp = report.partitions[0].offset;
@@ -157,6 +165,132 @@ fn a_signed_image_boots_under_secure_boot_and_tampered_or_unsigned_images_are_re
     copy_disk(&disk, &unsigned);
     put_on_esp(&unsigned, esp, &unsigned_file, "kiln/a/kiln.efi");
     refused(&unsigned, &keys, "an unsigned UKI");
+}
+
+/// The SecureBoot variable as the guest reads it (hex bytes).
+fn secure_boot_var(c: &mut Console) -> Vec<String> {
+    let var = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    c.ok(&format!(
+        "grep -q efivarfs /proc/mounts || mount -t efivarfs efivarfs /sys/firmware/efi/efivars; od -An -tx1 {var}"
+    ))
+    .unwrap()
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
+}
+
+/// Acceptance 3's update: v1 → v2 over HTTP under Secure Boot, the bundle carrying each slot's
+/// signed UKI; v2 boots from slot b with Secure Boot still on. Then v3 is staged on a and its
+/// UKI's signed command line changed by one byte: the firmware refuses it on every try, the
+/// counter runs out, and the machine is back on b (v2), which reports the rollback.
+#[test]
+fn a_secure_boot_image_updates_to_signed_ukis_and_falls_back_from_a_refused_one() {
+    use_venv_virt_fw_vars();
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str| work.path().join(n);
+    let (keys, v1) = secure_image(work.path());
+    let v2 = secure_version(&keys, &w("v2"), "2.0.0");
+    secure_version(&keys, &w("v3"), "3.0.0");
+    let m2 = fixtures::dev_bundle(&w("v2"), &w("www/v2"), 2);
+    assert!(m2.payloads.is_uki() && m2.payloads.kernel.is_none());
+    let m3 = fixtures::dev_bundle(&w("v3"), &w("www/v3"), 3);
+    // The second UKI costs almost nothing: its chunks are nearly all the first one's.
+    let (a, b) = (
+        m3.payloads.uki_a.as_ref().unwrap(),
+        m3.payloads.uki_b.as_ref().unwrap(),
+    );
+    let shared = b
+        .chunks
+        .iter()
+        .filter(|c| a.chunks.iter().any(|x| x.sha256 == c.sha256))
+        .count();
+    assert!(
+        shared * 10 >= b.chunks.len() * 8,
+        "{shared} of {} chunks shared",
+        b.chunks.len()
+    );
+    let server = StaticServer::start(&w("www")).unwrap();
+    let hash = |r: &BuildReport| r.root_verity.clone().unwrap().root_hash;
+
+    let cfg = VmConfig::for_secure_boot(&v1.disk, &keys).unwrap();
+    let mut c = Console::start(&cfg).unwrap();
+    c.expect("kiln-ready slot=a version=1.0.0", BOOT).unwrap();
+    c.send_line(&format!("kiln-updater install {}", server.guest_url("v2")))
+        .unwrap();
+    c.expect("kiln-updater: slot b staged", Duration::from_secs(600))
+        .unwrap();
+    c.expect("kiln-init: root /dev/vda3 (label root-b)", BOOT)
+        .unwrap();
+    let boot = c.expect("kiln-ready slot=b version=2.0.0", BOOT).unwrap();
+    assert!(boot.contains(&format!("root hash {}", hash(&v2))), "{boot}");
+    assert_eq!(secure_boot_var(&mut c), ["06", "00", "00", "00", "01"]);
+    let st = status(&mut c);
+    assert_eq!(st["booted"], "b", "{st}");
+    assert_eq!(slot(&st, "b")["version"], "2.0.0");
+    assert_eq!(slot(&st, "b")["state"], "good", "{st}");
+
+    // v3 staged on a, its UKI then changed by one byte in the guest's ESP; then power off.
+    let (rc, out) = c
+        .sh(
+            &format!(
+                "kiln-updater install --no-reboot {}",
+                server.guest_url("v3")
+            ),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    assert_eq!(rc, 0, "{out}");
+    let uki_a = std::fs::read(w("v3").join("uki-a.efi")).unwrap();
+    let at = find(&uki_a, b"quiet panic=5").expect("the command line in v3's uki-a.efi") + 12;
+    c.ok(&format!(
+        "mkdir -p /tmp/esp && mount -t vfat /dev/vda1 /tmp/esp && printf 6 | dd of=/tmp/esp/kiln/a/kiln.efi bs=1 seek={at} conv=notrunc 2>/dev/null && sync && umount /tmp/esp"
+    ))
+    .unwrap();
+    c.send_line("poweroff").unwrap();
+    c.wait_exit(Duration::from_secs(60)).unwrap();
+
+    // Each try: the loader counts it, the firmware refuses the image, nothing of it runs.
+    // systemd-boot then exits; OVMF goes on through its boot options and, back at the disk,
+    // starts systemd-boot again, which counts the next try — so here the fallback may finish
+    // within one power-on. Firmware that stops instead ("No bootable option") gets a power
+    // cycle, as a watchdog or an operator would give it.
+    let refused = "Error loading \\kiln\\a\\kiln.efi: Access Denied";
+    let (mut denied, mut power_ons, mut all) = (0, 0, String::new());
+    let fallback = loop {
+        power_ons += 1;
+        assert!(
+            power_ons <= 4,
+            "still not back on b after {denied} refusals:\n{all}"
+        );
+        let mut c = Console::start(&cfg).unwrap();
+        let seen = c
+            .expect_any(&["kiln-ready", "No bootable option"], BOOT)
+            .unwrap();
+        let t = c.transcript();
+        denied += t.matches(refused).count();
+        all.push_str(&t);
+        if seen.ends_with("kiln-ready") {
+            c.expect("\n", Duration::from_secs(10)).unwrap();
+            break c.transcript();
+        }
+        assert!(!t.contains("kiln-init"), "{t}");
+    };
+    eprintln!("secure boot fallback: {denied} refusals over {power_ons} power-on(s)");
+    assert_eq!(denied, 3, "one refusal per try:\n{all}");
+    assert!(!all.contains("3.0.0 slot a"), "v3 ran:\n{all}");
+    assert!(
+        fallback.contains("kiln-ready slot=b version=2.0.0"),
+        "{fallback}"
+    );
+    assert!(
+        fallback.contains("slot a (3.0.0) failed to boot; rolled back to slot b"),
+        "{fallback}"
+    );
+    let mut c = Console::start(&cfg).unwrap();
+    c.expect("kiln-ready slot=b version=2.0.0", BOOT).unwrap();
+    let st = status(&mut c);
+    assert_eq!(st["rolled_back_from"], "3.0.0", "{st}");
+    assert_eq!(secure_boot_var(&mut c), ["06", "00", "00", "00", "01"]);
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

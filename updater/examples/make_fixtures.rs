@@ -7,7 +7,7 @@
 
 use kiln_updater::bundle::keys::{SecretKey, Signatures};
 use kiln_updater::bundle::manifest::Manifest;
-use kiln_updater::bundle::writer::{write_bundle_as, BundleInfo, Layout, PayloadFiles};
+use kiln_updater::bundle::writer::{write_bundle_as, BootFiles, BundleInfo, Layout, PayloadFiles};
 use kiln_updater::bundle::{chunk_path, MANIFEST, SIGNATURES};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -74,8 +74,10 @@ fn main() {
     .collect();
     let pf = PayloadFiles {
         root: &files[0],
-        kernel: &files[1],
-        initrd: &files[2],
+        boot: BootFiles::Kernel {
+            kernel: &files[1],
+            initrd: &files[2],
+        },
     };
     let cases = root.join("bundles");
     fs::create_dir_all(&cases).unwrap();
@@ -162,7 +164,12 @@ fn main() {
         &[&trusted],
         "chunk:missing",
     );
-    let c = read_manifest(&d).payloads.kernel.chunks[0].clone();
+    let c = read_manifest(&d)
+        .payloads
+        .kernel
+        .expect("a kernel payload")
+        .chunks[0]
+        .clone();
     fs::remove_file(d.join(chunk_path(&c.sha256))).unwrap();
 
     make(

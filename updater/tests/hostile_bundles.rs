@@ -165,7 +165,7 @@ fn kbundle_files_behave_like_directories() {
 #[test]
 fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
     use kiln_updater::bundle::keys::SecretKey;
-    use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+    use kiln_updater::bundle::writer::{write_bundle, BootFiles, BundleInfo, PayloadFiles};
     let tmp = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..300_000u32)
         .flat_map(|i| (i.wrapping_mul(2654435761)).to_le_bytes())
@@ -182,8 +182,10 @@ fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
     let m = write_bundle(
         PayloadFiles {
             root: &r,
-            kernel: &k,
-            initrd: &i,
+            boot: BootFiles::Kernel {
+                kernel: &k,
+                initrd: &i,
+            },
         },
         &BundleInfo {
             compatible: "kiln-fixture-x86_64".into(),
@@ -217,8 +219,10 @@ fn a_fresh_bundle_of_the_fixture_payloads_verifies_and_installs() {
         write_bundle(
             PayloadFiles {
                 root: &r,
-                kernel: &k,
-                initrd: &i
+                boot: BootFiles::Kernel {
+                    kernel: &k,
+                    initrd: &i
+                },
             },
             &BundleInfo {
                 compatible: "x".into(),
@@ -317,7 +321,7 @@ fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
 fn labels_outside_their_character_set_are_refused_by_the_writer_and_the_device() {
     use kiln_updater::bundle::keys::{SecretKey, Signatures};
     use kiln_updater::bundle::manifest::Manifest;
-    use kiln_updater::bundle::writer::{write_bundle, BundleInfo, PayloadFiles};
+    use kiln_updater::bundle::writer::{write_bundle, BootFiles, BundleInfo, PayloadFiles};
     use kiln_updater::bundle::{MANIFEST, MANIFEST_ZST, SIGNATURES, SIGNATURES_ZST};
     let tmp = tempfile::tempdir().unwrap();
     let data = common::noise(200_000, 5);
@@ -331,8 +335,10 @@ fn labels_outside_their_character_set_are_refused_by_the_writer_and_the_device()
     let (r, k, i) = (p("root"), p("kernel"), p("initrd"));
     let files = PayloadFiles {
         root: &r,
-        kernel: &k,
-        initrd: &i,
+        boot: BootFiles::Kernel {
+            kernel: &k,
+            initrd: &i,
+        },
     };
     let info = |version: &str, compatible: &str| BundleInfo {
         compatible: compatible.into(),

@@ -283,8 +283,11 @@ fn each_fault_is_retried_and_the_install_verifies() {
     let faulty = [
         (chunk(&m0.payloads.root, 0), Fault::Status500),
         (chunk(&m0.payloads.root, 1), Fault::DropMidBody),
-        (chunk(&m0.payloads.kernel, 0), Fault::Stall),
-        (chunk(&m0.payloads.initrd, 0), Fault::WrongBody),
+        (chunk(m0.payloads.kernel.as_ref().unwrap(), 0), Fault::Stall),
+        (
+            chunk(m0.payloads.initrd.as_ref().unwrap(), 0),
+            Fault::WrongBody,
+        ),
     ];
     let mut plan = Plan::default();
     for (p, f) in &faulty {
@@ -498,7 +501,7 @@ fn a_server_that_ignores_ranges_is_a_clear_error_not_a_wrong_read() {
     let e = write_payload(
         &store,
         "kernel",
-        &m.payloads.kernel,
+        m.payloads.kernel.as_ref().unwrap(),
         &t,
         0,
         1 << 20,

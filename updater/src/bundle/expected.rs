@@ -77,8 +77,10 @@ mod tests {
             expires: 10,
             payloads: Payloads {
                 root: p.clone(),
-                kernel: p.clone(),
-                initrd: p,
+                kernel: Some(p.clone()),
+                initrd: Some(p),
+                uki_a: None,
+                uki_b: None,
             },
             root_verity: None,
         }

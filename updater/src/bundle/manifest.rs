@@ -40,22 +40,92 @@ pub struct RootVerity {
     pub data_blocks: u64,
 }
 
+/// What a bundle installs: the root, and what boots it — a kernel and an initrd, or (Secure
+/// Boot images) each slot's signed unified kernel image. Exactly one of the two shapes
+/// ([`Manifest::check_structure`]); serialized without the absent fields, so a kernel
+/// bundle's manifest is what it always was, and an updater that predates UKIs refuses a UKI
+/// bundle as an unknown field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Payloads {
     pub root: Payload,
-    pub kernel: Payload,
-    pub initrd: Payload,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Payload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<Payload>,
+    /// Slot A's and slot B's signed UKIs: they differ in the signed command line's
+    /// `kiln.slot=` and in the signature, so nearly all of the second one's chunks are the
+    /// first one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki_a: Option<Payload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki_b: Option<Payload>,
+}
+
+/// How the slot a bundle installs boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootPayloads<'a> {
+    Kernel {
+        kernel: &'a Payload,
+        initrd: &'a Payload,
+    },
+    Uki {
+        a: &'a Payload,
+        b: &'a Payload,
+    },
 }
 
 impl Payloads {
-    /// `(name, payload)` pairs in install order.
-    pub fn named(&self) -> [(&'static str, &Payload); 3] {
-        [
-            ("root", &self.root),
+    /// The boot payloads, if the manifest has exactly one of the two shapes.
+    pub fn boot(&self) -> Option<BootPayloads<'_>> {
+        match (&self.kernel, &self.initrd, &self.uki_a, &self.uki_b) {
+            (Some(kernel), Some(initrd), None, None) => {
+                Some(BootPayloads::Kernel { kernel, initrd })
+            }
+            (None, None, Some(a), Some(b)) => Some(BootPayloads::Uki { a, b }),
+            _ => None,
+        }
+    }
+
+    /// Whether the bundle boots through signed UKIs.
+    pub fn is_uki(&self) -> bool {
+        matches!(self.boot(), Some(BootPayloads::Uki { .. }))
+    }
+
+    /// `(name, payload)` pairs in install order (and `chunks.pack` order): the root, then
+    /// kernel and initrd or `uki-a` and `uki-b`.
+    pub fn named(&self) -> Vec<(&'static str, &Payload)> {
+        let mut v = vec![("root", &self.root)];
+        for (name, p) in [
             ("kernel", &self.kernel),
             ("initrd", &self.initrd),
-        ]
+            ("uki-a", &self.uki_a),
+            ("uki-b", &self.uki_b),
+        ] {
+            if let Some(p) = p {
+                v.push((name, p));
+            }
+        }
+        v
+    }
+
+    /// The ESP files `slot` boots from, as `(payload name, payload, path on the ESP)`: the
+    /// kernel and initrd, or that slot's own UKI.
+    pub fn esp_files(&self, slot: kiln_boot::Slot) -> Vec<(&'static str, &Payload, String)> {
+        match self.boot() {
+            Some(BootPayloads::Kernel { kernel, initrd }) => vec![
+                ("kernel", kernel, kiln_boot::esp_kernel(slot)),
+                ("initrd", initrd, kiln_boot::esp_initrd(slot)),
+            ],
+            Some(BootPayloads::Uki { a, b }) => {
+                let (name, p) = match slot {
+                    kiln_boot::Slot::A => ("uki-a", a),
+                    kiln_boot::Slot::B => ("uki-b", b),
+                };
+                vec![(name, p, kiln_boot::esp_uki(slot))]
+            }
+            None => vec![],
+        }
     }
 }
 
@@ -93,6 +163,10 @@ pub enum StructureError {
     },
     #[error("manifest field root_verity: {0}")]
     Verity(String),
+    #[error(
+        "payloads: give kernel and initrd, or uki_a and uki_b (signed UKIs, with root_verity)"
+    )]
+    BootPayloads,
     #[error("payload {payload}: {message}")]
     Payload {
         payload: &'static str,
@@ -149,6 +223,14 @@ impl Manifest {
                     v.data_blocks
                 )));
             }
+        }
+        match self.payloads.boot() {
+            None => return Err(StructureError::BootPayloads),
+            // A UKI's signed command line pins the root by its hash: no UKI without one.
+            Some(BootPayloads::Uki { .. }) if self.root_verity.is_none() => {
+                return Err(StructureError::BootPayloads)
+            }
+            Some(_) => {}
         }
         for (name, p) in self.payloads.named() {
             let bad = |message: String| StructureError::Payload {
@@ -267,5 +349,106 @@ impl Manifest {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(byte: u8, size: u32) -> Payload {
+        let h = |b: u8| format!("{b:02x}").repeat(32);
+        Payload {
+            size: u64::from(size),
+            sha256: h(byte),
+            chunks: vec![Chunk {
+                offset: 0,
+                length: size,
+                sha256: h(byte),
+                stored: 100,
+            }],
+        }
+    }
+
+    fn manifest(payloads: Payloads, verity: bool) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            compatible: "c".into(),
+            version: "1.0".into(),
+            sequence: 1,
+            created: 0,
+            expires: 1,
+            payloads,
+            root_verity: verity.then(|| RootVerity {
+                root_hash: "ab".repeat(32),
+                data_blocks: 1,
+            }),
+        }
+    }
+
+    fn shape(kernel: bool, uki: bool) -> Payloads {
+        Payloads {
+            // One data block, its superblock block and no tree levels: 8 KiB.
+            root: payload(1, 8192),
+            kernel: kernel.then(|| payload(2, 10)),
+            initrd: kernel.then(|| payload(3, 10)),
+            uki_a: uki.then(|| payload(4, 10)),
+            uki_b: uki.then(|| payload(5, 10)),
+        }
+    }
+
+    #[test]
+    fn a_manifest_boots_by_kernel_and_initrd_or_by_signed_ukis_never_both() {
+        let kernel = manifest(shape(true, false), false);
+        assert_eq!(kernel.check_structure(), Ok(()));
+        assert!(!kernel.payloads.is_uki());
+        let names: Vec<_> = kernel.payloads.named().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["root", "kernel", "initrd"]);
+        let b: Vec<_> = kernel
+            .payloads
+            .esp_files(kiln_boot::Slot::B)
+            .into_iter()
+            .map(|(n, _, path)| (n, path))
+            .collect();
+        assert_eq!(
+            b,
+            [
+                ("kernel", "kiln/b/vmlinuz".to_string()),
+                ("initrd", "kiln/b/initrd.img".to_string())
+            ]
+        );
+
+        let uki = manifest(shape(false, true), true);
+        assert_eq!(uki.check_structure(), Ok(()));
+        assert!(uki.payloads.is_uki());
+        let names: Vec<_> = uki.payloads.named().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["root", "uki-a", "uki-b"]);
+        for (slot, want) in [(kiln_boot::Slot::A, 4u8), (kiln_boot::Slot::B, 5)] {
+            let files = uki.payloads.esp_files(slot);
+            assert_eq!(files.len(), 1);
+            assert_eq!(files[0].2, format!("kiln/{slot}/kiln.efi"));
+            assert_eq!(files[0].1.sha256, format!("{want:02x}").repeat(32));
+        }
+
+        // Both shapes, neither, half of one, or UKIs without a root hash: refused.
+        for bad in [
+            manifest(shape(true, true), true),
+            manifest(shape(false, false), true),
+            manifest(shape(false, true), false),
+            manifest(
+                Payloads {
+                    initrd: None,
+                    ..shape(true, false)
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(bad.check_structure(), Err(StructureError::BootPayloads));
+        }
+        // A kernel manifest serializes as before UKIs existed: no new keys.
+        let text = serde_json::to_string(&kernel).unwrap();
+        assert!(!text.contains("uki"), "{text}");
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, kernel);
     }
 }

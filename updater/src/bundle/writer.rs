@@ -21,12 +21,18 @@ pub struct BundleInfo {
     pub root_verity: Option<RootVerity>,
 }
 
-/// The three payload files.
+/// The payload files: the root and what boots it.
 #[derive(Debug, Clone, Copy)]
 pub struct PayloadFiles<'a> {
     pub root: &'a Path,
-    pub kernel: &'a Path,
-    pub initrd: &'a Path,
+    pub boot: BootFiles<'a>,
+}
+
+/// What boots the root: a kernel and an initrd, or each slot's signed UKI (Secure Boot).
+#[derive(Debug, Clone, Copy)]
+pub enum BootFiles<'a> {
+    Kernel { kernel: &'a Path, initrd: &'a Path },
+    Uki { a: &'a Path, b: &'a Path },
 }
 
 /// How a bundle stores its chunks (see [`super::store`]).
@@ -84,8 +90,23 @@ pub fn write_bundle_as(
         };
         // In this order: the pack's layout is the chunks' first occurrences, root first.
         let root = chunk_file(files.root, &mut store)?;
-        let kernel = chunk_file(files.kernel, &mut store)?;
-        let initrd = chunk_file(files.initrd, &mut store)?;
+        let mut payloads = Payloads {
+            root,
+            kernel: None,
+            initrd: None,
+            uki_a: None,
+            uki_b: None,
+        };
+        match files.boot {
+            BootFiles::Kernel { kernel, initrd } => {
+                payloads.kernel = Some(chunk_file(kernel, &mut store)?);
+                payloads.initrd = Some(chunk_file(initrd, &mut store)?);
+            }
+            BootFiles::Uki { a, b } => {
+                payloads.uki_a = Some(chunk_file(a, &mut store)?);
+                payloads.uki_b = Some(chunk_file(b, &mut store)?);
+            }
+        }
         store.finish()?;
         let manifest = Manifest {
             format: FORMAT,
@@ -94,11 +115,7 @@ pub fn write_bundle_as(
             sequence: info.sequence,
             created: info.created,
             expires: info.expires,
-            payloads: Payloads {
-                root,
-                kernel,
-                initrd,
-            },
+            payloads,
             root_verity: info.root_verity.clone(),
         };
         manifest

@@ -18,7 +18,7 @@ use kiln_boot::failpoint::hit;
 use kiln_boot::grub::{self, GrubEnv};
 use kiln_boot::state::{BootState, Health, SlotEntry, VerifiedSlot};
 use kiln_boot::systemd_boot::counting::{render, EntryBoot};
-use kiln_boot::{esp_initrd, esp_kernel, Slot};
+use kiln_boot::Slot;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -275,13 +275,19 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         .check(&v.manifest, &v.bytes)
         .with_context(|| format!("verifying {source}"))?;
     let m = &v.manifest;
-    if ctx.release.uki {
-        // Fail closed until bundles carry signed unified kernel images: a kernel and initrd
-        // written for this image would leave its Secure Boot entry without a bootable file.
-        bail!(
+    // A Secure Boot image boots signed UKIs: a kernel and initrd would leave its entry with
+    // nothing bootable, and a UKI bundle for an image that boots kernels would need keys its
+    // firmware may not have.
+    match (ctx.release.uki, m.payloads.is_uki()) {
+        (true, false) => bail!(
             "this image boots signed unified kernel images (Secure Boot) and bundle {} carries a kernel and initrd, not a signed image for slot {target}",
             m.version
-        );
+        ),
+        (false, true) => bail!(
+            "bundle {} carries signed unified kernel images (Secure Boot) and this image boots a kernel and initrd",
+            m.version
+        ),
+        _ => {}
     }
     let store = ChunkStore::open(src.as_ref(), m)
         .with_context(|| format!("looking for the chunk store of {source}"))?;
@@ -374,23 +380,21 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             "kiln-updater: root written and verified ({} chunks fetched ({} bytes), {} reused from slot {booted} ({} bytes), {} already in the slot)",
             stats.chunks, stats.fetched, stats.reused, stats.reused_bytes, stats.present
         );
-        // 3. Kernel and initrd on the ESP: temporary name, verify, rename, sync the directory.
-        for (name, payload, dest, running_file, running_payload) in [
-            (
-                "kernel",
-                &m.payloads.kernel,
-                esp_kernel(target),
-                esp_kernel(booted),
-                running.as_ref().map(|r| &r.payloads.kernel),
-            ),
-            (
-                "initrd",
-                &m.payloads.initrd,
-                esp_initrd(target),
-                esp_initrd(booted),
-                running.as_ref().map(|r| &r.payloads.initrd),
-            ),
-        ] {
+        // 3. The slot's boot files on the ESP (kernel and initrd, or its signed UKI):
+        // temporary name, verify, rename, sync the directory. Seeded by the running slot's
+        // file in the same role (a UKI by the running slot's UKI: all but its command line
+        // and signature are the same chunks).
+        let seeds = m.payloads.esp_files(booted);
+        let running_files = running
+            .as_ref()
+            .map(|r| r.payloads.esp_files(booted))
+            .unwrap_or_default();
+        for (i, (name, payload, dest)) in m.payloads.esp_files(target).into_iter().enumerate() {
+            let running_file = seeds[i].2.clone();
+            let running_payload = running_files
+                .get(i)
+                .filter(|(n, _, _)| n.starts_with("uki") == name.starts_with("uki"))
+                .map(|(_, p, _)| *p);
             let running = running_seed(
                 fs::File::open(ctx.esp.path.join(&running_file)),
                 running_payload,
@@ -426,7 +430,8 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             )?;
             totals += written.stats;
             drop(f);
-            if name == "kernel" {
+            // A UKI is the kernel-bearing file: it meets the kernel's failpoints.
+            if name != "initrd" {
                 hit("install.kernel-written");
             }
             // Not a rename over the old file (unsafe on FAT against a cut): the slot is not
@@ -438,10 +443,10 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             kiln_boot::rename_durable(
                 &tmp,
                 &fin,
-                if name == "kernel" {
-                    "install.kernel-renamed"
-                } else {
+                if name == "initrd" {
                     "install.initrd-renamed"
+                } else {
+                    "install.kernel-renamed"
                 },
             )?;
         }
@@ -565,10 +570,7 @@ pub fn activate(tries: u8) -> Result<String> {
     let dev = fs::File::open(&node).with_context(|| format!("opening {node}"))?;
     let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)
         .with_context(|| format!("slot {target} changed since it was written"))?;
-    for (name, payload, dest) in [
-        ("kernel", &m.payloads.kernel, esp_kernel(target)),
-        ("initrd", &m.payloads.initrd, esp_initrd(target)),
-    ] {
+    for (name, payload, dest) in m.payloads.esp_files(target) {
         let p = ctx.esp.path.join(&dest);
         let f = fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
         verify_payload(name, payload, &f, 0)

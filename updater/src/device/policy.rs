@@ -66,8 +66,10 @@ mod tests {
             expires,
             payloads: Payloads {
                 root: empty(),
-                kernel: empty(),
-                initrd: empty(),
+                kernel: Some(empty()),
+                initrd: Some(empty()),
+                uki_a: None,
+                uki_b: None,
             },
             root_verity: None,
         }

@@ -2,7 +2,7 @@
 
 use kiln_updater::bundle::keys::SecretKey;
 use kiln_updater::bundle::manifest::Manifest;
-use kiln_updater::bundle::writer::{write_bundle_as, BundleInfo, Layout, PayloadFiles};
+use kiln_updater::bundle::writer::{write_bundle_as, BootFiles, BundleInfo, Layout, PayloadFiles};
 use std::fs;
 use std::path::Path;
 
@@ -41,8 +41,10 @@ pub fn test_bundle_as(
     write_bundle_as(
         PayloadFiles {
             root: &d.join("root"),
-            kernel: &d.join("kernel"),
-            initrd: &d.join("initrd"),
+            boot: BootFiles::Kernel {
+                kernel: &d.join("kernel"),
+                initrd: &d.join("initrd"),
+            },
         },
         &BundleInfo {
             compatible: "test".into(),
