@@ -140,6 +140,24 @@ pub fn build(
     epoch: u64,
     files: &[EspFile<'_>],
 ) -> io::Result<()> {
+    prepare(size, volume_id, epoch, files)?.finish(disk, offset, &[])
+}
+
+/// An ESP built in memory, not yet on the disk: the builder writes the big files that do not
+/// depend on the root (kernel, initrd, loader) while the root is still being made, and the
+/// few that carry its hash afterwards ([`Prepared::finish`]).
+pub struct Prepared {
+    vol: MemVolume,
+    time: &'static FixedTime,
+}
+
+/// Formats a FAT32 volume of `size` bytes in memory and writes `files` into it.
+pub fn prepare(
+    size: u64,
+    volume_id: u32,
+    epoch: u64,
+    files: &[EspFile<'_>],
+) -> io::Result<Prepared> {
     let mut vol = MemVolume {
         buf: vec![0u8; usize::try_from(size).map_err(io::Error::other)?],
         pos: 0,
@@ -154,7 +172,19 @@ pub fn build(
             .volume_label(*b"ESP        "),
     )?;
     let time: &'static FixedTime = Box::leak(Box::new(FixedTime(fat_time(epoch))));
-    let fs = fatfs::FileSystem::new(&mut vol, FsOptions::new().time_provider(time))?;
+    write_files(&mut vol, time, files)?;
+    Ok(Prepared { vol, time })
+}
+
+/// Mounts the in-memory volume, writes `files` (creating their directories) and unmounts it.
+fn write_files(
+    vol: &mut MemVolume,
+    time: &'static FixedTime,
+    files: &[EspFile<'_>],
+) -> io::Result<()> {
+    // The boot sector is read from where the stream is: the start.
+    vol.pos = 0;
+    let fs = fatfs::FileSystem::new(vol, FsOptions::new().time_provider(time))?;
     {
         let root = fs.root_dir();
         for f in files {
@@ -172,10 +202,20 @@ pub fn build(
             file.flush()?;
         }
     }
-    fs.unmount()?;
-    crate::esp_fixup::repair(&mut vol)?;
-    crate::disk::copy_sparse(&mut &vol.buf[..vol.high], disk, offset)?;
-    Ok(())
+    fs.unmount()
+}
+
+impl Prepared {
+    /// Writes `files` too, then the volume into `disk` at `offset` (whose region must read as
+    /// zeros: only written blocks are copied).
+    pub fn finish(mut self, disk: &File, offset: u64, files: &[EspFile<'_>]) -> io::Result<()> {
+        if !files.is_empty() {
+            write_files(&mut self.vol, self.time, files)?;
+        }
+        crate::esp_fixup::repair(&mut self.vol)?;
+        crate::disk::copy_sparse(&mut &self.vol.buf[..self.vol.high], disk, offset)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -150,9 +150,10 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         .map_err(BuildError::io("writing the GPT"))?;
 
     // Three independent jobs: the root (tree, image, verity tree, copy into root-a) and persist
-    // (mke2fs in place) write disjoint parts of the disk; the initramfs is built beside them.
+    // (mke2fs in place) write disjoint parts of the disk; the initramfs and the ESP's early
+    // files are built beside them.
     let disk_ref = &disk;
-    let (root, persist, initrd) = std::thread::scope(|s| {
+    let (root, persist, boot) = std::thread::scope(|s| {
         let root = s.spawn(|| -> Result<(u64, Option<RootVerity>), BuildError> {
             let staging = staging_dir(work, layout.root_a.size)?;
             let tree = staging.path().join("root");
@@ -226,12 +227,28 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
             }
             Ok(())
         });
-        let initrd = t.step("build initramfs", || build_initramfs(r, opts, format));
-        (joined(root), joined(persist), initrd)
+        // Beside them too: the initramfs, then the ESP's files that do not carry the root
+        // hash (loader, kernel, initrd), written into the in-memory volume.
+        let boot = (|| -> Result<_, BuildError> {
+            let initrd = t.step("build initramfs", || build_initramfs(r, opts, format))?;
+            let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
+                "reading {}",
+                r.kernel_image.display()
+            )))?;
+            let (esp, early_bytes) = t.step("prepare ESP", || {
+                let files = esp_early_files(r, work, opts.epoch, &kernel, &initrd)?;
+                let bytes: u64 = files.iter().map(|f| f.data.len() as u64).sum();
+                let esp = crate::esp::prepare(layout.esp.size, ids.u32("esp"), opts.epoch, &files)
+                    .map_err(BuildError::io("building the ESP"))?;
+                Ok::<_, BuildError>((esp, bytes))
+            })?;
+            Ok((initrd, kernel, esp, early_bytes))
+        })();
+        (joined(root), joined(persist), boot)
     });
     let (root_size, root_verity) = root?;
     persist?;
-    let initrd = initrd?;
+    let (initrd, kernel, esp, early_bytes) = boot?;
     // The boot files wait for the root: slot A's command line carries its root hash.
     let line = kiln_boot::contract::slot_cmdline(
         layout.root_a.guid,
@@ -239,10 +256,6 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         root_verity.as_ref().map(|v| v.root_hash.as_str()),
         &spec.boot.cmdline,
     );
-    let kernel = fs::read(&r.kernel_image).map_err(BuildError::io(format!(
-        "reading {}",
-        r.kernel_image.display()
-    )))?;
     // Secure Boot: each slot's signed UKI (the factory ESP holds slot A's; both go to the
     // build directory for bundles), and the signed loader.
     let signed = match &r.secure_boot {
@@ -263,19 +276,8 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         Some(s) => s.cmdline_a.clone(),
         None => line,
     };
-    let boot = match &signed {
-        Some(s) => SlotBoot::Uki {
-            loader: &s.loader,
-            uki: &s.uki_a,
-        },
-        None => SlotBoot::Kernel {
-            kernel: &kernel,
-            initrd: &initrd,
-            cmdline: &line,
-        },
-    };
-    let esp_files = esp_files(r, work, opts.epoch, boot)?;
-    let esp_need: u64 = esp_files.iter().map(|f| f.data.len() as u64).sum();
+    let esp_files = esp_late_files(r, &line, signed.as_ref().map(|s| s.uki_a.as_slice()))?;
+    let esp_need = early_bytes + esp_files.iter().map(|f| f.data.len() as u64).sum::<u64>();
     // Room for the other slot's kernel and initrd too, plus FAT overhead.
     if esp_need * 2 + (8 << 20) > layout.esp.size {
         return Err(crate::SpecError {
@@ -289,14 +291,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         .into());
     }
     t.step("write ESP", || {
-        crate::esp::build(
-            &disk,
-            layout.esp.offset,
-            layout.esp.size,
-            ids.u32("esp"),
-            opts.epoch,
-            &esp_files,
-        )
+        esp.finish(&disk, layout.esp.offset, &esp_files)
     })
     .map_err(BuildError::io("building the ESP"))?;
     fs::write(work.join("initrd.img"), &initrd).map_err(BuildError::io("writing initrd.img"))?;
@@ -695,22 +690,9 @@ fn build_initramfs(
     Ok(out)
 }
 
-/// How slot A boots from the factory ESP.
-enum SlotBoot<'a> {
-    /// Kernel and initrd files with the command line in the loader's entry (or grubenv).
-    Kernel {
-        kernel: &'a [u8],
-        initrd: &'a [u8],
-        cmdline: &'a str,
-    },
-    /// Secure Boot: the signed systemd-boot and slot A's signed UKI.
-    Uki { loader: &'a [u8], uki: &'a [u8] },
-}
-
-/// What Secure Boot adds to a build: the signed loader, each slot's signed UKI (written to
+/// What Secure Boot adds once the root hash is known: each slot's signed UKI (written to
 /// `work` as `uki-a.efi` and `uki-b.efi`) and slot A's signed command line.
 struct SecureBootFiles {
-    loader: Vec<u8>,
     uki_a: Vec<u8>,
     cmdline_a: String,
 }
@@ -727,10 +709,6 @@ fn secure_boot_files(
     let hash = verity
         .map(|v| v.root_hash.as_str())
         .ok_or_else(|| BuildError::Other("Secure Boot needs the root's verity hash".into()))?;
-    let loader_efi = r
-        .loader_efi
-        .as_ref()
-        .ok_or_else(|| BuildError::Other("Secure Boot needs systemd-boot".into()))?;
     let osrel = crate::uki::os_release(&r.spec.name, &r.spec.version);
     let mut cmdline_a = String::new();
     for slot in Slot::ALL {
@@ -755,23 +733,72 @@ fn secure_boot_files(
             cmdline_a = cmdline;
         }
     }
-    let loader = work.join("loader.signed.efi");
-    crate::secure_boot::sign(loader_efi, &loader, &sb.key, &sb.cert, epoch)?;
-    let read = |p: &Path| fs::read(p).map_err(BuildError::io(format!("reading {}", p.display())));
-    let files = SecureBootFiles {
-        loader: read(&loader)?,
-        uki_a: read(&work.join("uki-a.efi"))?,
+    let uki = work.join("uki-a.efi");
+    Ok(SecureBootFiles {
+        uki_a: fs::read(&uki).map_err(BuildError::io(format!("reading {}", uki.display())))?,
         cmdline_a,
-    };
-    fs::remove_file(&loader).map_err(BuildError::io("removing the signed loader copy"))?;
-    Ok(files)
+    })
 }
 
-fn esp_files<'a>(
+/// The factory ESP's files that do not carry the root hash: the loader (systemd-boot, signed
+/// under Secure Boot, or the GRUB image), `loader.conf`, and slot A's kernel and initrd
+/// (none under Secure Boot: they are inside the UKI).
+fn esp_early_files<'a>(
     r: &Resolved,
     work: &Path,
     epoch: u64,
-    boot: SlotBoot<'a>,
+    kernel: &'a [u8],
+    initrd: &'a [u8],
+) -> Result<Vec<crate::esp::EspFile<'a>>, BuildError> {
+    use crate::esp::EspFile;
+    let loader_conf = || EspFile {
+        path: "loader/loader.conf".into(),
+        data: systemd_boot::loader_conf().into_bytes().into(),
+    };
+    let read = |p: &Path| fs::read(p).map_err(BuildError::io(format!("reading {}", p.display())));
+    let mut files = match (&r.loader_efi, &r.secure_boot) {
+        (Some(efi), Some(sb)) => {
+            let signed = work.join("loader.signed.efi");
+            crate::secure_boot::sign(efi, &signed, &sb.key, &sb.cert, epoch)?;
+            let data = read(&signed)?;
+            fs::remove_file(&signed).map_err(BuildError::io("removing the signed loader copy"))?;
+            return Ok(vec![
+                EspFile {
+                    path: systemd_boot::LOADER_PATH.into(),
+                    data: data.into(),
+                },
+                loader_conf(),
+            ]);
+        }
+        (Some(efi), None) => vec![
+            EspFile {
+                path: systemd_boot::LOADER_PATH.into(),
+                data: read(efi)?.into(),
+            },
+            loader_conf(),
+        ],
+        (None, _) => vec![EspFile {
+            path: systemd_boot::LOADER_PATH.into(),
+            data: crate::grub_image::build(work, epoch)?.into(),
+        }],
+    };
+    files.push(EspFile {
+        path: kiln_boot::esp_kernel(Slot::A),
+        data: kernel.into(),
+    });
+    files.push(EspFile {
+        path: kiln_boot::esp_initrd(Slot::A),
+        data: initrd.into(),
+    });
+    Ok(files)
+}
+
+/// The factory ESP's files that carry slot A's root hash: its entry (or grubenv) with
+/// `cmdline`, and under Secure Boot its signed UKI.
+fn esp_late_files<'a>(
+    r: &Resolved,
+    cmdline: &str,
+    uki: Option<&'a [u8]>,
 ) -> Result<Vec<crate::esp::EspFile<'a>>, BuildError> {
     use crate::esp::EspFile;
     let entry = SlotEntry {
@@ -788,66 +815,24 @@ fn esp_files<'a>(
             .into_bytes()
             .into(),
     };
-    let loader_conf = || EspFile {
-        path: "loader/loader.conf".into(),
-        data: systemd_boot::loader_conf().into_bytes().into(),
-    };
-    let (kernel, initrd, cmdline) = match boot {
-        SlotBoot::Uki { loader, uki } => {
-            return Ok(vec![
-                EspFile {
-                    path: systemd_boot::LOADER_PATH.into(),
-                    data: loader.into(),
-                },
-                loader_conf(),
-                entry_file(EntryBoot::Uki),
-                EspFile {
-                    path: kiln_boot::esp_uki(Slot::A),
-                    data: uki.into(),
-                },
-            ])
-        }
-        SlotBoot::Kernel {
-            kernel,
-            initrd,
-            cmdline,
-        } => (kernel, initrd, cmdline),
-    };
-    let mut files = match &r.loader_efi {
-        Some(efi) => vec![
+    Ok(match (&r.loader_efi, uki) {
+        (Some(_), Some(uki)) => vec![
+            entry_file(EntryBoot::Uki),
             EspFile {
-                path: systemd_boot::LOADER_PATH.into(),
-                data: fs::read(efi)
-                    .map_err(BuildError::io(format!("reading {}", efi.display())))?
-                    .into(),
+                path: kiln_boot::esp_uki(Slot::A),
+                data: uki.into(),
             },
-            loader_conf(),
-            entry_file(EntryBoot::Linux { options: cmdline }),
         ],
-        None => {
+        (Some(_), None) => vec![entry_file(EntryBoot::Linux { options: cmdline })],
+        (None, _) => {
             let mut state = BootState::default();
             state.entries.insert(Slot::A, entry.clone());
-            vec![
-                EspFile {
-                    path: systemd_boot::LOADER_PATH.into(),
-                    data: crate::grub_image::build(work, epoch)?.into(),
-                },
-                EspFile {
-                    path: grub::ENV_PATH.into(),
-                    data: grub::render_env(&state, |_| cmdline.to_string())
-                        .map_err(BuildError::io("rendering grubenv"))?
-                        .into(),
-                },
-            ]
+            vec![EspFile {
+                path: grub::ENV_PATH.into(),
+                data: grub::render_env(&state, |_| cmdline.to_string())
+                    .map_err(BuildError::io("rendering grubenv"))?
+                    .into(),
+            }]
         }
-    };
-    files.push(EspFile {
-        path: kiln_boot::esp_kernel(Slot::A),
-        data: kernel.into(),
-    });
-    files.push(EspFile {
-        path: kiln_boot::esp_initrd(Slot::A),
-        data: initrd.into(),
-    });
-    Ok(files)
+    })
 }
