@@ -65,7 +65,8 @@ pub struct Estimate {
     /// The same for a device with nothing to reuse.
     pub full: u64,
     pub full_chunks: u64,
-    /// Chunk bytes to download, per payload (root, then kernel and initrd or the UKIs).
+    /// Chunk bytes to download, per payload (root, then kernel and initrd or the one UKI a
+    /// device installs).
     pub payloads: Vec<(&'static str, u64)>,
 }
 
@@ -91,7 +92,14 @@ pub fn estimate(m: &Manifest, bundle_dir: &Path, old: &Path) -> Result<Estimate>
         payloads: Vec::new(),
     };
     for (name, p) in m.payloads.named() {
-        let path = old.join(payload_file(name));
+        // A device installs one UKI, the other slot's, seeded by its running one: counted as a
+        // device on slot a does (uki-b from the old build's uki-a; slot b's is the mirror).
+        let seed_file = match name {
+            "uki-a" => continue,
+            "uki-b" => "uki-a.efi",
+            other => payload_file(other),
+        };
+        let path = old.join(seed_file);
         let f = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         // As the device indexes its running slot (the root over its superblock's length).
         let index = if name == "root" {

@@ -152,7 +152,7 @@ fn loader_state(f: &File, esp: &Partition) -> Result<LoaderState> {
                                 .to_string()
                         })
                     })
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|| format!("(no command line: {efi} is missing or not a UKI)")),
                 None => p.options,
             };
             Some((s, e.health, e.version.clone(), cmdline))

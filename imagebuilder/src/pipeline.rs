@@ -238,6 +238,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
             let (esp, early_bytes) = t.step("prepare ESP", || {
                 let files = esp_early_files(r, work, opts.epoch, &kernel, &initrd)?;
                 let bytes: u64 = files.iter().map(|f| f.data.len() as u64).sum();
+                esp_room(r, layout.esp.size, bytes)?;
                 let esp = crate::esp::prepare(layout.esp.size, ids.u32("esp"), opts.epoch, &files)
                     .map_err(BuildError::io("building the ESP"))?;
                 Ok::<_, BuildError>((esp, bytes))
@@ -277,19 +278,11 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
         None => line,
     };
     let esp_files = esp_late_files(r, &line, signed.as_ref().map(|s| s.uki_a.as_slice()))?;
-    let esp_need = early_bytes + esp_files.iter().map(|f| f.data.len() as u64).sum::<u64>();
-    // Room for the other slot's kernel and initrd too, plus FAT overhead.
-    if esp_need * 2 + (8 << 20) > layout.esp.size {
-        return Err(crate::SpecError {
-            file: r.spec_path.display().to_string(),
-            field: "partitions.esp".into(),
-            message: format!(
-                "{} bytes is too small for two slots of {esp_need} bytes of boot files",
-                layout.esp.size
-            ),
-        }
-        .into());
-    }
+    esp_room(
+        r,
+        layout.esp.size,
+        early_bytes + esp_files.iter().map(|f| f.data.len() as u64).sum::<u64>(),
+    )?;
     t.step("write ESP", || {
         esp.finish(&disk, layout.esp.offset, &esp_files)
     })
@@ -373,6 +366,9 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
             .map_err(BuildError::io(format!("renaming {o} into place")))?;
     }
     let _ = fs::remove_file(crate::qemu::vars_path(&opts.out_dir.join("disk.raw")));
+    let _ = fs::remove_file(crate::qemu::secure_vars_path(
+        &opts.out_dir.join("disk.raw"),
+    ));
     Ok(report)
 }
 
@@ -688,6 +684,22 @@ fn build_initramfs(
     c.write(&mut out, opts.epoch.min(u64::from(u32::MAX)) as u32)
         .map_err(BuildError::io("writing the initramfs"))?;
     Ok(out)
+}
+
+/// Whether an ESP of `size` bytes holds `need` bytes of boot files for each of two slots, plus
+/// FAT overhead (checked on the early files before any is written, then on all of them).
+fn esp_room(r: &Resolved, size: u64, need: u64) -> Result<(), BuildError> {
+    if need * 2 + (8 << 20) > size {
+        return Err(crate::SpecError {
+            file: r.spec_path.display().to_string(),
+            field: "partitions.esp".into(),
+            message: format!(
+                "{size} bytes is too small for two slots of {need} bytes of boot files"
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// What Secure Boot adds once the root hash is known: each slot's signed UKI (written to

@@ -200,13 +200,25 @@ impl VmConfig {
 
     /// `disk` under Secure Boot with the PK, KEK and db certificates of `keys` (`kiln keygen
     /// --secure-boot`) enrolled into its own variables file (made on first use).
+    /// The variables are enrolled again when `keys` holds other certificates than the ones
+    /// enrolled (their digest is kept in `DISK.sb.vars.keys`).
     pub fn for_secure_boot(disk: &Path, keys: &Path) -> Result<VmConfig, crate::BuildError> {
         let vars = secure_vars_path(disk);
-        if !vars.exists() {
+        let mut stamp = vars.as_os_str().to_owned();
+        stamp.push(".keys");
+        let stamp = PathBuf::from(stamp);
+        let want = crate::secure_boot::certs_digest(keys)?;
+        let enrolled = std::fs::read_to_string(&stamp).ok();
+        if !vars.exists() || enrolled.as_deref() != Some(want.as_str()) {
             let template = std::env::var_os("KILN_OVMF_VARS")
                 .map(PathBuf::from)
                 .unwrap_or(OVMF_VARS.into());
+            let _ = std::fs::remove_file(&stamp);
             crate::secure_boot::enroll(&template, keys, &vars)?;
+            std::fs::write(&stamp, &want).map_err(crate::BuildError::io(format!(
+                "writing {}",
+                stamp.display()
+            )))?;
         }
         Ok(VmConfig {
             disk: Some(disk.to_path_buf()),

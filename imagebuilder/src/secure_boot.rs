@@ -38,36 +38,60 @@ pub fn keygen(dir: &Path, common_name: &str) -> Result<Vec<PathBuf>, BuildError>
         }
     }
     let mut written = vec![];
-    for n in KEY_NAMES {
-        let (key, crt) = (dir.join(format!("{n}.key")), dir.join(format!("{n}.crt")));
-        let (tk, tc) = (
-            dir.join(format!(".{n}.key.tmp")),
-            dir.join(format!(".{n}.crt.tmp")),
-        );
-        let made = run_tool(
-            Command::new("openssl")
-                .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes"])
-                .args(["-sha256", "-days", "3650", "-subj"])
-                .arg(format!("/CN={common_name} {n}/"))
-                .arg("-keyout")
-                .arg(&tk)
-                .arg("-out")
-                .arg(&tc),
-            "openssl",
-        );
-        if let Err(e) = made {
-            let _ = std::fs::remove_file(&tk);
-            let _ = std::fs::remove_file(&tc);
-            return Err(e.into());
+    let made = (|| {
+        for n in KEY_NAMES {
+            written.extend(keypair(dir, n, common_name)?);
         }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tk, std::fs::Permissions::from_mode(0o600))
-            .map_err(BuildError::io(format!("chmod {}", tk.display())))?;
-        std::fs::rename(&tk, &key).map_err(BuildError::io(format!("writing {}", key.display())))?;
-        std::fs::rename(&tc, &crt).map_err(BuildError::io(format!("writing {}", crt.display())))?;
-        written.extend([key, crt]);
+        Ok(())
+    })();
+    if let Err(e) = made {
+        // Nothing half-made stays behind: a rerun would refuse to overwrite it.
+        for p in &written {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
     }
     Ok(written)
+}
+
+/// Makes `dir/<n>.key` (0600) and `dir/<n>.crt` through temporary names; returns their paths.
+/// On failure nothing of the pair is left.
+fn keypair(dir: &Path, n: &str, common_name: &str) -> Result<Vec<PathBuf>, BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    let (key, crt) = (dir.join(format!("{n}.key")), dir.join(format!("{n}.crt")));
+    let (tk, tc) = (
+        dir.join(format!(".{n}.key.tmp")),
+        dir.join(format!(".{n}.crt.tmp")),
+    );
+    let made = run_tool(
+        Command::new("openssl")
+            .args(["req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-sha256", "-days", "3650", "-subj"])
+            .arg(format!("/CN={common_name} {n}/"))
+            .arg("-keyout")
+            .arg(&tk)
+            .arg("-out")
+            .arg(&tc),
+        "openssl",
+    )
+    .map_err(BuildError::from)
+    .and_then(|()| {
+        std::fs::set_permissions(&tk, std::fs::Permissions::from_mode(0o600))
+            .map_err(BuildError::io(format!("chmod {}", tk.display())))
+    })
+    .and_then(|()| {
+        std::fs::rename(&tk, &key).map_err(BuildError::io(format!("writing {}", key.display())))
+    })
+    .and_then(|()| {
+        std::fs::rename(&tc, &crt).map_err(BuildError::io(format!("writing {}", crt.display())))
+    });
+    if let Err(e) = made {
+        for p in [&tk, &tc, &key, &crt] {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    Ok(vec![key, crt])
 }
 
 /// Signs the PE file `input` into `out` with `key`/`cert`, the signing time set to `epoch`.
@@ -104,6 +128,33 @@ pub fn sign(
     std::fs::rename(&tmp, out).map_err(BuildError::io(format!("writing {}", out.display())))
 }
 
+/// The certificate of key pair `name` in `keys`, or an error saying how to make it.
+fn cert(keys: &Path, name: &str) -> Result<PathBuf, BuildError> {
+    let p = keys.join(format!("{name}.crt"));
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(BuildError::Other(format!(
+            "{}: missing (make the keys with kiln keygen --secure-boot {})",
+            p.display(),
+            keys.display()
+        )))
+    }
+}
+
+/// A digest of `keys`' PK, KEK and db certificates: what a variables file has enrolled.
+pub fn certs_digest(keys: &Path) -> Result<String, BuildError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for n in KEY_NAMES {
+        let p = cert(keys, n)?;
+        let b = std::fs::read(&p).map_err(BuildError::io(format!("reading {}", p.display())))?;
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(&b);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// `virt-fw-vars`: `$KILN_VIRT_FW_VARS`, else on `PATH`.
 fn virt_fw_vars() -> PathBuf {
     std::env::var_os("KILN_VIRT_FW_VARS")
@@ -114,18 +165,7 @@ fn virt_fw_vars() -> PathBuf {
 /// A copy of `template` (OVMF's empty variable store) at `out` with `keys`' PK, KEK and db
 /// certificates enrolled and Secure Boot turned on.
 pub fn enroll(template: &Path, keys: &Path, out: &Path) -> Result<(), BuildError> {
-    let cert = |n: &str| -> Result<PathBuf, BuildError> {
-        let p = keys.join(format!("{n}.crt"));
-        if p.is_file() {
-            Ok(p)
-        } else {
-            Err(BuildError::Other(format!(
-                "{}: missing (make the keys with kiln keygen --secure-boot {})",
-                p.display(),
-                keys.display()
-            )))
-        }
-    };
+    let cert = |n: &str| cert(keys, n);
     let tmp = out.with_extension("enrolling.tmp");
     let tool = virt_fw_vars();
     let r = run_tool(

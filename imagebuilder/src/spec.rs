@@ -316,15 +316,29 @@ impl Default for Partitions {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RootfsSpec {
     #[serde(default)]
     pub format: FsFormat,
     /// Append a dm-verity hash tree (sha256, 4 KiB blocks) after the image in its slot, with a
-    /// salt derived from the spec; `build.json` records the root hash.
-    #[serde(default)]
+    /// salt derived from the spec; `build.json` records the root hash. On unless a spec turns
+    /// it off (`verity = false`): a root that any offline write can change is not immutable.
+    #[serde(default = "verity_default")]
     pub verity: bool,
+}
+
+fn verity_default() -> bool {
+    true
+}
+
+impl Default for RootfsSpec {
+    fn default() -> Self {
+        RootfsSpec {
+            format: FsFormat::default(),
+            verity: verity_default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -524,6 +538,12 @@ dir = "b"
         assert_eq!(s.persist, Layout::default());
         assert_eq!(s.output.formats, [OutputFormat::Raw, OutputFormat::Qcow2]);
         assert!(!s.dev.serial_shell);
+        // dm-verity is on unless turned off, with or without a [rootfs] table.
+        assert!(s.rootfs.verity);
+        let fmt = Spec::parse(&format!("{MIN}[rootfs]\nformat = \"ext4\"\n"), "i").unwrap();
+        assert!(fmt.rootfs.verity);
+        let off = Spec::parse(&format!("{MIN}[rootfs]\nverity = false\n"), "i").unwrap();
+        assert!(!off.rootfs.verity);
     }
 
     #[test]

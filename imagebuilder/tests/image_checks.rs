@@ -546,3 +546,31 @@ fn secure_boot_needs_systemd_boot_and_verity() {
         "{e}"
     );
 }
+
+/// kiln-init and the updater tell a slot found by label from another disk's by its verity
+/// tree: the top block must hash to the signed root hash.
+#[test]
+fn a_slot_is_recognised_by_its_root_hash() {
+    let d = tempfile::tempdir().unwrap();
+    let r = build_default(d.path(), |_| {});
+    let hash = r.root_verity.clone().unwrap().root_hash;
+    let slot = d.path().join("root-a.img");
+    extract_part(&r.disk, r.partitions[1].offset, r.partitions[1].size, &slot);
+    let check = |h: &str| {
+        let f = File::open(&slot).unwrap();
+        kiln_initramfs::slot_verity::check_slot(&f, "root-a", h).map(|c| c.sb.data_blocks)
+    };
+    assert_eq!(check(&hash), Ok(r.root_verity.clone().unwrap().data_blocks));
+    let last = if hash.ends_with('0') { '1' } else { '0' };
+    let other = format!("{}{last}", &hash[..63]);
+    let e = check(&other).unwrap_err();
+    assert!(e.contains("does not match kiln.verity="), "{e}");
+    assert!(check("nothex")
+        .unwrap_err()
+        .contains("not a sha256 root hash"));
+    // The slot of another version (root-b, empty here) is not this one either.
+    let empty = d.path().join("root-b.img");
+    extract_part(&r.disk, r.partitions[2].offset, 1 << 20, &empty);
+    let f = File::open(&empty).unwrap();
+    assert!(kiln_initramfs::slot_verity::check_slot(&f, "root-b", &hash).is_err());
+}

@@ -33,21 +33,23 @@ pub struct Cmdline {
 }
 
 /// Which partition is the root slot. `root=PARTUUID=` when given; else the GPT label of the
-/// `kiln.slot=` slot (`root-a`, `root-b`) on the first local disk holding one — the form of a
-/// signed unified kernel image's command line, which cannot know a device's partition GUIDs
-/// (they are its factory image's) — and then only with a root hash (`kiln.verity=`), which
-/// binds the content of whatever partition is found.
+/// `kiln.slot=` slot (`root-a`, `root-b`) — the form of a signed unified kernel image's
+/// command line, which cannot know a device's partition GUIDs (they are its factory image's)
+/// — and then only with a root hash (`kiln.verity=`): the root is the first local disk's
+/// partition of that label whose verity tree matches the hash, so another Kiln disk (an
+/// installer stick, a clone of another version) is passed over, and what is mounted is bound
+/// by the signed hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootSelector {
     PartUuid(String),
-    Label(&'static str),
+    Label { label: &'static str, hash: String },
 }
 
 impl RootSelector {
     pub fn matches(&self, p: &crate::gpt::PartEntry) -> bool {
         match self {
             RootSelector::PartUuid(u) => p.part_guid == *u,
-            RootSelector::Label(l) => p.name == *l,
+            RootSelector::Label { label, .. } => p.name == *label,
         }
     }
 }
@@ -56,7 +58,7 @@ impl std::fmt::Display for RootSelector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RootSelector::PartUuid(u) => write!(f, "PARTUUID {u}"),
-            RootSelector::Label(l) => write!(f, "label {l}"),
+            RootSelector::Label { label, .. } => write!(f, "label {label}"),
         }
     }
 }
@@ -68,9 +70,12 @@ impl Cmdline {
         if let Some(u) = &self.root_partuuid {
             return Some(RootSelector::PartUuid(u.clone()));
         }
-        self.verity.as_ref()?;
+        let hash = self.verity.clone()?;
         let slot: kiln_boot::Slot = self.slot.as_deref()?.parse().ok()?;
-        Some(RootSelector::Label(slot.partlabel()))
+        Some(RootSelector::Label {
+            label: slot.partlabel(),
+            hash,
+        })
     }
 }
 
@@ -151,7 +156,13 @@ mod tests {
         let by_uuid = parse(&format!("root=PARTUUID=AB-1 kiln.slot=b kiln.verity={h}"));
         assert_eq!(by_uuid.root(), Some(RootSelector::PartUuid("ab-1".into())));
         let by_label = parse(&format!("ro kiln.slot=b kiln.verity={h} quiet"));
-        assert_eq!(by_label.root(), Some(RootSelector::Label("root-b")));
+        assert_eq!(
+            by_label.root(),
+            Some(RootSelector::Label {
+                label: "root-b",
+                hash: h.clone()
+            })
+        );
         assert_eq!(by_label.root().unwrap().to_string(), "label root-b");
         // Without a hash a label alone never picks a root (nothing would bind its content).
         assert_eq!(parse("ro kiln.slot=b quiet").root(), None);

@@ -13,3 +13,4 @@ pub mod ext4sb;
 pub mod gpt;
 pub mod init;
 pub mod modules;
+pub mod slot_verity;

@@ -61,6 +61,7 @@ fn local_disks() -> Result<Vec<String>, String> {
 }
 
 fn scan(want: &RootSelector, persist_label: &str) -> Result<Option<Found>, String> {
+    let mut last_mismatch = None;
     for disk in local_disks()? {
         let Ok(parts) = read_table(&format!("/dev/{disk}")) else {
             continue;
@@ -68,6 +69,19 @@ fn scan(want: &RootSelector, persist_label: &str) -> Result<Option<Found>, Strin
         let Some(root) = parts.iter().find(|p| want.matches(p)) else {
             continue;
         };
+        // Found by label: only the slot whose tree matches the signed hash is this machine's.
+        if let RootSelector::Label { hash, .. } = want {
+            let Some(node) = part_node(&disk, root.number) else {
+                return Ok(None); // partition nodes not there yet
+            };
+            let checked = fs::File::open(&node)
+                .map_err(|e| format!("{node}: {e}"))
+                .and_then(|f| crate::slot_verity::check_slot(&f, &node, hash));
+            if let Err(e) = checked {
+                last_mismatch = Some(e);
+                continue;
+            }
+        }
         let persist = parts
             .iter()
             .find(|p| p.name == persist_label)
@@ -89,7 +103,8 @@ fn scan(want: &RootSelector, persist_label: &str) -> Result<Option<Found>, Strin
             esp,
         }));
     }
-    Ok(None)
+    // A slot of that label whose tree does not match: said when the wait runs out.
+    last_mismatch.map_or(Ok(None), Err)
 }
 
 /// A partition labelled `label` on any local disk (the persist of an installed Kiln disk, used

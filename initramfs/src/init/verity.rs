@@ -7,12 +7,10 @@
 
 use super::{err, say, InitError};
 use crate::dm::{self, Target};
-use kiln_boot::image_len::{image_len, HEAD};
-use kiln_boot::verity::{table_params, Geometry, Superblock, BLOCK, SUPERBLOCK_LEN};
-use sha2::{Digest, Sha256};
+use kiln_boot::verity::{table_params, BLOCK};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 nix::ioctl_readwrite_bad!(dm_dev_create, dm::DEV_CREATE, u64);
@@ -28,60 +26,12 @@ const STEP: &str = "opening the root with dm-verity";
 /// `root_hash` (64 hex digits); returns its device node.
 pub fn open(root: &str, root_hash: &str) -> Result<String, InitError> {
     let e = |m: String| err(STEP, m);
-    if !kiln_boot::contract::is_root_hash(root_hash) {
-        return Err(e(format!(
-            "kiln.verity={root_hash:?} is not a sha256 root hash"
-        )));
-    }
-    let hash: [u8; 32] = hex::decode(root_hash)
-        .ok()
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| e("bad root hash".into()))?;
     let dev = File::open(root).map_err(|x| e(format!("{root}: {x}")))?;
-    // Where the tree is: after the filesystem its superblock declares. Untrusted (the root
-    // hash binds the salt and every tree block; a forged length only verifies less and fails).
-    let mut head = vec![0u8; HEAD];
-    dev.read_exact_at(&mut head, 0)
-        .map_err(|x| e(format!("{root}: {x}")))?;
-    let len = image_len(&head)
-        .filter(|l| l.is_multiple_of(BLOCK))
-        .ok_or_else(|| {
-            e(format!(
-                "{root} holds no erofs or ext4 image of whole 4 KiB blocks"
-            ))
-        })?;
-    let mut sb = [0u8; SUPERBLOCK_LEN];
-    dev.read_exact_at(&mut sb, len).map_err(|x| {
-        e(format!(
-            "{root}: reading the verity superblock at {len}: {x}"
-        ))
-    })?;
-    let sb = Superblock::parse(&sb).map_err(|x| e(format!("{root} at {len}: {x}")))?;
-    if sb.data_blocks.checked_mul(BLOCK) != Some(len) {
-        return Err(e(format!(
-            "{root}: the verity superblock covers {} blocks, the filesystem is {len} bytes",
-            sb.data_blocks
-        )));
-    }
-    let g = Geometry::new(sb.data_blocks).map_err(|x| e(x.to_string()))?;
-    // The top of the tree (or the one data block) against the root hash first: a clear
-    // message here rather than a restart on the first read.
-    let top_at = if g.levels.is_empty() {
-        0
-    } else {
-        g.hash_start_block() * BLOCK
-    };
-    let mut top = vec![0u8; BLOCK as usize];
-    dev.read_exact_at(&mut top, top_at)
-        .map_err(|x| e(format!("{root}: reading the tree at {top_at}: {x}")))?;
-    let mut h = Sha256::new();
-    h.update(&sb.salt);
-    h.update(&top);
-    if h.finalize().as_slice() != hash {
-        return Err(e(format!(
-            "{root}: the hash tree does not match kiln.verity={root_hash}"
-        )));
-    }
+    let crate::slot_verity::Checked {
+        sb,
+        geometry: g,
+        hash,
+    } = crate::slot_verity::check_slot(&dev, root, root_hash).map_err(e)?;
     let rdev = dev
         .metadata()
         .map_err(|x| e(format!("{root}: {x}")))?

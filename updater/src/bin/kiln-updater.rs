@@ -57,7 +57,7 @@ enum Cmd {
         /// The compatible string the bundle must carry.
         #[arg(long)]
         compatible: String,
-        /// root, kernel or initrd.
+        /// root, kernel or initrd (uki-a or uki-b in a Secure Boot bundle).
         #[arg(long, default_value = "root")]
         payload: String,
         /// Older image whose chunks are reused (indexed first unless --seed-manifest).

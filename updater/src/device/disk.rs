@@ -1,6 +1,7 @@
 //! The disk the system booted from: its GPT partitions, the booted slot, the ESP mount.
 
 use kiln_boot::Slot;
+use kiln_initramfs::cmdline::RootSelector;
 use kiln_initramfs::gpt::{parse_entries, parse_header, PartEntry};
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -32,6 +33,17 @@ fn read_table(dev: &str) -> io::Result<Vec<PartEntry>> {
     parse_entries(&hdr, &entries).map_err(io::Error::other)
 }
 
+/// Device node of partition `number` of `disk` (`/dev/vda3`, `/dev/nvme0n1p3`).
+fn partition_node(disk: &str, number: u32) -> String {
+    let base = disk.trim_start_matches("/dev/");
+    let sep = if base.ends_with(|c: char| c.is_ascii_digit()) {
+        "p"
+    } else {
+        ""
+    };
+    format!("/dev/{base}{sep}{number}")
+}
+
 impl BootDisk {
     /// Finds the disk holding the booted root as kiln-init did (`root=PARTUUID=`, or the
     /// slot's label: [`kiln_initramfs::cmdline::RootSelector`]).
@@ -60,7 +72,20 @@ impl BootDisk {
         for d in disks {
             let dev = format!("/dev/{d}");
             if let Ok(parts) = read_table(&dev) {
-                if parts.iter().any(|p| want.matches(p)) {
+                let Some(root) = parts.iter().find(|p| want.matches(p)) else {
+                    continue;
+                };
+                // By label, as kiln-init chose: the disk whose slot matches the signed hash.
+                if let RootSelector::Label { hash, .. } = &want {
+                    let node = partition_node(&dev, root.number);
+                    let ok = fs::File::open(&node).is_ok_and(|f| {
+                        kiln_initramfs::slot_verity::check_slot(&f, &node, hash).is_ok()
+                    });
+                    if !ok {
+                        continue;
+                    }
+                }
+                {
                     return Ok(BootDisk {
                         disk: dev,
                         booted,
@@ -84,13 +109,7 @@ impl BootDisk {
 
     /// Device node of a partition (`/dev/vda3`, `/dev/nvme0n1p3`).
     pub fn node(&self, p: &PartEntry) -> String {
-        let base = self.disk.trim_start_matches("/dev/");
-        let sep = if base.ends_with(|c: char| c.is_ascii_digit()) {
-            "p"
-        } else {
-            ""
-        };
-        format!("/dev/{base}{sep}{}", p.number)
+        partition_node(&self.disk, p.number)
     }
 
     /// Size in bytes of a partition (`parse_entries` refused any that ends before it starts).

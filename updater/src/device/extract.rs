@@ -61,7 +61,10 @@ fn pick<'a>(m: &'a Manifest, name: &str) -> Result<&'a Payload> {
         .into_iter()
         .find(|(n, _)| *n == name)
         .map(|(_, p)| p)
-        .with_context(|| format!("--payload {name}: not root, kernel or initrd"))
+        .with_context(|| {
+            let names: Vec<&str> = m.payloads.named().iter().map(|(n, _)| *n).collect();
+            format!("--payload {name}: this bundle has {}", names.join(", "))
+        })
 }
 
 /// The `.part` file an extraction into `out` writes first.

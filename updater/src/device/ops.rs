@@ -250,6 +250,24 @@ fn running_seed(
     Some((f, p))
 }
 
+/// A Secure Boot image (`KILN_UKI=1`) boots signed UKIs: a kernel and initrd would leave its
+/// entry with nothing bootable, and a UKI bundle for an image that boots kernels would need
+/// keys its firmware may not have. Checked before anything is written (`install`) and again
+/// before a written slot is made bootable (`activate`, whose manifest is read from persist).
+fn boot_kind_matches(release: &Release, m: &crate::bundle::manifest::Manifest) -> Result<()> {
+    match (release.uki, m.payloads.is_uki()) {
+        (true, false) => bail!(
+            "this image boots signed unified kernel images (Secure Boot) and bundle {} carries a kernel and initrd",
+            m.version
+        ),
+        (false, true) => bail!(
+            "bundle {} carries signed unified kernel images (Secure Boot) and this image boots a kernel and initrd",
+            m.version
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Installs a bundle into the inactive slot and stages it. Returns the staged version.
 /// The root hash a staged slot's entry carries: the signed manifest's.
 fn root_hash(m: &crate::bundle::manifest::Manifest) -> Option<&str> {
@@ -275,20 +293,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         .check(&v.manifest, &v.bytes)
         .with_context(|| format!("verifying {source}"))?;
     let m = &v.manifest;
-    // A Secure Boot image boots signed UKIs: a kernel and initrd would leave its entry with
-    // nothing bootable, and a UKI bundle for an image that boots kernels would need keys its
-    // firmware may not have.
-    match (ctx.release.uki, m.payloads.is_uki()) {
-        (true, false) => bail!(
-            "this image boots signed unified kernel images (Secure Boot) and bundle {} carries a kernel and initrd, not a signed image for slot {target}",
-            m.version
-        ),
-        (false, true) => bail!(
-            "bundle {} carries signed unified kernel images (Secure Boot) and this image boots a kernel and initrd",
-            m.version
-        ),
-        _ => {}
-    }
+    boot_kind_matches(&ctx.release, m)?;
     let store = ChunkStore::open(src.as_ref(), m)
         .with_context(|| format!("looking for the chunk store of {source}"))?;
     println!(
@@ -559,6 +564,7 @@ pub fn activate(tries: u8) -> Result<String> {
     // Persist is not the signed bundle: what reaches the entry is checked again.
     m.check_structure()
         .with_context(|| format!("checking {}", mpath.display()))?;
+    boot_kind_matches(&ctx.release, &m).with_context(|| format!("checking {}", mpath.display()))?;
     if m.version != w.version || m.sequence != w.sequence {
         bail!(
             "{} is not the manifest of the written {}",
@@ -734,4 +740,63 @@ pub fn status() -> Result<Status> {
         last_install: st.last_install,
         rolled_back_from: st.rolled_back_from,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::manifest::{Manifest, Payload, Payloads, RootVerity, FORMAT};
+
+    fn release(uki: bool) -> Release {
+        Release {
+            name: "n".into(),
+            version: "1.0.0".into(),
+            compatible: "c".into(),
+            threshold: 1,
+            loader: LoaderKind::SystemdBoot,
+            sequence: None,
+            built: None,
+            uki,
+        }
+    }
+
+    fn manifest(uki: bool) -> Manifest {
+        let p = || Payload {
+            size: 0,
+            sha256: String::new(),
+            chunks: vec![],
+        };
+        Manifest {
+            format: FORMAT,
+            compatible: "c".into(),
+            version: "2.0.0".into(),
+            sequence: 2,
+            created: 0,
+            expires: 1,
+            payloads: Payloads {
+                root: p(),
+                kernel: (!uki).then(p),
+                initrd: (!uki).then(p),
+                uki_a: uki.then(p),
+                uki_b: uki.then(p),
+            },
+            root_verity: uki.then(|| RootVerity {
+                root_hash: "ab".repeat(32),
+                data_blocks: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_bundle_must_boot_the_way_the_image_does() {
+        assert!(boot_kind_matches(&release(false), &manifest(false)).is_ok());
+        assert!(boot_kind_matches(&release(true), &manifest(true)).is_ok());
+        let e = boot_kind_matches(&release(true), &manifest(false)).unwrap_err();
+        assert!(
+            e.to_string().contains("Secure Boot") && e.to_string().contains("kernel and initrd"),
+            "{e}"
+        );
+        let e = boot_kind_matches(&release(false), &manifest(true)).unwrap_err();
+        assert!(e.to_string().contains("bundle 2.0.0 carries signed"), "{e}");
+    }
 }
