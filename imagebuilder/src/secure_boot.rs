@@ -102,11 +102,9 @@ pub fn sign(
     cert: &Path,
     epoch: u64,
 ) -> Result<(), BuildError> {
-    let tmp = out.with_extension("signing.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let r = run_tool(
-        Command::new("osslsigncode")
-            .arg("sign")
+    write_through_tool(out, "signing.tmp", "osslsigncode", |tmp| {
+        let mut c = Command::new("osslsigncode");
+        c.arg("sign")
             .arg("-certs")
             .arg(cert)
             .arg("-key")
@@ -115,15 +113,26 @@ pub fn sign(
             .arg("-in")
             .arg(input)
             .arg("-out")
-            .arg(&tmp),
-        "osslsigncode",
-    );
-    if let Err(e) = r {
+            .arg(tmp);
+        Ok(c)
+    })
+    .map_err(|e| BuildError::Other(format!("signing {}: {e}", input.display())))
+}
+
+/// Runs the command `make(tmp)` builds, which writes `tmp` (`out` with the extension
+/// `tmp_ext`), then renames `tmp` to `out`; on failure nothing is left at either name.
+fn write_through_tool(
+    out: &Path,
+    tmp_ext: &str,
+    package: &str,
+    make: impl FnOnce(&Path) -> Result<Command, BuildError>,
+) -> Result<(), BuildError> {
+    let tmp = out.with_extension(tmp_ext);
+    let _ = std::fs::remove_file(&tmp);
+    let ran = make(&tmp).and_then(|mut c| run_tool(&mut c, package).map_err(BuildError::from));
+    if let Err(e) = ran {
         let _ = std::fs::remove_file(&tmp);
-        return Err(BuildError::Other(format!(
-            "signing {}: {e}",
-            input.display()
-        )));
+        return Err(e);
     }
     std::fs::rename(&tmp, out).map_err(BuildError::io(format!("writing {}", out.display())))
 }
@@ -166,29 +175,25 @@ fn virt_fw_vars() -> PathBuf {
 /// certificates enrolled and Secure Boot turned on.
 pub fn enroll(template: &Path, keys: &Path, out: &Path) -> Result<(), BuildError> {
     let cert = |n: &str| cert(keys, n);
-    let tmp = out.with_extension("enrolling.tmp");
-    let tool = virt_fw_vars();
-    let r = run_tool(
-        Command::new(&tool)
-            .arg("--input")
-            .arg(template)
-            .arg("--output")
-            .arg(&tmp)
-            .args(["--set-pk", OWNER_GUID])
-            .arg(cert("PK")?)
-            .args(["--add-kek", OWNER_GUID])
-            .arg(cert("KEK")?)
-            .args(["--add-db", OWNER_GUID])
-            .arg(cert("db")?)
-            .arg("--secure-boot"),
+    write_through_tool(
+        out,
+        "enrolling.tmp",
         "virt-firmware from PyPI (scripts/deps.sh makes .cache/deps/venv; set KILN_VIRT_FW_VARS)",
-    );
-    if let Err(e) = r {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(BuildError::Other(format!(
-            "enrolling the keys of {}: {e}",
-            keys.display()
-        )));
-    }
-    std::fs::rename(&tmp, out).map_err(BuildError::io(format!("writing {}", out.display())))
+        |tmp| {
+            let mut c = Command::new(virt_fw_vars());
+            c.arg("--input")
+                .arg(template)
+                .arg("--output")
+                .arg(tmp)
+                .args(["--set-pk", OWNER_GUID])
+                .arg(cert("PK")?)
+                .args(["--add-kek", OWNER_GUID])
+                .arg(cert("KEK")?)
+                .args(["--add-db", OWNER_GUID])
+                .arg(cert("db")?)
+                .arg("--secure-boot");
+            Ok(c)
+        },
+    )
+    .map_err(|e| BuildError::Other(format!("enrolling the keys of {}: {e}", keys.display())))
 }
