@@ -1,4 +1,4 @@
-//! Reading `kiln-updater status --json` in a booted guest.
+//! The updater in a booted guest: reading `kiln-updater status --json`, staging a bundle.
 
 use crate::Console;
 
@@ -20,4 +20,13 @@ pub fn slot<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
         .as_array()
         .and_then(|a| a.iter().find(|x| x["slot"] == name))
         .unwrap_or_else(|| panic!("no slot {name} in {status}"))
+}
+
+/// `kiln-updater install --no-reboot URL` in the guest: (exit status, output).
+pub fn install_no_reboot(c: &mut Console, url: &str) -> (i32, String) {
+    c.sh(
+        &format!("kiln-updater install --no-reboot {url}"),
+        std::time::Duration::from_secs(600),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -230,15 +230,7 @@ fn a_secure_boot_image_updates_to_signed_ukis_and_falls_back_from_a_refused_one(
     assert_eq!(slot(&st, "b")["state"], "good", "{st}");
 
     // v3 staged on a, its UKI then changed by one byte in the guest's ESP; then power off.
-    let (rc, out) = c
-        .sh(
-            &format!(
-                "kiln-updater install --no-reboot {}",
-                server.guest_url("v3")
-            ),
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let (rc, out) = qemu_tests::updater::install_no_reboot(&mut c, &server.guest_url("v3"));
     assert_eq!(rc, 0, "{out}");
     let uki_a = std::fs::read(w("v3").join("uki-a.efi")).unwrap();
     let at = find(&uki_a, b"quiet panic=5").expect("the command line in v3's uki-a.efi") + 12;

@@ -159,15 +159,7 @@ fn scenario(loader: Loader) {
     assert_eq!(slot(&s, "b")["state"], "good");
 
     // A tampered bundle: refused, the booted slot untouched, the inactive slot not bootable.
-    let (rc, out) = c
-        .sh(
-            &format!(
-                "kiln-updater install --no-reboot {}",
-                server.guest_url("tampered")
-            ),
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let (rc, out) = qemu_tests::updater::install_no_reboot(&mut c, &server.guest_url("tampered"));
     assert_ne!(rc, 0, "tampered bundle accepted: {out}");
     assert!(out.contains("is corrupt"), "{out}");
     let s = status(&mut c);

@@ -182,15 +182,7 @@ fn update_scenario(loader: Loader) {
     assert!(boot.contains(&verified(&v1)), "{boot}");
 
     // v3 staged on b, not booted; then the machine is off.
-    let (rc, out) = c
-        .sh(
-            &format!(
-                "kiln-updater install --no-reboot {}",
-                server.guest_url("v3")
-            ),
-            Duration::from_secs(600),
-        )
-        .unwrap();
+    let (rc, out) = qemu_tests::updater::install_no_reboot(&mut c, &server.guest_url("v3"));
     assert_eq!(rc, 0, "{out}");
     c.send_line("poweroff").unwrap();
     c.wait_exit(Duration::from_secs(60)).unwrap();
