@@ -24,7 +24,7 @@ pub const GUEST_HOST_ALIAS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// How long the control plane may take to answer `/readyz` after a start.
 const READY: Duration = Duration::from_secs(180);
 
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

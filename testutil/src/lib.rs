@@ -1,5 +1,6 @@
 //! Helpers shared by Kiln's integration tests (which run as root, as the whole suite does).
 
+pub mod control_plane;
 pub mod kube;
 
 use std::path::{Path, PathBuf};
