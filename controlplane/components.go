@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/spf13/pflag"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
@@ -59,13 +60,13 @@ func parseComponents(c *config) (*components, error) {
 	cm.ParsedFlags = &cmFlags
 	sched := scheduleroptions.NewOptions()
 
-	if err := parseInto("kube-apiserver", apiFlags, append(apiserverArgs(c), c.apiserverArgs...)); err != nil {
+	if err := parseInto("kube-apiserver", apiFlags, withOverrides(apiserverArgs(c), c.apiserverArgs)); err != nil {
 		return nil, err
 	}
-	if err := parseInto("kube-controller-manager", cmFlags, append(controllerArgs(c), c.controllerArgs...)); err != nil {
+	if err := parseInto("kube-controller-manager", cmFlags, withOverrides(controllerArgs(c), c.controllerArgs)); err != nil {
 		return nil, err
 	}
-	if err := parseInto("kube-scheduler", *sched.Flags, append(schedulerArgs(c), c.schedulerArgs...)); err != nil {
+	if err := parseInto("kube-scheduler", *sched.Flags, withOverrides(schedulerArgs(c), c.schedulerArgs)); err != nil {
 		return nil, err
 	}
 	if err := api.GenericServerRunOptions.ComponentGlobalsRegistry.Set(); err != nil {
@@ -78,6 +79,29 @@ func parseComponents(c *config) (*components, error) {
 		}
 	}
 	return &components{apiserver: api, kcm: cm, scheduler: sched}, nil
+}
+
+// withOverrides is Kiln's flags for a component without those the user gives, then the user's:
+// a user's flag replaces Kiln's value whole, list flags (--etcd-servers, --tls-san…) included,
+// which appending to it would not.
+func withOverrides(kiln, user []string) []string {
+	given := map[string]bool{}
+	for _, a := range user {
+		given[flagName(a)] = true
+	}
+	out := make([]string, 0, len(kiln)+len(user))
+	for _, a := range kiln {
+		if !given[flagName(a)] {
+			out = append(out, a)
+		}
+	}
+	return append(out, user...)
+}
+
+// flagName is "name" of "--name=value" or "--name".
+func flagName(arg string) string {
+	name, _, _ := strings.Cut(strings.TrimLeft(arg, "-"), "=")
+	return name
 }
 
 func parseInto(name string, sets cliflag.NamedFlagSets, args []string) error {

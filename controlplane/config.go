@@ -21,6 +21,7 @@ type config struct {
 	etcdPeerPort     int
 	serviceCIDR      string
 	unsafeNoFsync    bool
+	logFile          string
 	apiserverArgs    []string
 	controllerArgs   []string
 	schedulerArgs    []string
@@ -40,7 +41,8 @@ func parseRunFlags(args []string) (*config, error) {
 	fs.IntVar(&c.etcdPeerPort, "etcd-peer-port", 2380, "etcd's peer port on 127.0.0.1")
 	fs.StringVar(&c.serviceCIDR, "service-cidr", "10.96.0.0/16", "the Service cluster IP range")
 	fs.BoolVar(&c.unsafeNoFsync, "unsafe-no-fsync", false, "etcd skips fsync (tests only: a power cut can lose data)")
-	fs.StringArrayVar(&c.apiserverArgs, "apiserver-arg", nil, "an extra kube-apiserver flag, e.g. --apiserver-arg=--v=2 (repeatable; overrides Kiln's value)")
+	fs.StringVar(&c.logFile, "log-file", "", "append the components' logs to this file instead of stderr (the ready line still goes to stderr)")
+	fs.StringArrayVar(&c.apiserverArgs, "apiserver-arg", nil, "a kube-apiserver flag as --NAME=VALUE, e.g. --apiserver-arg=--v=2 (repeatable; replaces Kiln's value of that flag)")
 	fs.StringArrayVar(&c.controllerArgs, "controller-manager-arg", nil, "an extra kube-controller-manager flag (repeatable)")
 	fs.StringArrayVar(&c.schedulerArgs, "scheduler-arg", nil, "an extra kube-scheduler flag (repeatable)")
 	if err := fs.Parse(args); err != nil {

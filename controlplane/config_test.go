@@ -77,3 +77,14 @@ func TestALoopbackAdvertiseAddressKeepsNoEndpoint(t *testing.T) {
 		}
 	}
 }
+
+func TestAUserFlagReplacesKilnsWhole(t *testing.T) {
+	got := strings.Join(withOverrides(
+		[]string{"--etcd-servers=http://127.0.0.1:2379", "--secure-port=6443", "--profiling=false"},
+		[]string{"--etcd-servers=http://127.0.0.1:9", "--profiling"},
+	), " ")
+	want := "--secure-port=6443 --etcd-servers=http://127.0.0.1:9 --profiling"
+	if got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}

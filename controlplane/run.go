@@ -29,7 +29,7 @@ type result struct {
 	err  error
 }
 
-func runCommand(args []string) error {
+func runCommand(args []string) (err error) {
 	c, err := parseRunFlags(args)
 	if err != nil {
 		return err
@@ -38,6 +38,18 @@ func runCommand(args []string) error {
 	k, err := parseComponents(c)
 	if err != nil {
 		return err
+	}
+	console := os.Stderr
+	if c.logFile != "" {
+		if console, err = redirectOutput(c.logFile); err != nil {
+			return err
+		}
+		// A failure is logged to the file and told on the console too.
+		defer func() {
+			if err != nil {
+				fmt.Fprintf(console, "kiln-control-plane: error: %v (log: %s)\n", err, c.logFile)
+			}
+		}()
 	}
 	if _, err := bootstrap(c); err != nil {
 		return fmt.Errorf("certificates in %s: %w", c.pkiDir(), err)
@@ -71,7 +83,10 @@ func runCommand(args []string) error {
 	}
 	start("kube-controller-manager", k.runControllerManager)
 	start("kube-scheduler", k.runScheduler)
-	fmt.Fprintln(os.Stderr, readyLine)
+	fmt.Fprintln(console, readyLine)
+	if console != os.Stderr {
+		fmt.Fprintln(os.Stderr, readyLine)
+	}
 
 	var failure error
 	select {

@@ -153,6 +153,10 @@ enum Cmd {
         /// DISK.sb.vars, made on first use).
         #[arg(long, value_name = "KEYDIR", requires = "disk", conflicts_with = "pxe")]
         secure_boot: Option<PathBuf>,
+        /// Make the guest's TCP port GUEST reachable on the host's 127.0.0.1:HOST (slirp
+        /// hostfwd; repeatable), e.g. --forward 6443:6443 for a control-plane image's API.
+        #[arg(long, value_name = "HOST:GUEST")]
+        forward: Vec<qemu::Forward>,
     },
 }
 
@@ -325,6 +329,7 @@ fn real_main() -> Result<()> {
             until,
             memory,
             secure_boot,
+            forward,
         } => {
             let mut cfg = match (&disk, &pxe) {
                 (Some(disk), None) => {
@@ -364,6 +369,7 @@ fn real_main() -> Result<()> {
             };
             cfg.memory_mb = memory;
             cfg.serial = "mon:stdio".into();
+            cfg.forwards = forward;
             eprintln!(
                 "kiln: booting {} ({:?}; quit with Ctrl-A X)",
                 disk.as_ref()

@@ -166,6 +166,50 @@ pub enum Firmware {
     Bios,
 }
 
+/// A TCP port of the guest reachable from the host: slirp's `hostfwd`, always bound to the
+/// host's 127.0.0.1 (never another address: nothing off the machine reaches a test VM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// Why a `--forward` value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ForwardError {
+    #[error("--forward {0:?}: expected HOST:GUEST, two TCP ports (e.g. 6443:6443)")]
+    Shape(String),
+    #[error("--forward {value:?}: {port:?} is not a TCP port (1-65535)")]
+    Port { value: String, port: String },
+}
+
+impl std::str::FromStr for Forward {
+    type Err = ForwardError;
+    fn from_str(s: &str) -> Result<Forward, ForwardError> {
+        let (h, g) = s
+            .split_once(':')
+            .ok_or_else(|| ForwardError::Shape(s.into()))?;
+        let port = |p: &str| match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ForwardError::Port {
+                value: s.into(),
+                port: p.into(),
+            }),
+        };
+        Ok(Forward {
+            host: port(h)?,
+            guest: port(g)?,
+        })
+    }
+}
+
+impl Forward {
+    /// The `-netdev user` option for this forward.
+    fn netdev_option(self) -> String {
+        format!("hostfwd=tcp:127.0.0.1:{}-:{}", self.host, self.guest)
+    }
+}
+
 /// How to start a VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -180,6 +224,8 @@ pub struct VmConfig {
     pub accel: Accel,
     /// `-serial` argument: `mon:stdio` interactively, `stdio` for tests.
     pub serial: String,
+    /// Guest TCP ports reachable on the host's 127.0.0.1.
+    pub forwards: Vec<Forward>,
 }
 
 impl VmConfig {
@@ -195,6 +241,7 @@ impl VmConfig {
             cpus: 1,
             accel: accel(),
             serial: "stdio".into(),
+            forwards: Vec::new(),
         })
     }
 
@@ -228,6 +275,7 @@ impl VmConfig {
             cpus: 1,
             accel: accel_smm(),
             serial: "stdio".into(),
+            forwards: Vec::new(),
         })
     }
 
@@ -241,6 +289,7 @@ impl VmConfig {
             cpus: 1,
             accel: accel(),
             serial: "stdio".into(),
+            forwards: Vec::new(),
         }
     }
 
@@ -310,13 +359,18 @@ impl VmConfig {
                 ))
                 .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"]);
         }
+        let mut netdev = String::from("user,id=n0");
+        for f in &self.forwards {
+            netdev.push(',');
+            netdev.push_str(&f.netdev_option());
+        }
         match &self.pxe_dir {
             // iPXE from the NIC's option ROM (ipxe-qemu) fetches boot.ipxe over slirp's TFTP.
             // With a disk too, the disk comes first: a blank one falls through to the network
             // (install), an installed one boots.
             Some(dir) => c.args([
                 "-netdev",
-                &format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display()),
+                &format!("{netdev},tftp={},bootfile=boot.ipxe", dir.display()),
                 "-device",
                 if self.disk.is_some() {
                     "virtio-net-pci,netdev=n0,bootindex=2"
@@ -326,7 +380,7 @@ impl VmConfig {
             ]),
             None => c.args([
                 "-netdev",
-                "user,id=n0",
+                &netdev,
                 "-device",
                 "virtio-net-pci,netdev=n0,romfile=",
             ]),
@@ -415,6 +469,39 @@ mod tests {
     }
 
     #[test]
+    fn forwards_parse_as_two_ports_and_name_the_bad_one() {
+        assert_eq!(
+            "6443:6443".parse::<Forward>(),
+            Ok(Forward {
+                host: 6443,
+                guest: 6443
+            })
+        );
+        assert_eq!(
+            "6443".parse::<Forward>(),
+            Err(ForwardError::Shape("6443".into()))
+        );
+        for (bad, port) in [
+            ("0:22", "0"),
+            ("22:70000", "70000"),
+            ("0.0.0.0:22", "0.0.0.0"),
+            ("1:2:3", "2:3"),
+            (":22", ""),
+        ] {
+            let e = bad.parse::<Forward>().unwrap_err();
+            assert_eq!(
+                e,
+                ForwardError::Port {
+                    value: bad.into(),
+                    port: port.into()
+                },
+                "{bad}"
+            );
+            assert!(e.to_string().contains(&format!("{port:?}")), "{e}");
+        }
+    }
+
+    #[test]
     fn command_uses_per_disk_vars_and_virtio() {
         let cfg = VmConfig {
             disk: Some("/x/disk.qcow2".into()),
@@ -426,6 +513,7 @@ mod tests {
             cpus: 1,
             accel: Accel::Tcg,
             serial: "stdio".into(),
+            forwards: vec!["16443:6443".parse().unwrap(), "2222:22".parse().unwrap()],
         };
         let args: Vec<String> = cfg
             .command()
@@ -437,6 +525,12 @@ mod tests {
         assert!(line.contains("file=/x/disk.qcow2,format=qcow2"), "{line}");
         assert!(line.contains("-accel tcg"), "{line}");
         assert!(line.contains("romfile="), "{line}");
+        assert!(
+            line.contains(
+                "-netdev user,id=n0,hostfwd=tcp:127.0.0.1:16443-:6443,hostfwd=tcp:127.0.0.1:2222-:22 "
+            ),
+            "{line}"
+        );
 
         let pxe = VmConfig::for_pxe(Path::new("/p"), Firmware::Bios);
         let line: Vec<String> = pxe
