@@ -39,9 +39,9 @@ type components struct {
 	scheduler *scheduleroptions.Options
 }
 
-// parseComponents builds each component's options from Kiln's flags followed by the user's
-// extra ones (a later value of a flag wins). All three share the process's feature gates and
-// component-version registry: they are set once, after every flag is parsed.
+// parseComponents builds each component's options from Kiln's flags and the user's extra ones
+// (which replace Kiln's values of the same flags). All three share the process's feature gates
+// and component-version registry: they are set once, after every flag is parsed.
 func parseComponents(c *config) (*components, error) {
 	// Several components apply the same logging options; only a conflicting change is an error.
 	logsapi.ReapplyHandling = logsapi.ReapplyHandlingIgnoreUnchanged

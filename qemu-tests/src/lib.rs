@@ -2,6 +2,7 @@
 //! firmware variables) and talks to the serial console with expect-style waits. Every wait has
 //! its own timeout; a failed wait reports what it waited for and the last console lines.
 
+pub mod cluster;
 mod console;
 pub mod delta;
 pub mod faults;

@@ -11,14 +11,11 @@
 //! evicted), as kiln_testutil::kube describes.
 
 use kiln_testutil::kube::{Cluster, GUEST_HOST_ALIAS};
+use qemu_tests::cluster::{assert_upgraded, operator, Kubectl, Kubelet};
 use qemu_tests::http::StaticServer;
 use qemu_tests::updater::{slot, status};
 use qemu_tests::{fixtures, Console};
 use serde_json::{json, Value};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -43,122 +40,6 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// The kubelet's part for the pods of the test's nodes, and a record of the guest Node's
-/// cordon: every 500 ms, pods not Ready are marked Ready, pods being deleted (evicted) are
-/// deleted for good, and whether the Node is unschedulable is noted.
-struct Kubelet {
-    stop: Arc<AtomicBool>,
-    cordoned_seen: Arc<Mutex<bool>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Kubelet {
-    fn start(kubectl: std::path::PathBuf, admin: std::path::PathBuf) -> Kubelet {
-        let stop = Arc::new(AtomicBool::new(false));
-        let cordoned_seen = Arc::new(Mutex::new(false));
-        let (s, seen) = (stop.clone(), cordoned_seen.clone());
-        let thread = std::thread::spawn(move || {
-            let k = |args: &[&str]| {
-                Command::new(&kubectl)
-                    .arg(format!("--kubeconfig={}", admin.display()))
-                    .arg("--request-timeout=10s")
-                    .args(args)
-                    .output()
-                    .unwrap()
-            };
-            while !s.load(Ordering::SeqCst) {
-                let o = k(&["get", "node", NODE, "-o", "jsonpath={.spec.unschedulable}"]);
-                if String::from_utf8_lossy(&o.stdout).trim() == "true" {
-                    *seen.lock().unwrap() = true;
-                }
-                let o = k(&["get", "pods", "-A", "-o", "json"]);
-                let pods: Value = serde_json::from_slice(&o.stdout).unwrap_or(json!({}));
-                for p in pods["items"].as_array().into_iter().flatten() {
-                    let (ns, name) = (
-                        p["metadata"]["namespace"].as_str().unwrap(),
-                        p["metadata"]["name"].as_str().unwrap(),
-                    );
-                    if p["metadata"]["deletionTimestamp"].is_string() {
-                        k(&[
-                            "delete",
-                            "pod",
-                            "-n",
-                            ns,
-                            name,
-                            "--grace-period=0",
-                            "--force",
-                        ]);
-                        continue;
-                    }
-                    let ready = p["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True");
-                    if !ready {
-                        let patch = json!({"status": {"phase": "Running", "conditions": [
-                            {"type": "Ready", "status": "True"}]}});
-                        k(&[
-                            "patch",
-                            "pod",
-                            "-n",
-                            ns,
-                            name,
-                            "--subresource=status",
-                            "--type=merge",
-                            "-p",
-                            &patch.to_string(),
-                        ]);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        });
-        Kubelet {
-            stop,
-            cordoned_seen,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Kubelet {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// kiln-operator on the host with its ServiceAccount's token; killed by PID when dropped.
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn operator(c: &Cluster, log: &Path) -> Operator {
-    let bin = imagebuilder::find_device_binary("kiln-operator")
-        .expect("kiln-operator not found: run scripts/build-device (scripts/test does)");
-    let kc = c.service_account_kubeconfig("kiln-system", "kiln-operator");
-    let f = std::fs::File::create(log).unwrap();
-    Operator(
-        Command::new(bin)
-            .arg("run")
-            .env("KUBECONFIG", kc)
-            .env("RUST_LOG", "info,kube_client=off")
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap(),
-    )
 }
 
 #[test]
@@ -215,7 +96,7 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": uid, "controller": true}]},
             "spec": {"nodeName": n, "containers": [{"name": "c", "image": "kiln.local/none"}]}}).to_string());
     }
-    let kubelet = Kubelet::start(c.bin.join("kubectl"), c.admin());
+    let kubelet = Kubelet::start(c.bin.join("kubectl"), c.admin(), NODE, &[NODE, "other"]);
 
     // The guest's credentials: its own client certificate, the API server at the host alias.
     let kc = c.kubeconfig_at(
@@ -253,7 +134,10 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
     wait_for("the agent reporting 1.0.0", Duration::from_secs(60), || {
         node_json(&c)["metadata"]["annotations"]["kiln.dev/version"] == "1.0.0"
     });
-    let _op = operator(&c, &work.path().join("operator.log"));
+    let _op = operator(
+        &c.service_account_kubeconfig("kiln-system", "kiln-operator"),
+        &work.path().join("operator.log"),
+    );
 
     // 1. v1 -> v2 from one kubectl apply.
     let osu = |name: &str, version: &str, url: &str, digest: Option<&str>| {
@@ -280,18 +164,8 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
     wait_for("the OSUpgrade Complete", Duration::from_secs(240), || {
         phase(&c, "os-2") == "Complete"
     });
-    let n = node_json(&c);
-    let ann = &n["metadata"]["annotations"];
-    assert_eq!(ann["kiln.dev/version"], "2.0.0");
-    assert_eq!(ann["kiln.dev/phase"], "Done");
-    assert_ne!(
-        n["spec"]["unschedulable"], true,
-        "uncordoned after the upgrade"
-    );
-    assert!(
-        *kubelet.cordoned_seen.lock().unwrap(),
-        "the Node was cordoned during the upgrade"
-    );
+    let admin = Kubectl::new(&c.admin());
+    assert_upgraded(&admin, NODE, "2.0.0", "web-guest", &kubelet, &mut con);
     let pods = c.must(&[
         "get",
         "pods",
@@ -300,14 +174,7 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
         "-o",
         "jsonpath={.items[*].metadata.name}",
     ]);
-    assert!(
-        !pods.contains("web-guest"),
-        "the guest's pod was evicted: {pods}"
-    );
     assert!(pods.contains("web-other"), "{pods}");
-    let s = status(&mut con);
-    assert_eq!(s["booted"], "b");
-    assert_eq!(slot(&s, "b")["state"], "good", "blessed by mark-good");
     let table = c.must(&["get", "osupgrades"]);
     eprintln!("{table}");
     assert!(

@@ -2,6 +2,7 @@
 
 pub mod control_plane;
 pub mod kube;
+pub mod kubectl;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

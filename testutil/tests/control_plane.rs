@@ -3,56 +3,19 @@
 //! driven with upstream kubectl. The control-plane image runs the same binary under QEMU.
 
 use kiln_testutil::control_plane::{binary, ControlPlane};
-use kiln_testutil::kube;
+use kiln_testutil::kubectl::Kubectl;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const READY: Duration = Duration::from_secs(300);
 const STOP: Duration = Duration::from_secs(60);
 
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut c = Command::new(kube::binaries().join("kubectl"))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--request-timeout=30s")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    if let Some(s) = stdin {
-        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    c.wait_with_output().unwrap()
-}
-
-fn must(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let o = kubectl(kubeconfig, args, stdin);
-    assert!(
-        o.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
 /// Polls `kubectl ARGS` until its output satisfies `ok`, for up to `limit`.
-fn eventually(
-    kubeconfig: &Path,
-    args: &[&str],
-    limit: Duration,
-    ok: impl Fn(&str) -> bool,
-) -> String {
+fn eventually(k: &Kubectl, args: &[&str], limit: Duration, ok: impl Fn(&str) -> bool) -> String {
     let t = Instant::now();
     loop {
-        let o = kubectl(kubeconfig, args, None);
+        let o = k.run(args, None);
         let out = String::from_utf8_lossy(&o.stdout).to_string();
         if o.status.success() && ok(&out) {
             return out;
@@ -77,7 +40,7 @@ fn one_binary_serves_schedules_keeps_its_ca_and_data_across_a_restart_and_stops_
     let bin = binary();
     let mut cp = ControlPlane::start(&bin, &data, &dir.path().join("first.log"));
     cp.wait_ready(READY);
-    let admin = cp.admin();
+    let admin = Kubectl::new(&cp.admin());
 
     // Ready: the binary's own check and the API's answer through kubectl agree.
     let r = cp.tool(&["ready"]);
@@ -86,55 +49,39 @@ fn one_binary_serves_schedules_keeps_its_ca_and_data_across_a_restart_and_stops_
         "ready: {}",
         String::from_utf8_lossy(&r.stderr)
     );
-    assert_eq!(must(&admin, &["get", "--raw=/readyz"], None).trim(), "ok");
+    assert_eq!(admin.must(&["get", "--raw=/readyz"]).trim(), "ok");
 
     // Kiln's own objects apply as an administrator would apply them.
     let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    must(
-        &admin,
-        &[
-            "apply",
-            "-f",
-            ws.join("deploy/crd.yaml").to_str().unwrap(),
-            "-f",
-            ws.join("deploy/rbac.yaml").to_str().unwrap(),
-        ],
-        None,
-    );
+    admin.must(&[
+        "apply",
+        "-f",
+        ws.join("deploy/crd.yaml").to_str().unwrap(),
+        "-f",
+        ws.join("deploy/rbac.yaml").to_str().unwrap(),
+    ]);
 
     // A Ready node (no kubelet: its status is written as a kubelet would) and a Deployment: the
     // controller manager makes the ReplicaSet and Pods, the scheduler binds them to the node.
     for n in ["w1", "w2"] {
-        must(
-            &admin,
-            &["apply", "-f", "-"],
-            Some(&NODE.replace("NAME", n)),
-        );
-        must(
-            &admin,
-            &[
-                "patch",
-                "node",
-                n,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                READY_STATUS,
-            ],
-            None,
-        );
+        admin.apply(&NODE.replace("NAME", n));
+        admin.must(&[
+            "patch",
+            "node",
+            n,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            READY_STATUS,
+        ]);
     }
-    must(
-        &admin,
-        &[
-            "create",
-            "deployment",
-            "web",
-            "--image=registry.k8s.io/pause:3.10",
-            "--replicas=2",
-        ],
-        None,
-    );
+    admin.must(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.k8s.io/pause:3.10",
+        "--replicas=2",
+    ]);
     let bound = eventually(
         &admin,
         &[
@@ -159,13 +106,13 @@ fn one_binary_serves_schedules_keeps_its_ca_and_data_across_a_restart_and_stops_
     );
 
     // A node's credentials reach its own Node only: Node authorization with NodeRestriction.
-    let w1 = dir.path().join("w1.kubeconfig");
+    let w1_path = dir.path().join("w1.kubeconfig");
     let o = cp.tool(&[
         "kubeconfig",
         "--user=system:node:w1",
         "--group=system:nodes",
         &format!("--server=https://127.0.0.1:{}", cp.port),
-        &format!("--out={}", w1.display()),
+        &format!("--out={}", w1_path.display()),
     ]);
     assert!(
         o.status.success(),
@@ -174,20 +121,21 @@ fn one_binary_serves_schedules_keeps_its_ca_and_data_across_a_restart_and_stops_
     );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
-        std::fs::metadata(&w1).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&w1_path).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    must(&w1, &["label", "node", "w1", "kiln.dev/own=yes"], None);
-    let o = kubectl(&w1, &["label", "node", "w2", "kiln.dev/own=yes"], None);
+    let w1 = Kubectl::new(&w1_path);
+    w1.must(&["label", "node", "w1", "kiln.dev/own=yes"]);
+    let o = w1.run(&["label", "node", "w2", "kiln.dev/own=yes"], None);
     assert!(!o.status.success(), "node w1 relabelled node w2");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("Forbidden") || err.contains("forbidden"),
         "{err}"
     );
-    let o = kubectl(&w1, &["get", "node", "w2"], None);
+    let o = w1.run(&["get", "node", "w2"], None);
     assert!(!o.status.success(), "node w1 read node w2");
-    let o = kubectl(&w1, &["get", "secrets", "-A"], None);
+    let o = w1.run(&["get", "secrets", "-A"], None);
     assert!(!o.status.success(), "a node listed every Secret");
 
     // SIGTERM: a clean exit.
@@ -215,28 +163,24 @@ fn one_binary_serves_schedules_keeps_its_ca_and_data_across_a_restart_and_stops_
         "a new ServiceAccount key"
     );
     assert_eq!(
-        must(&w1, &["get", "node", "w1", "-o", "name"], None).trim(),
+        w1.must(&["get", "node", "w1", "-o", "name"]).trim(),
         "node/w1"
     );
-    let nodes = must(&admin, &["get", "nodes", "-o", "name"], None);
+    let nodes = admin.must(&["get", "nodes", "-o", "name"]);
     assert!(
         nodes.contains("node/w1") && nodes.contains("node/w2"),
         "{nodes}"
     );
-    let crd = must(&admin, &["get", "crd", "-o", "name"], None);
+    let crd = admin.must(&["get", "crd", "-o", "name"]);
     assert!(crd.contains("osupgrades."), "{crd}");
     assert_eq!(
-        must(
-            &admin,
-            &[
-                "get",
-                "deployment",
-                "web",
-                "-o",
-                "jsonpath={.spec.replicas}"
-            ],
-            None
-        ),
+        admin.must(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
         "2"
     );
     let st = cp.stop(STOP);
