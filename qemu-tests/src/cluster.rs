@@ -307,3 +307,14 @@ pub fn assert_upgraded(
         "blessed by mark-good"
     );
 }
+
+/// Adds `arg` to the control-plane image's `kiln-control-plane run` service command.
+pub fn control_plane_arg(s: &mut imagebuilder::spec::Spec, arg: &str) {
+    let svc = s
+        .services
+        .iter_mut()
+        .find(|x| x.name == "control-plane")
+        .expect("the control-plane service");
+    svc.command.push(' ');
+    svc.command.push_str(arg);
+}

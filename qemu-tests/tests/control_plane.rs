@@ -11,7 +11,7 @@
 
 use kiln_testutil::kube;
 use qemu_tests::cluster::{
-    boot_control_plane, issue_kubeconfig, Kubectl, CONTROL_PLANE_DATA as DATA,
+    boot_control_plane, control_plane_arg, issue_kubeconfig, Kubectl, CONTROL_PLANE_DATA as DATA,
 };
 use qemu_tests::http::StaticServer;
 use qemu_tests::updater::{install_no_reboot, slot, status};
@@ -45,13 +45,7 @@ fn the_control_plane_image_serves_through_a_forward_updates_ab_keeping_its_clust
     fixtures::build_example_with(Path::new(SPEC), &w("v3"), |s| {
         s.version = "3.0.0".into();
         s.update.health_timeout_secs = 150;
-        let svc = s
-            .services
-            .iter_mut()
-            .find(|x| x.name == "control-plane")
-            .expect("the control-plane service");
-        svc.command
-            .push_str(" --apiserver-arg=--etcd-servers=http://127.0.0.1:9");
+        control_plane_arg(s, "--apiserver-arg=--etcd-servers=http://127.0.0.1:9");
     });
     fixtures::dev_bundle(&w("v2"), &w("www/v2"), 2);
     fixtures::dev_bundle(&w("v3"), &w("www/v3"), 3);
@@ -65,8 +59,8 @@ fn the_control_plane_image_serves_through_a_forward_updates_ab_keeping_its_clust
         .unwrap_or_else(|| panic!("no ready line before kiln-ready:\n{boot}"));
     assert!(cp < boot.find("kiln-ready slot=a").unwrap());
 
-    // From the host, through the forward, as the administrator.
-    // Issued in the guest from the cluster's CA, for the forward's address.
+    // From the host, through the forward, as the administrator: a kubeconfig issued in the
+    // guest from the cluster's CA, for the forward's address.
     let admin = issue_kubeconfig(
         &mut c,
         "kiln-test-admin",

@@ -13,7 +13,7 @@
 
 use kiln_testutil::kube::{free_port, GUEST_HOST_ALIAS};
 use qemu_tests::cluster::{
-    assert_upgraded, boot_control_plane, issue_kubeconfig, operator, ready_node,
+    assert_upgraded, boot_control_plane, control_plane_arg, issue_kubeconfig, operator, ready_node,
     service_account_kubeconfig, Kubectl, Kubelet,
 };
 use qemu_tests::http::StaticServer;
@@ -56,15 +56,7 @@ fn an_osupgrade_on_a_kiln_control_plane_upgrades_a_kiln_worker_through_the_host(
     let cp_build = fixtures::build_example_with(
         Path::new("examples/control-plane/image.toml"),
         &w("cp"),
-        |s| {
-            let svc = s
-                .services
-                .iter_mut()
-                .find(|x| x.name == "control-plane")
-                .expect("the control-plane service");
-            svc.command
-                .push_str(&format!(" --tls-san={GUEST_HOST_ALIAS}"));
-        },
+        |s| control_plane_arg(s, &format!("--tls-san={GUEST_HOST_ALIAS}")),
     );
     let port = free_port();
     let (mut cp, _) = boot_control_plane(&cp_build.disk, port, CONTROL_PLANE_BOOT);

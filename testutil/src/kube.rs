@@ -9,6 +9,7 @@
 //! cluster's temporary directory, so [`Cluster::restart`] brings the same cluster back. Every
 //! process is stopped by its PID (SIGTERM, then SIGKILL) when the cluster is dropped.
 
+use crate::kubectl::Kubectl;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -462,58 +463,42 @@ impl Cluster {
         path
     }
 
+    /// kubectl as the administrator.
+    pub fn admin_kubectl(&self) -> Kubectl {
+        self.kubectl_with(&self.admin())
+    }
+
+    /// kubectl with `kubeconfig`.
+    pub fn kubectl_with(&self, kubeconfig: &Path) -> Kubectl {
+        Kubectl {
+            bin: self.bin.join("kubectl"),
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
+    }
+
     /// `kubectl ARGS` as the administrator.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_as(&self.admin(), args)
+        self.admin_kubectl().run(args, None)
     }
 
     /// `kubectl ARGS` with `kubeconfig`.
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
-        Command::new(self.bin.join("kubectl"))
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .arg("--request-timeout=30s")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running kubectl")
+        self.kubectl_with(kubeconfig).run(args, None)
     }
 
     /// `kubectl ARGS` as the administrator with `stdin` on its standard input.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut c = Command::new(self.bin.join("kubectl"))
-            .arg(format!("--kubeconfig={}", self.admin().display()))
-            .arg("--request-timeout=30s")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running kubectl");
-        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        c.wait_with_output().unwrap()
+        self.admin_kubectl().run(args, Some(stdin))
     }
 
     /// `kubectl ARGS` as the administrator; panics with kubectl's message when it fails.
     pub fn must(&self, args: &[&str]) -> String {
-        let o = self.kubectl(args);
-        assert!(
-            o.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
+        self.admin_kubectl().must(args)
     }
 
     /// `kubectl apply -f -` of `yaml` as the administrator.
     pub fn apply(&self, yaml: &str) {
-        let o = self.kubectl_stdin(&["apply", "-f", "-"], yaml);
-        assert!(
-            o.status.success(),
-            "kubectl apply: {}\n{yaml}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        self.admin_kubectl().apply(yaml)
     }
 }
 
