@@ -152,12 +152,11 @@ impl Drop for Operator {
 pub fn operator(kubeconfig: &Path, log: &Path) -> Operator {
     let bin = imagebuilder::find_device_binary("kiln-operator")
         .expect("kiln-operator not found: run scripts/build-device (scripts/test does)");
-    let kc = kubeconfig;
     let f = std::fs::File::create(log).unwrap();
     Operator(
         Command::new(bin)
             .arg("run")
-            .env("KUBECONFIG", kc)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube_client=off")
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())

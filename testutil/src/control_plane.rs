@@ -1,7 +1,7 @@
 //! `kiln-control-plane` (controlplane/, built by `scripts/control-plane-build.sh`) run on the
 //! host on 127.0.0.1 with free ports: the same binary the control-plane image bakes.
 
-use crate::kube::{free_port, workspace};
+use crate::kube::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,19 +12,7 @@ pub const READY_LINE: &str = "kiln-control-plane: ready";
 /// The binary: `$KILN_CONTROL_PLANE`, else what `scripts/control-plane-build.sh` prints (it
 /// compiles on a change to controlplane/, then answers from its cache).
 pub fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_CONTROL_PLANE") {
-        return p.into();
-    }
-    let out = Command::new(workspace().join("scripts/control-plane-build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running scripts/control-plane-build.sh");
-    assert!(
-        out.status.success(),
-        "scripts/control-plane-build.sh failed"
-    );
-    let s = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(s.lines().last().expect("a path").trim())
+    crate::built_by("KILN_CONTROL_PLANE", "scripts/control-plane-build.sh")
 }
 
 /// One running `kiln-control-plane run`, stopped by PID when dropped.
@@ -105,19 +93,9 @@ impl ControlPlane {
     /// SIGTERM, then waits up to `limit` for the exit; SIGKILL (and a panic) after that.
     pub fn stop(&mut self, limit: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let t = Instant::now();
-        while t.elapsed() < limit {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("kiln-control-plane did not stop within {limit:?} of SIGTERM");
+        crate::terminate(&mut child, limit).unwrap_or_else(|| {
+            panic!("kiln-control-plane did not stop within {limit:?} of SIGTERM")
+        })
     }
 
     /// Starts it again on the same data directory and ports, its log in `log`.
@@ -146,18 +124,7 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(30) {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            crate::terminate(&mut c, Duration::from_secs(30));
         }
     }
 }

@@ -33,21 +33,7 @@ pub(crate) fn workspace() -> PathBuf {
 /// `$KILN_KUBE_BIN`, else what `scripts/kube-build.sh` prints (it compiles them on the first
 /// run on a machine, then answers from its cache).
 pub fn binaries() -> PathBuf {
-    if let Some(d) = std::env::var_os("KILN_KUBE_BIN") {
-        return d.into();
-    }
-    let out = Command::new(workspace().join("scripts/kube-build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("running scripts/kube-build.sh");
-    assert!(out.status.success(), "scripts/kube-build.sh failed");
-    let s = String::from_utf8(out.stdout).unwrap();
-    PathBuf::from(
-        s.lines()
-            .last()
-            .expect("kube-build.sh printed its directory")
-            .trim(),
-    )
+    crate::built_by("KILN_KUBE_BIN", "scripts/kube-build.sh")
 }
 
 /// A free TCP port on 127.0.0.1, below the kernel's ephemeral range (32768-60999 by default),
@@ -168,22 +154,9 @@ impl Proc {
 
     /// SIGTERM, up to 10 s to exit, then SIGKILL.
     fn stop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_some() {
-            return;
+        if crate::terminate(&mut self.child, Duration::from_secs(10)).is_none() {
+            eprintln!("{} did not stop on SIGTERM; killed it", self.name);
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("{} did not stop on SIGTERM; killing it", self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

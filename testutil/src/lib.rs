@@ -64,3 +64,46 @@ impl Drop for LoopDev {
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
+
+/// Stops `child` by its PID: SIGTERM, then up to `grace` for it to exit; SIGKILL after that.
+/// Its exit status, or None when it had to be killed.
+pub fn terminate(
+    child: &mut std::process::Child,
+    grace: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(st)) = child.try_wait() {
+        return Some(st);
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t = std::time::Instant::now();
+    while t.elapsed() < grace {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The last line a build script printed on stdout (the path it built), or `$ENV` when set.
+pub(crate) fn built_by(env: &str, script: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return p.into();
+    }
+    let out = Command::new(kube::workspace().join(script))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(out.status.success(), "{script} failed");
+    let s = String::from_utf8(out.stdout).unwrap();
+    PathBuf::from(
+        s.lines()
+            .last()
+            .unwrap_or_else(|| panic!("{script} printed no path"))
+            .trim(),
+    )
+}
