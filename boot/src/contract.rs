@@ -2,8 +2,6 @@
 //! Kiln's files are in the read-only root, the release file (written by the builder, read by
 //! the updater and the readiness script) and the slot's kernel command line.
 
-use crate::Slot;
-
 /// Image identity and update settings, sourced by shell scripts and read by the updater. In
 /// the read-only root: /etc is writable through its overlay and must not decide what to trust.
 pub const RELEASE: &str = "/usr/lib/kiln/release";
@@ -162,75 +160,6 @@ impl Release {
     }
 }
 
-/// The command-line word that carries a slot's dm-verity root hash (hex sha256) to kiln-init.
-/// Not `roothash=`: systemd's veritysetup generator in a distro root would act on that.
-pub const VERITY_ARG: &str = "kiln.verity=";
-
-/// The kernel command line of a slot: its root partition, read-only, the slot name (kiln-init,
-/// the updater and the readiness script read `kiln.slot=`), the root's dm-verity hash when it
-/// has one, then the image's own arguments.
-pub fn slot_cmdline(
-    partuuid: impl std::fmt::Display,
-    slot: Slot,
-    verity: Option<&str>,
-    extra: &str,
-) -> String {
-    let verity = verity
-        .map(|h| format!(" {VERITY_ARG}{h}"))
-        .unwrap_or_default();
-    format!("root=PARTUUID={partuuid} ro kiln.slot={slot}{verity} {extra}")
-        .trim()
-        .to_string()
-}
-
-/// The command line signed into a slot's unified kernel image: like [`slot_cmdline`] but with
-/// no `root=`. A bundle's image is built without knowing the device's partition GUIDs (they
-/// are the factory image's), so kiln-init and the updater find the root by its GPT label
-/// (`root-a`, `root-b`) on the boot disk; the root hash, signed here, then binds its content.
-pub fn uki_cmdline(slot: Slot, verity: &str, extra: &str) -> String {
-    format!("ro kiln.slot={slot} {VERITY_ARG}{verity} {extra}")
-        .trim()
-        .to_string()
-}
-
-/// The image's own kernel arguments in a command line: without the per-slot words (`root=`,
-/// `ro`, `kiln.slot=`, `kiln.verity=`) and without what the loaders add at boot (`BOOT_IMAGE=`
-/// from GRUB, `initrd=` from systemd-boot for each initrd). Slot entries are rebuilt from this
-/// on every install, so anything a loader adds would otherwise accumulate — which the 200-cut
-/// campaign found: after ~110 updates systemd-boot's `initrd=` words made the command line
-/// longer than the EFI stub's 2 KiB and `console=` was cut off — and one slot's root hash
-/// would be copied into the other's entry.
-pub fn image_args(cmdline: &str) -> String {
-    cmdline
-        .split_whitespace()
-        .filter(|w| {
-            !w.starts_with("root=")
-                && !w.starts_with("kiln.slot=")
-                && !w.starts_with(VERITY_ARG)
-                && !w.starts_with("BOOT_IMAGE=")
-                && !w.starts_with("initrd=")
-                && *w != "ro"
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The root hash a command line gives (`kiln.verity=`; the last one counts, as the kernel's
-/// own parameters do).
-pub fn verity_arg(cmdline: &str) -> Option<&str> {
-    cmdline
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix(VERITY_ARG))
-        .next_back()
-}
-
-/// Whether `s` is a root hash as the command line carries it: 64 lower-case hex digits.
-pub fn is_root_hash(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +201,7 @@ mod tests {
 
     #[test]
     fn release_round_trips_through_its_text() {
+        assert_eq!(in_tree(RELEASE), "usr/lib/kiln/release");
         let r = Release {
             name: "n".into(),
             version: "1.2".into(),
@@ -319,36 +249,5 @@ mod tests {
             release_value("KILN_NAMES='x'\nKILN_NAME='y'\n", "KILN_NAME").as_deref(),
             Some("y")
         );
-    }
-
-    #[test]
-    fn slot_command_line() {
-        assert_eq!(
-            slot_cmdline("abc", Slot::B, None, "console=ttyS0 quiet"),
-            "root=PARTUUID=abc ro kiln.slot=b console=ttyS0 quiet"
-        );
-        assert_eq!(
-            slot_cmdline("abc", Slot::A, None, ""),
-            "root=PARTUUID=abc ro kiln.slot=a"
-        );
-        let h = "ab".repeat(32);
-        let line = slot_cmdline("abc", Slot::A, Some(&h), "quiet");
-        assert_eq!(
-            line,
-            format!("root=PARTUUID=abc ro kiln.slot=a kiln.verity={h} quiet")
-        );
-        assert_eq!(verity_arg(&line), Some(h.as_str()));
-        assert!(is_root_hash(&h) && !is_root_hash(&h.to_uppercase()) && !is_root_hash("ab"));
-        // What a loader booted, back to the image's own words: no slot's hash stays in them.
-        let booted = format!("BOOT_IMAGE=/kiln/a/vmlinuz {line} initrd=\\kiln\\a\\initrd.img");
-        assert_eq!(image_args(&booted), "quiet");
-        assert_eq!(verity_arg("quiet"), None);
-        let uki = uki_cmdline(Slot::B, &h, "console=ttyS0 quiet");
-        assert_eq!(
-            uki,
-            format!("ro kiln.slot=b kiln.verity={h} console=ttyS0 quiet")
-        );
-        assert_eq!(image_args(&uki), "console=ttyS0 quiet");
-        assert_eq!(in_tree(RELEASE), "usr/lib/kiln/release");
     }
 }

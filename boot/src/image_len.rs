@@ -1,5 +1,6 @@
-//! The length of a filesystem image from its superblock, so that the running slot (a partition
-//! larger than the image in it) can be indexed over exactly the bytes its image had.
+//! Filesystem superblocks, read in one place: the length of an erofs or ext4 image (so that the
+//! running slot, a partition larger than the image in it, is indexed and verified over exactly
+//! the bytes its image had) and the ext4 geometry kiln-init needs to grow persist.
 
 /// Bytes the superblocks need: both erofs and ext4 keep theirs at 1024.
 pub const HEAD: usize = 2048;
@@ -31,17 +32,40 @@ pub fn image_len(head: &[u8]) -> Option<u64> {
         return Some(u64::from(u32_at(sb, 36)) << bits);
     }
     if u16_at(sb, 0x38) == EXT4_MAGIC {
-        let log = u32_at(sb, 0x18);
-        if log > 6 {
-            return None;
-        }
-        let mut blocks = u64::from(u32_at(sb, 0x04));
-        if u32_at(sb, 0x60) & EXT4_64BIT != 0 {
-            blocks |= u64::from(u32_at(sb, 0x150)) << 32;
-        }
-        return Some(blocks << (10 + log));
+        return ext4_geometry(sb).ok().map(|(blocks, size)| blocks * size);
     }
     None
+}
+
+/// An ext4 superblock that cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SuperblockError {
+    #[error("not an ext4 superblock (magic {0:#06x})")]
+    Magic(u16),
+    #[error("superblock truncated")]
+    Short,
+    #[error("ext4 block size 1024 << {0} is out of range")]
+    BlockSize(u32),
+}
+
+/// Block count and block size of an ext4 superblock (`sb`: the bytes at offset 1024).
+pub fn ext4_geometry(sb: &[u8]) -> Result<(u64, u64), SuperblockError> {
+    if sb.len() < 0x158 {
+        return Err(SuperblockError::Short);
+    }
+    let magic = u16_at(sb, 0x38);
+    if magic != EXT4_MAGIC {
+        return Err(SuperblockError::Magic(magic));
+    }
+    let log = u32_at(sb, 0x18);
+    if log > 6 {
+        return Err(SuperblockError::BlockSize(log));
+    }
+    let mut blocks = u64::from(u32_at(sb, 0x04));
+    if u32_at(sb, 0x60) & EXT4_64BIT != 0 {
+        blocks |= u64::from(u32_at(sb, 0x150)) << 32;
+    }
+    Ok((blocks, 1024 << log))
 }
 
 #[cfg(test)]
@@ -73,6 +97,30 @@ mod tests {
         assert_eq!(image_len(&h), Some(512 << 20)); // hi word ignored without 64bit
         h[1024 + 0x60..1024 + 0x64].copy_from_slice(&EXT4_64BIT.to_le_bytes());
         assert_eq!(image_len(&h), Some((131072 + (1 << 32)) * 4096));
+    }
+
+    #[test]
+    fn ext4_geometry_of_a_real_superblock() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("fs");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let ok = std::process::Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-b", "4096"])
+            .arg(&img)
+            .status()
+            .expect("mke2fs (e2fsprogs)");
+        assert!(ok.success());
+        let bytes = std::fs::read(&img).unwrap();
+        assert_eq!(ext4_geometry(&bytes[1024..2048]), Ok((16384, 4096)));
+        assert_eq!(image_len(&bytes[..HEAD]), Some(64 << 20));
+        assert_eq!(ext4_geometry(&[0u8; 1024]), Err(SuperblockError::Magic(0)));
+        assert_eq!(
+            ext4_geometry(&bytes[1024..1100]),
+            Err(SuperblockError::Short)
+        );
     }
 
     #[test]

@@ -1,13 +1,21 @@
-//! A/B boot: slot names and the content of the EFI system partition.
+//! The on-device contract, one home for each fact the builder, kiln-init and the updater share:
+//! slot names, the content of the EFI system partition (loader entries, grubenv), the kernel
+//! command line ([`cmdline`]), the release file and paths ([`contract`]), GPT reading
+//! ([`gpt`]), filesystem superblocks ([`image_len`]), a slot's verity tree ([`slot_verity`],
+//! [`verity`]) and finding the boot disk among the local disks ([`disk`]).
 //!
-//! Everything here is pure: it renders file names and file contents; the image builder writes
-//! them into the FAT filesystem and (later) the updater commits them on the device.
+//! Renderers and parsers are pure; [`disk`], [`slot_verity`] and the ESP's durable rename read
+//! and write devices and files.
 
+pub mod cmdline;
 pub mod contract;
+pub mod disk;
 pub mod failpoint;
+pub mod gpt;
 pub mod grub;
 pub mod image_len;
 mod slot;
+pub mod slot_verity;
 pub mod state;
 pub mod systemd_boot;
 pub mod verity;

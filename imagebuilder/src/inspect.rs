@@ -4,9 +4,9 @@
 //! (the tree recomputed from the slot's data, as the kernel would check it block by block).
 
 use anyhow::{bail, Context, Result};
+use kiln_boot::gpt::{parse_entries, parse_header};
 use kiln_boot::state::Health;
 use kiln_boot::{grub, systemd_boot, Slot};
-use kiln_initramfs::gpt::{parse_entries, parse_header};
 use serde::Serialize;
 
 /// A partition as `build.json` reports it.
@@ -202,7 +202,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         };
         let entry = entries.iter().find(|(s, ..)| *s == slot);
         let root_hash = entry
-            .and_then(|(.., cmd)| kiln_boot::contract::verity_arg(cmd))
+            .and_then(|(.., cmd)| kiln_boot::cmdline::verity_arg(cmd))
             .map(str::to_string);
         let mut head = vec![0u8; kiln_boot::image_len::HEAD];
         f.read_exact_at(&mut head, part.offset)

@@ -7,10 +7,10 @@ use uuid::Uuid;
 pub const MIB: u64 = 1 << 20;
 pub const SECTOR: u64 = 512;
 
-/// GPT type GUIDs (Discoverable Partitions Specification).
-pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-pub const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
-pub const TYPE_VAR: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+/// GPT type GUIDs, defined with the GPT reader that finds them on a device.
+pub use kiln_boot::gpt::{
+    ESP_TYPE as TYPE_ESP, ROOT_X86_64_TYPE as TYPE_ROOT_X86_64, VAR_TYPE as TYPE_VAR,
+};
 
 /// One partition of the image.
 #[derive(Debug, Clone, PartialEq, Eq)]

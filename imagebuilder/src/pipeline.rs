@@ -251,7 +251,7 @@ pub fn build(r: &Resolved, opts: &BuildOptions) -> Result<BuildReport, BuildErro
     persist?;
     let (initrd, kernel, esp, early_bytes) = boot?;
     // The boot files wait for the root: slot A's command line carries its root hash.
-    let line = kiln_boot::contract::slot_cmdline(
+    let line = kiln_boot::cmdline::slot_cmdline(
         layout.root_a.guid,
         Slot::A,
         root_verity.as_ref().map(|v| v.root_hash.as_str()),
@@ -724,7 +724,7 @@ fn secure_boot_files(
     let osrel = crate::uki::os_release(&r.spec.name, &r.spec.version);
     let mut cmdline_a = String::new();
     for slot in Slot::ALL {
-        let cmdline = kiln_boot::contract::uki_cmdline(slot, hash, &r.spec.boot.cmdline);
+        let cmdline = kiln_boot::cmdline::uki_cmdline(slot, hash, &r.spec.boot.cmdline);
         let unsigned = work.join(format!("uki-{slot}.unsigned.efi"));
         crate::uki::assemble(
             Path::new(crate::uki::STUB),

@@ -23,7 +23,7 @@ struct BuildInfo {
 /// The image's own kernel arguments: the slot's command line without the disk-boot words
 /// (`root=`, `ro`, `kiln.slot=`, and `kiln.verity=`: a live root is checked by its sha256).
 pub fn extra_args(slot_cmdline: &str) -> String {
-    kiln_boot::contract::image_args(slot_cmdline)
+    kiln_boot::cmdline::image_args(slot_cmdline)
 }
 
 /// What the iPXE script boots.

@@ -416,7 +416,7 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
     if let Some(w) = spec.boot.cmdline.split_whitespace().find(|w| {
         w.starts_with("root=")
             || w.starts_with("kiln.slot=")
-            || w.starts_with(kiln_boot::contract::VERITY_ARG)
+            || w.starts_with(kiln_boot::cmdline::VERITY_ARG)
     }) {
         return Err(ctx.err(
             "boot.cmdline",

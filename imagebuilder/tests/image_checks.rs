@@ -102,11 +102,11 @@ fn disk_passes_sgdisk_and_fsck_with_the_design_layout() {
     let mut lba1 = vec![0u8; 512];
     f.seek(SeekFrom::Start(512)).unwrap();
     f.read_exact(&mut lba1).unwrap();
-    let hdr = kiln_initramfs::gpt::parse_header(&lba1).unwrap();
+    let hdr = kiln_boot::gpt::parse_header(&lba1).unwrap();
     let mut entries = vec![0u8; hdr.entries_len()];
     f.seek(SeekFrom::Start(hdr.entries_lba * 512)).unwrap();
     f.read_exact(&mut entries).unwrap();
-    let parts = kiln_initramfs::gpt::parse_entries(&hdr, &entries).unwrap();
+    let parts = kiln_boot::gpt::parse_entries(&hdr, &entries).unwrap();
     assert_eq!(
         parts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
         ["esp", "root-a", "root-b", "persist"]
@@ -558,7 +558,7 @@ fn a_slot_is_recognised_by_its_root_hash() {
     extract_part(&r.disk, r.partitions[1].offset, r.partitions[1].size, &slot);
     let check = |h: &str| {
         let f = File::open(&slot).unwrap();
-        kiln_initramfs::slot_verity::check_slot(&f, "root-a", h).map(|c| c.sb.data_blocks)
+        kiln_boot::slot_verity::check_slot(&f, "root-a", h).map(|c| c.sb.data_blocks)
     };
     assert_eq!(check(&hash), Ok(r.root_verity.clone().unwrap().data_blocks));
     let last = if hash.ends_with('0') { '1' } else { '0' };
@@ -572,5 +572,5 @@ fn a_slot_is_recognised_by_its_root_hash() {
     let empty = d.path().join("root-b.img");
     extract_part(&r.disk, r.partitions[2].offset, 1 << 20, &empty);
     let f = File::open(&empty).unwrap();
-    assert!(kiln_initramfs::slot_verity::check_slot(&f, "root-b", &hash).is_err());
+    assert!(kiln_boot::slot_verity::check_slot(&f, "root-b", &hash).is_err());
 }

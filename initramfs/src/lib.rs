@@ -2,15 +2,12 @@
 //!
 //! Host side: [`archive`] writes the newc cpio holding `kiln-init`, its [`config::InitConfig`] and
 //! the kernel-module closure computed by [`modules`].
-//! Device side: [`init`] is the body of `kiln-init`, PID 1 of the initramfs; it uses the pure
-//! parsers [`cmdline`] and [`gpt`] and the layout plan of `kiln-overlays`.
+//! Device side: [`init`] is the body of `kiln-init`, PID 1 of the initramfs; it uses the
+//! on-device contract of `kiln-boot` (command line, GPT, boot-disk discovery, verity) and the
+//! layout plan of `kiln-overlays`.
 
 pub mod archive;
-pub mod cmdline;
 pub mod config;
 pub mod dm;
-pub mod ext4sb;
-pub mod gpt;
 pub mod init;
 pub mod modules;
-pub mod slot_verity;

@@ -153,11 +153,11 @@ fn a_cut_while_the_primary_gpt_is_rewritten_keeps_persist() {
     f.set_len(DISK).unwrap();
     let mut lba1 = vec![0u8; 512];
     f.read_exact_at(&mut lba1, 512).unwrap();
-    let hdr = kiln_initramfs::gpt::parse_header(&lba1).unwrap();
+    let hdr = kiln_boot::gpt::parse_header(&lba1).unwrap();
     let mut entries = vec![0u8; hdr.entries_len()];
     f.read_exact_at(&mut entries, hdr.entries_lba * 512)
         .unwrap();
-    let g = kiln_initramfs::gpt::plan_grow(DISK / 512, &lba1, &entries, "persist")
+    let g = kiln_boot::gpt::plan_grow(DISK / 512, &lba1, &entries, "persist")
         .unwrap()
         .expect("a larger disk has something to grow");
     f.write_all_at(&g.entries, g.backup_entries_lba * 512)
@@ -168,7 +168,7 @@ fn a_cut_while_the_primary_gpt_is_rewritten_keeps_persist() {
     f.sync_all().unwrap();
     drop(f);
     assert!(
-        kiln_initramfs::gpt::parse_entries(&hdr, &g.entries).is_err(),
+        kiln_boot::gpt::parse_entries(&hdr, &g.entries).is_err(),
         "the primary must be torn (entries CRC mismatch)"
     );
 

@@ -15,7 +15,7 @@
 //! persist at its previous size.
 
 use super::say;
-use crate::gpt::{parse_entries, parse_header, plan_grow, primary_from_backup};
+use kiln_boot::gpt::{parse_entries, parse_header, plan_grow, primary_from_backup};
 use kiln_flash::blkdev;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -101,7 +101,7 @@ fn try_grow_table(disk: &str, label: &str) -> Result<(), String> {
 /// The filesystem's (blocks, block size), read before it is mounted.
 pub fn fs_size(part: &str) -> Option<(u64, u64)> {
     let f = File::open(part).ok()?;
-    crate::ext4sb::parse(&read_at(&f, 1024, 1024).ok()?).ok()
+    kiln_boot::image_len::ext4_geometry(&read_at(&f, 1024, 1024).ok()?).ok()
 }
 
 /// Step 4: grows the mounted ext4 at `mountpoint` to fill `part`, when it is smaller.

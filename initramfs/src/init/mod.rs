@@ -15,8 +15,8 @@ mod pxe;
 mod sys;
 mod verity;
 
-use crate::cmdline;
 use crate::config::{InitConfig, CONFIG_PATH};
+use kiln_boot::cmdline;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -117,7 +117,7 @@ fn disk_boot(cmd: &cmdline::Cmdline, cfg: &InitConfig) -> Result<String, InitErr
         Duration::from_secs(cfg.root_wait_secs),
     )?;
     let shown = match &want {
-        crate::cmdline::RootSelector::PartUuid(u) => u.clone(),
+        kiln_boot::cmdline::RootSelector::PartUuid(u) => u.clone(),
         label => label.to_string(),
     };
     say(format!(

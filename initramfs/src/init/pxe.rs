@@ -18,8 +18,8 @@
 //! boot with the reason on the console, and kiln-init reboots (`init::main`).
 
 use super::{err, loopdev, net, say, sys, InitError};
-use crate::cmdline::Cmdline;
 use crate::config::InitConfig;
+use kiln_boot::cmdline::Cmdline;
 use kiln_flash::source::Bounds;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};

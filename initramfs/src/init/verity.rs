@@ -27,11 +27,11 @@ const STEP: &str = "opening the root with dm-verity";
 pub fn open(root: &str, root_hash: &str) -> Result<String, InitError> {
     let e = |m: String| err(STEP, m);
     let dev = File::open(root).map_err(|x| e(format!("{root}: {x}")))?;
-    let crate::slot_verity::Checked {
+    let kiln_boot::slot_verity::Checked {
         sb,
         geometry: g,
         hash,
-    } = crate::slot_verity::check_slot(&dev, root, root_hash).map_err(e)?;
+    } = kiln_boot::slot_verity::check_slot(&dev, root, root_hash).map_err(e)?;
     let rdev = dev
         .metadata()
         .map_err(|x| e(format!("{root}: {x}")))?

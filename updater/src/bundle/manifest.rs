@@ -205,7 +205,7 @@ impl Manifest {
         }
         check_labels(&self.compatible, &self.version)?;
         if let Some(v) = &self.root_verity {
-            if !kiln_boot::contract::is_root_hash(&v.root_hash) {
+            if !kiln_boot::cmdline::is_root_hash(&v.root_hash) {
                 return Err(StructureError::Verity(format!(
                     "root_hash {:?} is not 64 lower-case hex digits",
                     v.root_hash

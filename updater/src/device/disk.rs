@@ -1,10 +1,10 @@
 //! The disk the system booted from: its GPT partitions, the booted slot, the ESP mount.
 
+use kiln_boot::disk::Disk;
+use kiln_boot::gpt::PartEntry;
 use kiln_boot::Slot;
-use kiln_initramfs::cmdline::RootSelector;
-use kiln_initramfs::gpt::{parse_entries, parse_header, PartEntry};
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The boot disk and what kiln-init was told on the command line.
@@ -15,41 +15,18 @@ pub struct BootDisk {
     pub booted: Slot,
     pub parts: Vec<PartEntry>,
     /// Kernel arguments of the booted entry other than the per-slot words
-    /// ([`kiln_boot::contract::image_args`]).
+    /// ([`kiln_boot::cmdline::image_args`]).
     pub extra_cmdline: String,
     /// The booted root's dm-verity hash (`kiln.verity=`), if it has one.
     pub booted_verity: Option<String>,
 }
 
-fn read_table(dev: &str) -> io::Result<Vec<PartEntry>> {
-    let mut f = fs::File::open(dev)?;
-    let mut lba1 = vec![0u8; 512];
-    f.seek(SeekFrom::Start(512))?;
-    f.read_exact(&mut lba1)?;
-    let hdr = parse_header(&lba1).map_err(io::Error::other)?;
-    let mut entries = vec![0u8; hdr.entries_len()];
-    f.seek(SeekFrom::Start(hdr.entries_lba * 512))?;
-    f.read_exact(&mut entries)?;
-    parse_entries(&hdr, &entries).map_err(io::Error::other)
-}
-
-/// Device node of partition `number` of `disk` (`/dev/vda3`, `/dev/nvme0n1p3`).
-fn partition_node(disk: &str, number: u32) -> String {
-    let base = disk.trim_start_matches("/dev/");
-    let sep = if base.ends_with(|c: char| c.is_ascii_digit()) {
-        "p"
-    } else {
-        ""
-    };
-    format!("/dev/{base}{sep}{number}")
-}
-
 impl BootDisk {
     /// Finds the disk holding the booted root as kiln-init did (`root=PARTUUID=`, or the
-    /// slot's label: [`kiln_initramfs::cmdline::RootSelector`]).
+    /// slot's label: [`kiln_boot::cmdline::RootSelector`], found by [`Disk::find_root`]).
     pub fn detect() -> io::Result<BootDisk> {
         let cmdline = fs::read_to_string("/proc/cmdline")?;
-        let c = kiln_initramfs::cmdline::parse(&cmdline);
+        let c = kiln_boot::cmdline::parse(&cmdline);
         let want = c.root().ok_or_else(|| {
             io::Error::other(
                 "no root=PARTUUID=, nor kiln.slot= with kiln.verity=, on the kernel command line",
@@ -61,44 +38,19 @@ impl BootDisk {
             .unwrap_or("")
             .parse()
             .map_err(|_| io::Error::other("no kiln.slot= on the kernel command line"))?;
-        let extra_cmdline = kiln_boot::contract::image_args(&cmdline);
-        let booted_verity = kiln_boot::contract::verity_arg(&cmdline).map(str::to_string);
-        let mut disks: Vec<String> = fs::read_dir("/sys/block")?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with("loop") && !n.starts_with("ram"))
-            .collect();
-        disks.sort();
-        for d in disks {
-            let dev = format!("/dev/{d}");
-            if let Ok(parts) = read_table(&dev) {
-                let Some(root) = parts.iter().find(|p| want.matches(p)) else {
-                    continue;
-                };
-                // By label, as kiln-init chose: the disk whose slot matches the signed hash.
-                if let RootSelector::Label { hash, .. } = &want {
-                    let node = partition_node(&dev, root.number);
-                    let ok = fs::File::open(&node).is_ok_and(|f| {
-                        kiln_initramfs::slot_verity::check_slot(&f, &node, hash).is_ok()
-                    });
-                    if !ok {
-                        continue;
-                    }
-                }
-                {
-                    return Ok(BootDisk {
-                        disk: dev,
-                        booted,
-                        parts,
-                        extra_cmdline,
-                        booted_verity,
-                    });
-                }
-            }
-        }
-        Err(io::Error::other(format!(
-            "no disk holds the booted root partition ({want})"
-        )))
+        let extra_cmdline = kiln_boot::cmdline::image_args(&cmdline);
+        let booted_verity = kiln_boot::cmdline::verity_arg(&cmdline).map(str::to_string);
+        let found = Disk::find_root(&want).map_err(io::Error::other)?;
+        let (disk, _) = found.ok_or_else(|| {
+            io::Error::other(format!("no disk holds the booted root partition ({want})"))
+        })?;
+        Ok(BootDisk {
+            disk: disk.dev(),
+            booted,
+            parts: disk.parts,
+            extra_cmdline,
+            booted_verity,
+        })
     }
 
     pub fn part(&self, label: &str) -> io::Result<&PartEntry> {
@@ -108,19 +60,26 @@ impl BootDisk {
     }
 
     /// Device node of a partition (`/dev/vda3`, `/dev/nvme0n1p3`).
-    pub fn node(&self, p: &PartEntry) -> String {
-        partition_node(&self.disk, p.number)
+    pub fn node(&self, p: &PartEntry) -> io::Result<String> {
+        kiln_boot::disk::part_node(self.disk.trim_start_matches("/dev/"), p.number).ok_or_else(
+            || {
+                io::Error::other(format!(
+                    "{}: no device node for partition {}",
+                    self.disk, p.number
+                ))
+            },
+        )
     }
 
-    /// Size in bytes of a partition (`parse_entries` refused any that ends before it starts).
+    /// Size in bytes of a partition.
     pub fn size(p: &PartEntry) -> u64 {
-        (p.last_lba.saturating_sub(p.first_lba) + 1) * 512
+        kiln_boot::disk::part_size(p)
     }
 
     /// The kernel command line of `slot` whose root has the dm-verity hash `verity`, if any.
     pub fn cmdline(&self, slot: Slot, verity: Option<&str>) -> io::Result<String> {
         let p = self.part(slot.partlabel())?;
-        Ok(kiln_boot::contract::slot_cmdline(
+        Ok(kiln_boot::cmdline::slot_cmdline(
             &p.part_guid,
             slot,
             verity,
@@ -145,7 +104,7 @@ impl Esp {
             });
         }
         fs::create_dir_all(&path)?;
-        let node = disk.node(disk.part("esp")?);
+        let node = disk.node(disk.part("esp")?)?;
         nix::mount::mount(
             Some(node.as_str()),
             &path,
@@ -189,7 +148,7 @@ fn is_mountpoint(p: &Path) -> bool {
 mod tests {
     use super::*;
 
-    use kiln_boot::contract::{image_args as extra_args, slot_cmdline, verity_arg};
+    use kiln_boot::cmdline::{image_args as extra_args, slot_cmdline, verity_arg};
 
     #[test]
     fn loader_added_words_do_not_accumulate_over_updates() {

@@ -125,7 +125,7 @@ impl Ctx {
             } else {
                 ctx.recorded_verity(s)
             };
-            (s, h.filter(|h| kiln_boot::contract::is_root_hash(h)))
+            (s, h.filter(|h| kiln_boot::cmdline::is_root_hash(h)))
         });
         Ok(ctx)
     }
@@ -140,7 +140,7 @@ impl Ctx {
             let (_, entries) = self.esp.entries().read().ok()?;
             entries.into_iter().find(|(s, _)| *s == slot)?.1.options
         };
-        kiln_boot::contract::verity_arg(&line).map(str::to_string)
+        kiln_boot::cmdline::verity_arg(&line).map(str::to_string)
     }
 
     fn grubenv(&self) -> GrubEnv {
@@ -345,7 +345,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     let result = (|| -> Result<String> {
         // 2. Root.
         let part = ctx.disk.part(target.partlabel())?;
-        let node = ctx.disk.node(part);
+        let node = ctx.disk.node(part)?;
         let dev = fs::File::options()
             .read(true)
             .write(true)
@@ -355,7 +355,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         let running_root = running_seed(
             ctx.disk
                 .part(booted.partlabel())
-                .and_then(|p| fs::File::open(ctx.disk.node(p))),
+                .and_then(|p| fs::File::open(ctx.disk.node(p)?)),
             running.as_ref().map(|r| &r.payloads.root),
             slot_index::index_slot,
             "root",
@@ -572,7 +572,7 @@ pub fn activate(tries: u8) -> Result<String> {
             w.version
         );
     }
-    let node = ctx.disk.node(ctx.disk.part(target.partlabel())?);
+    let node = ctx.disk.node(ctx.disk.part(target.partlabel())?)?;
     let dev = fs::File::open(&node).with_context(|| format!("opening {node}"))?;
     let root_sha = verify_payload("root", &m.payloads.root, &dev, 0)
         .with_context(|| format!("slot {target} changed since it was written"))?;

@@ -1,5 +1,5 @@
-//! A small GPT reader for kiln-init and kiln-updater: find partitions by unique GUID or by
-//! label. Parsing only; the caller reads the bytes.
+//! A small GPT reader for kiln-init, kiln-updater and `kiln inspect`: find partitions by unique
+//! GUID or by label. Parsing only; [`crate::disk`] reads the bytes from a device.
 //!
 //! Nothing in a header is trusted before it is checked: the entry size (128–4096, a power of
 //! two) and count (1–1024) bound what a caller allocates for the entry array (at most 4 MiB),
@@ -19,6 +19,14 @@ pub enum GptError {
     #[error("GPT partition {number}: {why}")]
     BadEntry { number: u32, why: &'static str },
 }
+
+/// GPT type GUIDs of a Kiln disk's partitions (Discoverable Partitions Specification), in the
+/// lower-case canonical form [`PartEntry::type_guid`] has.
+pub const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+/// An x86-64 root partition (both root slots).
+pub const ROOT_X86_64_TYPE: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
+/// `/var` (persist).
+pub const VAR_TYPE: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
 
 /// The entry sizes a header may declare (UEFI: 128 × 2^n).
 pub const ENTRY_SIZES: std::ops::RangeInclusive<u32> = 128..=4096;

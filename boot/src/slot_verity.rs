@@ -1,10 +1,10 @@
 //! A root slot's dm-verity tree as kiln-init and the updater find it: after the filesystem
-//! its superblock declares (`kiln_boot::image_len`), with the tree's top block checked against
+//! its superblock declares ([`crate::image_len`]), with the tree's top block checked against
 //! a root hash. Read-only; kiln-init then opens the slot through device-mapper
 //! (`init/verity.rs`), the updater uses it to tell the boot disk's slot from another disk's.
 
-use kiln_boot::image_len::{image_len, HEAD};
-use kiln_boot::verity::{Geometry, Superblock, BLOCK, SUPERBLOCK_LEN};
+use crate::image_len::{image_len, HEAD};
+use crate::verity::{Geometry, Superblock, BLOCK, SUPERBLOCK_LEN};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -21,7 +21,7 @@ pub struct Checked {
 /// `root_hash` (64 hex digits) — a clear error rather than a restart on the first read, and
 /// how a slot found by label is told apart from another disk's. Read-only.
 pub fn check_slot(dev: &File, root: &str, root_hash: &str) -> Result<Checked, String> {
-    if !kiln_boot::contract::is_root_hash(root_hash) {
+    if !crate::cmdline::is_root_hash(root_hash) {
         return Err(format!(
             "kiln.verity={root_hash:?} is not a sha256 root hash"
         ));
