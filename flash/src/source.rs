@@ -221,11 +221,14 @@ fn fetch_optional(url: &str) -> Result<Option<String>, FlashError> {
         return Ok(None);
     }
     let resp = resp.error_for_status().map_err(http)?;
-    let mut text = String::new();
-    resp.take(SIDECAR.max_bytes)
-        .read_to_string(&mut text)
-        .map_err(FlashError::io("reading checksum", url))?;
-    Ok(Some(text))
+    // More than the cap is refused, never cut to a prefix that might still parse.
+    let bytes = kiln_io::read_capped(resp, SIDECAR.max_bytes).map_err(|e| match e {
+        kiln_io::CappedError::Io(e) => FlashError::io("reading checksum", url)(e),
+        e => FlashError::io("reading checksum", url)(std::io::Error::other(e)),
+    })?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| FlashError::io("reading checksum", url)(std::io::Error::other(e)))
 }
 
 #[cfg(not(feature = "http"))]

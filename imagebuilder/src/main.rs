@@ -421,7 +421,7 @@ fn flash(
         &mut src,
         &dev,
         expected.as_ref(),
-        &kiln_flash::progress::Reporter::default(),
+        &kiln_flash::progress::reporter(),
     )?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(

@@ -64,9 +64,7 @@ pub fn ipxe_script(base: &str, mode: &Mode, extra: &str, title: &str) -> String 
 
 /// Compresses `raw` into `zst` (zstd, content size recorded) and returns the raw image's sha256.
 fn compress_disk(raw: &Path, zst: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::{Read, Write};
-    let mut src = fs::File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let src = fs::File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
     let len = src.metadata()?.len();
     let tmp = zst.with_extension("zst.tmp");
     let mut enc = zstd::stream::write::Encoder::new(
@@ -75,19 +73,11 @@ fn compress_disk(raw: &Path, zst: &Path) -> Result<String> {
     )?;
     enc.set_pledged_src_size(Some(len))?;
     enc.include_checksum(true)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        enc.write_all(&buf[..n])?;
-    }
+    let (_, sha) = kiln_io::copy_hashed(src, &mut enc)
+        .with_context(|| format!("compressing {} into {}", raw.display(), tmp.display()))?;
     enc.finish()?.sync_all()?;
     fs::rename(&tmp, zst).with_context(|| format!("writing {}", zst.display()))?;
-    Ok(hex::encode(h.finalize()))
+    Ok(sha)
 }
 
 /// Writes the PXE directory `out` from `build`; with `install`, for installing onto that disk.

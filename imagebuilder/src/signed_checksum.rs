@@ -6,15 +6,12 @@
 
 use anyhow::{Context, Result};
 use kiln_updater::bundle::keys::{self, Signatures};
-use sha2::{Digest, Sha256};
-use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// Replaced durably (fsynced before and after the rename): a cut never leaves a checksum file
+/// torn or empty beside its image.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp-kiln");
-    fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    kiln_io::write_durable(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes `IMAGE.sha256` and `IMAGE.sha256.sig`; returns the sha256 (hex).
@@ -24,19 +21,7 @@ pub fn sign(image: &Path, key_files: &[PathBuf]) -> Result<String> {
     // The image is hashed whole, whatever its size (it is the builder's own output).
     let mut src =
         kiln_flash::source::open(name, &kiln_flash::source::Bounds::for_device(u64::MAX))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = src
-            .reader
-            .read(&mut buf)
-            .with_context(|| format!("reading {name}"))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let hex = hex::encode(h.finalize());
+    let hex = kiln_io::sha256_hex(&mut src.reader).with_context(|| format!("reading {name}"))?;
     let base = image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

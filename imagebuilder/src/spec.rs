@@ -1,8 +1,14 @@
 //! `image.toml`: the declarative image spec. Parsing only (no I/O); [`crate::validate`] checks
 //! it against the filesystem.
 
+mod container;
+mod size;
+
+pub use container::{Container, ContainerMode, ContainerMount, ContainerRestart};
 use kiln_overlays::Layout;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+pub use size::parse_size;
+use size::{de_opt_size, de_size};
 use std::path::PathBuf;
 
 /// A whole image spec.
@@ -204,71 +210,6 @@ pub enum Restart {
     Never,
 }
 
-/// A container run under containerd (systemd roots with containerd only): the image is baked
-/// into the read-only root, imported into containerd's store on persist when missing, and run
-/// by a generated unit with its output in the journal.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Container {
-    pub name: String,
-    /// An OCI image layout directory, or an OCI or docker archive (tar) on the build host.
-    pub image: PathBuf,
-    /// Replaces the image's entrypoint (and then its cmd too, unless `args` is given).
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-    /// Replaces the image's cmd.
-    #[serde(default)]
-    pub args: Option<Vec<String>>,
-    /// Environment added to the image's.
-    #[serde(default)]
-    pub env: std::collections::BTreeMap<String, String>,
-    /// Directories on persist bind-mounted into the container.
-    #[serde(default)]
-    pub mounts: Vec<ContainerMount>,
-    #[serde(default)]
-    pub restart: ContainerRestart,
-    #[serde(default)]
-    pub mode: ContainerMode,
-    /// An essential container that is not running (or, run `once`, did not succeed) makes the
-    /// slot unhealthy: a new slot is then not blessed and the loader falls back.
-    #[serde(default)]
-    pub essential: bool,
-}
-
-/// A bind mount from persist into a container.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ContainerMount {
-    /// Absolute path on the device, on persist: under `/persist` or a persisted layout path
-    /// (`/var/lib/app`); created when missing.
-    pub source: String,
-    /// Absolute path in the container.
-    pub target: String,
-    #[serde(default)]
-    pub read_only: bool,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ContainerRestart {
-    #[default]
-    Always,
-    OnFailure,
-    Never,
-}
-
-/// When a container runs (Bottlerocket's host and bootstrap containers).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ContainerMode {
-    /// Started on every boot, kept running by its restart policy.
-    #[default]
-    Always,
-    /// Run to completion once per device and image, before the services and the other
-    /// containers (a bootstrap container).
-    Once,
-}
-
 /// Partition sizes (`"256M"`, `"1G"` or a byte count; whole MiB).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -456,52 +397,6 @@ pub struct DevSpec {
     /// A root shell on the serial console.
     #[serde(default)]
     pub serial_shell: bool,
-}
-
-/// Parses `"256M"`, `"256MiB"`, `"1G"`, `"1GiB"` or a plain byte count.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    let mul = match unit.trim() {
-        "" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => MIB,
-        "G" | "GiB" => 1 << 30,
-        _ => return Err(format!("invalid size unit in {s:?} (use K, M or G)")),
-    };
-    n.checked_mul(mul)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SizeRepr {
-    Int(u64),
-    Str(String),
-}
-
-fn to_size(r: SizeRepr) -> Result<u64, String> {
-    let n = match r {
-        SizeRepr::Int(n) => n,
-        SizeRepr::Str(s) => parse_size(&s)?,
-    };
-    if n == 0 || n % MIB != 0 {
-        return Err(format!("size {n} must be a positive whole number of MiB"));
-    }
-    Ok(n)
-}
-
-fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    to_size(SizeRepr::deserialize(d)?).map_err(serde::de::Error::custom)
-}
-
-fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    Option::<SizeRepr>::deserialize(d)?
-        .map(to_size)
-        .transpose()
-        .map_err(serde::de::Error::custom)
 }
 
 impl Spec {

@@ -6,6 +6,26 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Receives progress: bytes of `phase` (a flash's `write`, an install's payload) done so far,
+/// out of its total when known. The flasher, kiln-init's installer and the updater all report
+/// through this one trait.
+pub trait Progress: Sync {
+    fn update(&self, phase: &str, done: u64, total: Option<u64>);
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn update(&self, _: &str, _: u64, _: Option<u64>) {}
+}
+
+impl Progress for Reporter {
+    fn update(&self, phase: &str, done: u64, total: Option<u64>) {
+        self.report(phase, done, total);
+    }
+}
+
 /// Where the progress goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {

@@ -21,8 +21,6 @@ use super::{err, loopdev, net, say, sys, InitError};
 use crate::config::InitConfig;
 use kiln_boot::cmdline::Cmdline;
 use kiln_flash::source::Bounds;
-use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
 use std::time::Duration;
 
 /// Where the fetched root image is kept (in the initramfs, i.e. in RAM).
@@ -65,24 +63,14 @@ pub fn live_root_cap(slot: Option<u64>, available: Option<u64>) -> Result<u64, S
 fn fetch(url: &str, dest: &str, bounds: &Bounds) -> Result<(u64, String), InitError> {
     let e = |m: String| err("fetching the root image", m);
     let mut src = kiln_flash::source::open(url, bounds).map_err(|x| e(x.to_string()))?;
-    let mut out = std::fs::File::create(dest).map_err(|x| e(format!("{dest}: {x}")))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = src.reader.read(&mut buf).map_err(|x| {
-            let _ = std::fs::remove_file(dest);
-            e(format!("{url}: {x}"))
-        })?;
-        if n == 0 {
-            break;
+    let out = std::fs::File::create(dest).map_err(|x| e(format!("{dest}: {x}")))?;
+    kiln_io::copy_hashed(&mut src.reader, out).map_err(|x| {
+        let _ = std::fs::remove_file(dest);
+        match x {
+            kiln_io::CopyError::Read(x) => e(format!("{url}: {x}")),
+            kiln_io::CopyError::Write(x) => e(format!("{dest}: {x}")),
         }
-        h.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|x| e(format!("{dest}: {x}")))?;
-        total += n as u64;
-    }
-    Ok((total, hex::encode(h.finalize())))
+    })
 }
 
 fn network(cmd: &Cmdline, cfg: &InitConfig) -> Result<(), InitError> {
@@ -159,7 +147,7 @@ pub fn install(cmd: &Cmdline, cfg: &InitConfig) -> Result<super::Never, InitErro
         &mut src,
         &target,
         Some(&expected),
-        &kiln_flash::progress::Reporter::default(),
+        &kiln_flash::progress::reporter(),
     )
     .map_err(e)?;
     drop(target);

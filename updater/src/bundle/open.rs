@@ -7,7 +7,6 @@ use super::manifest::{
 use super::source::{BundleSource, SourceError};
 use super::{MANIFEST, MANIFEST_ZST, SIGNATURES, SIGNATURES_ZST};
 use std::collections::BTreeSet;
-use std::io::Read;
 
 /// Why a bundle was refused before anything was written.
 #[derive(Debug, thiserror::Error)]
@@ -105,13 +104,13 @@ fn decompress(z: &[u8], cap: u64) -> Result<Vec<u8>, OpenError> {
             .map_err(|e| bad(&e))?;
         return Ok(out);
     }
-    let mut out = Vec::new();
     let mut d = zstd::stream::read::Decoder::new(z).map_err(|e| bad(&e))?;
     // The window (memory) a frame may ask for: the cap's size, not zstd's default 128 MiB.
     d.window_log_max(MANIFEST_WINDOW_LOG).map_err(|e| bad(&e))?;
-    d.take(cap + 1).read_to_end(&mut out).map_err(|e| bad(&e))?;
-    if out.len() as u64 > cap {
-        return Err(bad(&format!("more than {cap} bytes decompressed")));
-    }
-    Ok(out)
+    kiln_io::read_capped(d, cap).map_err(|e| match e {
+        kiln_io::CappedError::TooLarge { cap } => {
+            bad(&format!("more than {cap} bytes decompressed"))
+        }
+        kiln_io::CappedError::Io(e) => bad(&e),
+    })
 }

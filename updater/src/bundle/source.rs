@@ -102,22 +102,18 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
-fn read_capped(mut r: impl Read, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
-    let mut buf = Vec::new();
-    (&mut r)
-        .take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|source| SourceError::Io {
-            name: name.into(),
-            source,
-        })?;
-    if buf.len() as u64 > cap {
-        return Err(SourceError::TooLarge {
+/// [`kiln_io::read_capped`] with the file's name in the error.
+pub(crate) fn read_capped(r: impl Read, name: &str, cap: u64) -> Result<Vec<u8>, SourceError> {
+    kiln_io::read_capped(r, cap).map_err(|e| match e {
+        kiln_io::CappedError::TooLarge { cap } => SourceError::TooLarge {
             name: name.into(),
             cap,
-        });
-    }
-    Ok(buf)
+        },
+        kiln_io::CappedError::Io(source) => SourceError::Io {
+            name: name.into(),
+            source,
+        },
+    })
 }
 
 /// A bundle directory.

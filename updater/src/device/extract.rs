@@ -151,7 +151,7 @@ pub fn extract(source: &str, o: &ExtractOptions) -> Result<Extracted> {
         .with_context(|| format!("opening {}", part.display()))?;
     f.set_len(payload.size)
         .with_context(|| format!("sizing {}", part.display()))?;
-    let reporter = super::progress::Reporter::new();
+    let reporter = super::progress::reporter();
     let quiet = crate::install::Quiet;
     let written = write_payload(
         &store,

@@ -93,19 +93,12 @@ impl HttpSource {
         if declared.is_some_and(|n| n > cap) {
             return Err((false, too_large()));
         }
-        // Sized once from the length the server declared (already checked against the cap).
-        let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
-        resp.into_body()
-            .into_with_config()
-            .limit(cap)
-            .reader()
-            .read_to_end(&mut buf)
-            .map_err(|e| match e.downcast::<ureq::Error>() {
-                Ok(ureq::Error::BodyExceedsLimit(_)) => (false, too_large()),
-                Ok(e) => (true, io(&e)),
-                Err(e) => (true, io(&e)),
-            })?;
-        Ok(buf)
+        // ureq's own limit is off (u64::MAX): the capped read is the one limit.
+        let body = resp.into_body().into_with_config().reader();
+        kiln_io::read_capped(body, cap).map_err(|e| match e {
+            kiln_io::CappedError::TooLarge { .. } => (false, too_large()),
+            kiln_io::CappedError::Io(e) => (true, io(&e)),
+        })
     }
 }
 

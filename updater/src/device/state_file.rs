@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 pub const DIR: &str = "/persist/kiln/updater";
@@ -71,13 +71,10 @@ pub fn load(dir: &Path) -> io::Result<UpdaterState> {
 
 pub fn save(dir: &Path, s: &UpdaterState) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(".state.json.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
-    f.sync_all()?;
-    kiln_boot::failpoint::hit("state.written");
-    fs::rename(&tmp, path(dir))?;
-    fs::File::open(dir)?.sync_all()
+    let bytes = serde_json::to_vec_pretty(s).map_err(io::Error::other)?;
+    kiln_io::write_durable_then(&path(dir), &bytes, || {
+        kiln_boot::failpoint::hit("state.written")
+    })
 }
 
 #[cfg(test)]

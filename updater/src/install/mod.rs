@@ -113,17 +113,8 @@ pub const PARALLEL: usize = 8;
 /// The most chunks in flight an install may ask for.
 pub const MAX_PARALLEL: usize = 64;
 
-/// Receives progress: bytes of `payload` written so far, out of its size.
-pub trait Progress: Sync {
-    fn update(&self, payload: &str, done: u64, total: u64);
-}
-
-/// No progress output.
-pub struct Quiet;
-
-impl Progress for Quiet {
-    fn update(&self, _: &str, _: u64, _: u64) {}
-}
+/// Receives progress: bytes of each payload written so far, out of its size.
+pub use kiln_progress::{Progress, Silent as Quiet};
 
 /// How [`write_payload`] gets the chunks the target lacks.
 #[derive(Clone, Copy)]
@@ -333,7 +324,7 @@ pub fn write_payload(
                         ordered::Origin::Present => stats.present += 1,
                     }
                     done_bytes += len;
-                    o.progress.update(name, done_bytes, payload.size);
+                    o.progress.update(name, done_bytes, Some(payload.size));
                     // After an error nothing more is hashed: the buffer is dropped.
                     if let Some(h) = &hash_tx {
                         let _ = h.send(r.data);
