@@ -192,13 +192,7 @@ fn real_main() -> Result<()> {
                 .context("finding kiln-init: build it with scripts/build-device, or pass --init")?;
             let report = build(
                 &resolved,
-                &BuildOptions {
-                    out_dir: out,
-                    init_bin,
-                    updater_bin: imagebuilder::find_device_binary("kiln-updater"),
-                    agent_bin: imagebuilder::find_device_binary("kiln-agent"),
-                    epoch: source_date_epoch,
-                },
+                &BuildOptions::new(out, init_bin, source_date_epoch),
             )
             .with_context(|| format!("building {}", spec.display()))?;
             println!("{}", report.disk.display());
@@ -301,13 +295,7 @@ fn real_main() -> Result<()> {
                 )?;
                 let report = build(
                     &resolved,
-                    &BuildOptions {
-                        out_dir: out.join("build"),
-                        init_bin,
-                        updater_bin: imagebuilder::find_device_binary("kiln-updater"),
-                        agent_bin: imagebuilder::find_device_binary("kiln-agent"),
-                        epoch: source_date_epoch,
-                    },
+                    &BuildOptions::new(out.join("build"), init_bin, source_date_epoch),
                 )
                 .with_context(|| format!("building {}", input.display()))?;
                 report

@@ -22,17 +22,7 @@ fn build_default(out: &Path, change: impl FnOnce(&mut imagebuilder::spec::Spec))
     let mut spec = imagebuilder::validate::load(&path).unwrap().spec;
     change(&mut spec);
     let resolved = imagebuilder::validate::resolve(spec, &path).unwrap();
-    build(
-        &resolved,
-        &BuildOptions {
-            out_dir: out.to_path_buf(),
-            init_bin: init_bin(),
-            updater_bin: imagebuilder::find_device_binary("kiln-updater"),
-            agent_bin: imagebuilder::find_device_binary("kiln-agent"),
-            epoch: EPOCH,
-        },
-    )
-    .unwrap()
+    build(&resolved, &BuildOptions::new(out, init_bin(), EPOCH)).unwrap()
 }
 
 fn sha256(p: &Path) -> String {

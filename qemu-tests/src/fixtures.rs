@@ -22,17 +22,8 @@ pub fn build_spec(spec: &Path, out: &Path, epoch: u64) -> BuildReport {
     let spec = workspace().join(spec);
     let resolved = imagebuilder::validate::load(&spec)
         .unwrap_or_else(|e| panic!("{e} (did scripts/deps.sh run?)"));
-    build(
-        &resolved,
-        &BuildOptions {
-            out_dir: out.to_path_buf(),
-            init_bin: init_bin(),
-            updater_bin: imagebuilder::find_device_binary("kiln-updater"),
-            agent_bin: imagebuilder::find_device_binary("kiln-agent"),
-            epoch,
-        },
-    )
-    .unwrap_or_else(|e| panic!("building {}: {e}", spec.display()))
+    build(&resolved, &BuildOptions::new(out, init_bin(), epoch))
+        .unwrap_or_else(|e| panic!("building {}: {e}", spec.display()))
 }
 
 /// Builds the default example image into `out`.
@@ -82,11 +73,8 @@ pub fn build_default_opts(
 /// Build options with these device binaries (and the built kiln-agent) at the tests' epoch.
 fn options(out: &Path, init: &Path, updater: Option<&Path>) -> BuildOptions {
     BuildOptions {
-        out_dir: out.to_path_buf(),
-        init_bin: init.to_path_buf(),
         updater_bin: updater.map(Path::to_path_buf),
-        agent_bin: imagebuilder::find_device_binary("kiln-agent"),
-        epoch: 1_700_000_000,
+        ..BuildOptions::new(out, init.to_path_buf(), 1_700_000_000)
     }
 }
 

@@ -38,6 +38,21 @@ pub struct BuildOptions {
     pub epoch: u64,
 }
 
+impl BuildOptions {
+    /// The options every caller builds with: `init_bin`, and the `kiln-updater` and
+    /// `kiln-agent` that `scripts/build-device` made, where found
+    /// ([`crate::find_device_binary`]).
+    pub fn new(out_dir: impl Into<PathBuf>, init_bin: PathBuf, epoch: u64) -> BuildOptions {
+        BuildOptions {
+            out_dir: out_dir.into(),
+            init_bin,
+            updater_bin: crate::find_device_binary("kiln-updater"),
+            agent_bin: crate::find_device_binary("kiln-agent"),
+            epoch,
+        }
+    }
+}
+
 /// What a build wrote; also saved as `build.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildReport {
