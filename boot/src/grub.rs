@@ -152,6 +152,7 @@ pub fn grub_cfg() -> String {
 }
 
 /// The grubenv file of a mounted ESP.
+#[derive(Debug, Clone)]
 pub struct GrubEnv(pub PathBuf);
 
 impl GrubEnv {

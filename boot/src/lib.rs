@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod gpt;
 pub mod grub;
 pub mod image_len;
+pub mod loader;
 mod slot;
 pub mod slot_verity;
 pub mod state;

@@ -150,6 +150,7 @@ pub mod counting {
     }
 
     /// The `loader/entries` directory of a mounted ESP.
+    #[derive(Debug, Clone)]
     pub struct EntriesDir(pub PathBuf);
 
     impl EntriesDir {

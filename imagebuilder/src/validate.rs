@@ -21,6 +21,24 @@ pub struct ResolvedFile {
     pub mode: u32,
 }
 
+/// The image's boot loader, resolved.
+#[derive(Debug, Clone)]
+pub enum ResolvedLoader {
+    /// The systemd-boot binary to put on the ESP.
+    SystemdBoot { efi: PathBuf },
+    /// GRUB, made at build time by `grub-mkstandalone`.
+    Grub,
+}
+
+impl ResolvedLoader {
+    pub fn kind(&self) -> kiln_boot::contract::LoaderKind {
+        match self {
+            ResolvedLoader::SystemdBoot { .. } => kiln_boot::contract::LoaderKind::SystemdBoot,
+            ResolvedLoader::Grub => kiln_boot::contract::LoaderKind::Grub,
+        }
+    }
+}
+
 /// A validated spec with absolute paths.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -33,8 +51,7 @@ pub struct Resolved {
     pub base: Base,
     pub overlays: Vec<PathBuf>,
     pub files: Vec<ResolvedFile>,
-    /// The systemd-boot binary (None for GRUB, which is made at build time).
-    pub loader_efi: Option<PathBuf>,
+    pub loader: ResolvedLoader,
     /// Secure Boot's db key and certificate (`[boot] secure_boot`), resolved.
     pub secure_boot: Option<crate::spec::SecureBootSpec>,
     /// Trusted update keys: (key id, public key file text).
@@ -250,7 +267,7 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
         .map_err(|e| ctx.err("persist", e.to_string()))?;
     let container_images = containers(&ctx, &spec)?;
 
-    let (loader_efi, secure_boot) = sections::boot(&ctx, &spec)?;
+    let (loader, secure_boot) = sections::boot(&ctx, &spec)?;
     sections::partitions(&ctx, &spec)?;
     let update_keys = sections::update_keys(&ctx, &spec)?;
     sections::agent(&ctx, &spec, &update_keys)?;
@@ -265,7 +282,7 @@ pub fn resolve(spec: Spec, spec_path: &Path) -> Result<Resolved, SpecError> {
         base,
         overlays,
         files,
-        loader_efi,
+        loader,
         secure_boot,
         spec,
     })

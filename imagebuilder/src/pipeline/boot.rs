@@ -4,12 +4,11 @@
 
 use super::{BuildOptions, Ctx, RootVerity};
 use crate::error::BuildError;
-use crate::validate::Resolved;
+use crate::validate::{Resolved, ResolvedLoader};
+use kiln_boot::loader::Loader;
 
-use kiln_boot::grub;
 use kiln_boot::state::{BootState, Health, SlotEntry};
-use kiln_boot::systemd_boot::counting::EntryBoot;
-use kiln_boot::systemd_boot::{self, counting};
+use kiln_boot::systemd_boot;
 use kiln_boot::Slot;
 use kiln_initramfs::archive::Contents;
 use kiln_initramfs::config::InitConfig;
@@ -265,8 +264,8 @@ fn esp_early_files<'a>(
         data: systemd_boot::loader_conf().into_bytes().into(),
     };
     let read = |p: &Path| fs::read(p).map_err(BuildError::io(format!("reading {}", p.display())));
-    let mut files = match (&r.loader_efi, &r.secure_boot) {
-        (Some(efi), Some(sb)) => {
+    let mut files = match (&r.loader, &r.secure_boot) {
+        (ResolvedLoader::SystemdBoot { efi }, Some(sb)) => {
             let signed = work.join("loader.signed.efi");
             crate::secure_boot::sign(efi, &signed, &sb.key, &sb.cert, epoch)?;
             let data = read(&signed)?;
@@ -279,14 +278,14 @@ fn esp_early_files<'a>(
                 loader_conf(),
             ]);
         }
-        (Some(efi), None) => vec![
+        (ResolvedLoader::SystemdBoot { efi }, None) => vec![
             EspFile {
                 path: systemd_boot::LOADER_PATH.into(),
                 data: read(efi)?.into(),
             },
             loader_conf(),
         ],
-        (None, _) => vec![EspFile {
+        (ResolvedLoader::Grub, _) => vec![EspFile {
             path: systemd_boot::LOADER_PATH.into(),
             data: crate::grub_image::build(work, epoch)?.into(),
         }],
@@ -310,38 +309,32 @@ fn esp_late_files<'a>(
     uki: Option<&'a [u8]>,
 ) -> Result<Vec<crate::esp::EspFile<'a>>, BuildError> {
     use crate::esp::EspFile;
-    let entry = SlotEntry {
-        version: r.spec.version.clone(),
-        priority: 1,
-        health: Health::Good,
-    };
-    let entry_file = |how: EntryBoot<'_>| EspFile {
-        path: format!(
-            "loader/entries/{}",
-            counting::file_name(Slot::A, entry.health)
-        ),
-        data: counting::render(Slot::A, &entry, &r.spec.name, how)
-            .into_bytes()
-            .into(),
-    };
-    Ok(match (&r.loader_efi, uki) {
-        (Some(_), Some(uki)) => vec![
-            entry_file(EntryBoot::Uki),
-            EspFile {
-                path: kiln_boot::esp_uki(Slot::A),
-                data: uki.into(),
-            },
-        ],
-        (Some(_), None) => vec![entry_file(EntryBoot::Linux { options: cmdline })],
-        (None, _) => {
-            let mut state = BootState::default();
-            state.entries.insert(Slot::A, entry.clone());
-            vec![EspFile {
-                path: grub::ENV_PATH.into(),
-                data: grub::render_env(&state, |_| cmdline.to_string())
-                    .map_err(BuildError::io("rendering grubenv"))?
-                    .into(),
-            }]
-        }
-    })
+    let mut state = BootState::default();
+    state.entries.insert(
+        Slot::A,
+        SlotEntry {
+            version: r.spec.version.clone(),
+            priority: 1,
+            health: Health::Good,
+        },
+    );
+    let records =
+        Loader::render_files(r.loader.kind(), &state, &r.spec.name, uki.is_some(), |_| {
+            cmdline.to_string()
+        })
+        .map_err(BuildError::io("rendering the loader records"))?;
+    let mut files: Vec<EspFile<'a>> = records
+        .into_iter()
+        .map(|(path, data)| EspFile {
+            path,
+            data: data.into(),
+        })
+        .collect();
+    if let Some(uki) = uki {
+        files.push(EspFile {
+            path: kiln_boot::esp_uki(Slot::A),
+            data: uki.into(),
+        });
+    }
+    Ok(files)
 }

@@ -1,7 +1,7 @@
 //! `resolve`, one function per spec section: each checks its section and returns what it
 //! resolved (paths made absolute against the spec's directory).
 
-use super::{check_name, Ctx, ResolvedFile, MIB, SYSTEMD_BOOT_EFI};
+use super::{check_name, Ctx, ResolvedFile, ResolvedLoader, MIB, SYSTEMD_BOOT_EFI};
 use crate::spec::{Base, Loader, OutputFormat, SecureBootSpec, Spec};
 use crate::SpecError;
 use std::collections::BTreeSet;
@@ -144,26 +144,28 @@ pub(super) fn services(ctx: &Ctx, spec: &Spec) -> Result<(), SpecError> {
 pub(super) fn boot(
     ctx: &Ctx,
     spec: &Spec,
-) -> Result<(Option<PathBuf>, Option<SecureBootSpec>), SpecError> {
-    // Boot.
-    let loader_efi = match (spec.boot.loader, &spec.boot.efi) {
+) -> Result<(ResolvedLoader, Option<SecureBootSpec>), SpecError> {
+    let loader = match (spec.boot.loader, &spec.boot.efi) {
         (Loader::Grub, Some(_)) => {
             return Err(ctx.err(
                 "boot.efi",
                 "is for systemd-boot; GRUB is made with grub-mkstandalone",
             ))
         }
-        (Loader::Grub, None) => None,
-        (Loader::SystemdBoot, Some(p)) => Some(ctx.existing("boot.efi", p, false)?),
-        (Loader::SystemdBoot, None) => Some(
-            ctx.existing("boot.efi", Path::new(SYSTEMD_BOOT_EFI), false)
+        (Loader::Grub, None) => ResolvedLoader::Grub,
+        (Loader::SystemdBoot, Some(p)) => ResolvedLoader::SystemdBoot {
+            efi: ctx.existing("boot.efi", p, false)?,
+        },
+        (Loader::SystemdBoot, None) => ResolvedLoader::SystemdBoot {
+            efi: ctx
+                .existing("boot.efi", Path::new(SYSTEMD_BOOT_EFI), false)
                 .map_err(|e| {
                     ctx.err(
                         "boot.efi",
                         format!("{} (install systemd-boot-efi)", e.message),
                     )
                 })?,
-        ),
+        },
     };
     let secure_boot =
         match &spec.boot.secure_boot {
@@ -208,7 +210,7 @@ pub(super) fn boot(
             format!("{w:?} is set per slot by kiln; leave it out"),
         ));
     }
-    Ok((loader_efi, secure_boot))
+    Ok((loader, secure_boot))
 }
 
 /// `[partitions]` sizes and `[output]` formats.

@@ -147,6 +147,11 @@ fn manifest_digest(s: &str) -> Result<String, String> {
     }
 }
 
+/// Prints an operation's event as `kiln-updater: <event>`.
+fn say(e: &ops::Event) {
+    println!("kiln-updater: {e}");
+}
+
 fn run() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Install {
@@ -171,6 +176,7 @@ fn run() -> Result<()> {
                         manifest_digest: expect_manifest,
                     },
                 },
+                &say,
             )?;
             if !no_reboot && !no_activate {
                 println!("kiln-updater: rebooting");
@@ -220,7 +226,7 @@ fn run() -> Result<()> {
             }
         }
         Cmd::Activate { tries, reboot } => {
-            ops::activate(tries)?;
+            ops::activate(tries, &say)?;
             if reboot {
                 println!("kiln-updater: rebooting");
                 let _ = std::process::Command::new("reboot").status();
@@ -253,13 +259,13 @@ fn run() -> Result<()> {
             }
         }
         Cmd::MarkGood => {
-            ops::mark_good()?;
+            ops::mark_good(&say)?;
         }
         Cmd::Rollback => {
             let s = ops::rollback()?;
             println!("kiln-updater: slot {s} boots next");
         }
-        Cmd::Reconcile => ops::reconcile()?,
+        Cmd::Reconcile => ops::reconcile(&say)?,
     }
     Ok(())
 }

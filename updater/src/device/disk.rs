@@ -120,10 +120,6 @@ impl Esp {
             mounted_here: true,
         })
     }
-
-    pub fn entries(&self) -> kiln_boot::systemd_boot::counting::EntriesDir {
-        kiln_boot::systemd_boot::counting::EntriesDir(self.path.join("loader/entries"))
-    }
 }
 
 impl Drop for Esp {

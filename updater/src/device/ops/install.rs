@@ -36,18 +36,20 @@ fn running_seed(
     index: impl FnOnce(&fs::File) -> std::io::Result<Option<Payload>>,
     name: &str,
     slot: Slot,
+    say: Say,
 ) -> Option<(fs::File, Payload)> {
     let f = file
         .map_err(|e| tracing::warn!("opening the running {name} of slot {slot}: {e}"))
         .ok()?;
     let (p, took) = slot_index::locate(recorded, || index(&f), &format!("{name} of slot {slot}"))?;
     if let Some(t) = took {
-        println!(
-            "kiln-updater: indexed the {name} of slot {slot} (no manifest recorded for it): {} chunks, {:.1} MiB in {} ms",
-            p.chunks.len(),
-            p.size as f64 / 1048576.0,
-            t.as_millis()
-        );
+        say(&Event::Indexed {
+            name: name.to_string(),
+            slot,
+            chunks: p.chunks.len(),
+            bytes: p.size,
+            ms: t.as_millis(),
+        });
     }
     Some((f, p))
 }
@@ -79,7 +81,7 @@ pub(super) fn root_hash(m: &crate::bundle::manifest::Manifest) -> Option<&str> {
     m.root_verity.as_ref().map(|v| v.root_hash.as_str())
 }
 
-pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
+pub fn install(source: &str, o: &InstallOptions, say: Say) -> Result<String> {
     let ctx = Ctx::open()?;
     let booted = ctx.disk.booted;
     let target = booted.other();
@@ -101,10 +103,11 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
     boot_kind_matches(&ctx.release, m)?;
     let store = ChunkStore::open(src.as_ref(), m)
         .with_context(|| format!("looking for the chunk store of {source}"))?;
-    println!(
-        "kiln-updater: installing {} (sequence {}) into slot {target}",
-        m.version, m.sequence
-    );
+    say(&Event::Installing {
+        version: m.version.clone(),
+        sequence: m.sequence,
+        target,
+    });
     // Accepted: the floors rise now (saved with the first state write, before any slot write).
     crate::device::policy::record_accepted(&mut st, m);
     // An earlier run of this install stopped part way (cut: its record still says in-progress;
@@ -165,6 +168,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             slot_index::index_slot,
             "root",
             booted,
+            say,
         );
         let seed = running_root.as_ref().map(|(f, p)| Seed::new(f, 0, p));
         let written = write_payload(
@@ -186,10 +190,14 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         hit("install.root-written");
         // Verified as written (each chunk's digest and the whole root's, in write order).
         let root_sha = written.sha256;
-        println!(
-            "kiln-updater: root written and verified ({} chunks fetched ({} bytes), {} reused from slot {booted} ({} bytes), {} already in the slot)",
-            stats.chunks, stats.fetched, stats.reused, stats.reused_bytes, stats.present
-        );
+        say(&Event::RootWritten {
+            chunks: stats.chunks,
+            fetched: stats.fetched,
+            reused: stats.reused,
+            reused_bytes: stats.reused_bytes,
+            present: stats.present,
+            booted,
+        });
         // 3. The slot's boot files on the ESP (kernel and initrd, or its signed UKI):
         // temporary name, verify, rename, sync the directory. Seeded by the running slot's
         // file in the same role (a UKI by the running slot's UKI: all but its command line
@@ -211,6 +219,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
                 |f| slot_index::index_file(f).map(Some),
                 name,
                 booted,
+                say,
             );
             let seed = running.as_ref().map(|(f, p)| Seed::new(f, 0, p));
             let fin = ctx.esp.path.join(&dest);
@@ -270,13 +279,11 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
         }
         Ok(root_sha)
     })();
-    let total = totals.fetched + totals.reused_bytes;
-    println!(
-        "kiln-updater: downloaded {:.1} MiB, reused {:.1} MiB from slot {booted} ({}% of the update reused)",
-        totals.fetched as f64 / 1048576.0,
-        totals.reused_bytes as f64 / 1048576.0,
-        (totals.reused_bytes * 100).checked_div(total).unwrap_or(0)
-    );
+    say(&Event::Downloaded {
+        fetched: totals.fetched,
+        reused_bytes: totals.reused_bytes,
+        booted,
+    });
     match result {
         Ok(_) => {
             fs::rename(&manifest_new, &manifest_file)
@@ -302,15 +309,16 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
             });
             state_file::save(&ctx.state_dir, &st)?;
             if o.activate {
-                println!(
-                    "kiln-updater: slot {target} staged with {} tries; reboot to try {}",
-                    o.tries, m.version
-                );
+                say(&Event::Staged {
+                    target,
+                    tries: o.tries,
+                    version: m.version.clone(),
+                });
             } else {
-                println!(
-                    "kiln-updater: slot {target} written and verified with {}; not bootable until `kiln-updater activate`",
-                    m.version
-                );
+                say(&Event::WrittenOnly {
+                    target,
+                    version: m.version.clone(),
+                });
             }
             Ok(m.version.clone())
         }
@@ -334,6 +342,7 @@ pub fn install(source: &str, o: &InstallOptions) -> Result<String> {
 mod tests {
     use super::*;
     use crate::bundle::manifest::{Manifest, Payload, Payloads, RootVerity, FORMAT};
+    use kiln_boot::contract::LoaderKind;
 
     fn release(uki: bool) -> Release {
         Release {

@@ -5,7 +5,7 @@ use super::*;
 
 /// Makes the slot written by `install --no-activate` boot next (with `tries`), after verifying
 /// it again against the manifest recorded with it: root partition, kernel and initrd.
-pub fn activate(tries: u8) -> Result<String> {
+pub fn activate(tries: u8, say: Say) -> Result<String> {
     let ctx = Ctx::open()?;
     let booted = ctx.disk.booted;
     let target = booted.other();
@@ -19,10 +19,10 @@ pub fn activate(tries: u8) -> Result<String> {
     {
         if let Some(s) = st.staged.as_ref().filter(|s| s.slot == target.to_string()) {
             if ctx.read_boot()?.next_boot() == Some(target) {
-                println!(
-                    "kiln-updater: slot {target} is already staged with {}; reboot to try it",
-                    s.version
-                );
+                say(&Event::AlreadyStaged {
+                    target,
+                    version: s.version.clone(),
+                });
                 return Ok(s.version.clone());
             }
         }
@@ -75,15 +75,16 @@ pub fn activate(tries: u8) -> Result<String> {
         ..st.last_install.clone().unwrap_or_default()
     });
     state_file::save(&ctx.state_dir, &st)?;
-    println!(
-        "kiln-updater: slot {target} staged with {tries} tries; reboot to try {}",
-        m.version
-    );
+    say(&Event::Staged {
+        target,
+        tries,
+        version: m.version.clone(),
+    });
     Ok(m.version)
 }
 
 /// Notices a fallback: the staged slot ran out of tries and the loader booted the other one.
-pub fn reconcile() -> Result<()> {
+pub fn reconcile(say: Say) -> Result<()> {
     let ctx = Ctx::open()?;
     let mut boot = ctx.read_boot()?;
     let Some((slot, entry)) = boot
@@ -93,10 +94,11 @@ pub fn reconcile() -> Result<()> {
         return Ok(());
     };
     let mut st = state_file::load(&ctx.state_dir)?;
-    println!(
-        "kiln-updater: slot {slot} ({}) failed to boot; rolled back to slot {}",
-        entry.version, ctx.disk.booted
-    );
+    say(&Event::RolledBack {
+        slot,
+        version: entry.version.clone(),
+        to: ctx.disk.booted,
+    });
     boot.entries.remove(&slot);
     ctx.commit(&boot)?;
     hit("reconcile.committed");
@@ -118,7 +120,7 @@ pub fn reconcile() -> Result<()> {
 pub struct Unhealthy(pub Slot);
 
 /// Runs the health checks, then blesses the booted slot if it is pending.
-pub fn mark_good() -> Result<bool> {
+pub fn mark_good(say: Say) -> Result<bool> {
     let ctx = Ctx::open()?;
     let booted = ctx.disk.booted;
     let mut boot = ctx.read_boot()?;
@@ -154,7 +156,7 @@ pub fn mark_good() -> Result<bool> {
         }
     }
     state_file::save(&ctx.state_dir, &st)?;
-    println!("kiln-updater: slot {booted} marked good");
+    say(&Event::MarkedGood { slot: booted });
     Ok(true)
 }
 

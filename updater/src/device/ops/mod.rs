@@ -15,20 +15,25 @@ use crate::seed::Seed;
 use crate::slot_index;
 use anyhow::{bail, Context, Result};
 use kiln_boot::failpoint::hit;
-use kiln_boot::grub::{self, GrubEnv};
+use kiln_boot::loader::Loader;
 use kiln_boot::state::{BootState, Health, SlotEntry, VerifiedSlot};
-use kiln_boot::systemd_boot::counting::{render, EntryBoot};
 use kiln_boot::Slot;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kiln_boot::contract::{LoaderKind, Release};
+use kiln_boot::contract::Release;
 pub use kiln_boot::contract::{HEALTH, KEYS_DIR, RELEASE};
 
+mod event;
 mod install;
 mod lifecycle;
+
+pub use event::Event;
+
+/// Where an operation reports its [`Event`]s (the binary prints them).
+pub type Say<'a> = &'a dyn Fn(&Event);
 
 pub use install::{install, InstallOptions};
 pub use lifecycle::{
@@ -104,6 +109,7 @@ struct Ctx {
     esp: Esp,
     _lock: nix::fcntl::Flock<fs::File>,
     release: Release,
+    loader: Loader,
     /// Each slot's root hash as its entry carries it now: the booted slot's from the kernel's
     /// command line, the other's from its loader record (GRUB re-renders both slots' lines on
     /// every commit, so the other slot's hash must come back from somewhere other than the
@@ -118,11 +124,13 @@ impl Ctx {
         let disk = BootDisk::detect().context("finding the boot disk")?;
         let esp = Esp::mount(&disk)?;
         let release = release()?;
+        let loader = Loader::new(release.loader, &esp.path, &release.name, release.uki);
         let mut ctx = Ctx {
             disk,
             esp,
             _lock: lock,
             release,
+            loader,
             verity: [(Slot::A, None), (Slot::B, None)],
             state_dir: PathBuf::from(state_file::DIR),
         };
@@ -140,32 +148,15 @@ impl Ctx {
 
     /// The root hash in `slot`'s loader record (its GRUB command line, or its entry's options).
     fn recorded_verity(&self, slot: Slot) -> Option<String> {
-        let line = if self.release.loader == LoaderKind::Grub {
-            let (_, vars) = self.grubenv().read().ok()?;
-            vars.get(&format!("{}_CMDLINE", slot.to_string().to_uppercase()))?
-                .clone()
-        } else {
-            let (_, entries) = self.esp.entries().read().ok()?;
-            entries.into_iter().find(|(s, _)| *s == slot)?.1.options
-        };
+        let line = self.loader.recorded_cmdline(slot)?;
         kiln_boot::cmdline::verity_arg(&line).map(str::to_string)
-    }
-
-    fn grubenv(&self) -> GrubEnv {
-        GrubEnv(self.esp.path.join(grub::ENV_PATH))
     }
 
     /// The A/B state from the loader's own records (grubenv or systemd-boot entries).
     fn read_boot(&self) -> Result<BootState> {
-        if self.release.loader == LoaderKind::Grub {
-            return Ok(self.grubenv().read().context("reading grubenv")?.0);
-        }
-        Ok(self
-            .esp
-            .entries()
+        self.loader
             .read()
-            .context("reading the loader entries")?
-            .0)
+            .with_context(|| format!("reading {}", self.loader.describe()))
     }
 
     fn commit(&self, boot: &BootState) -> Result<()> {
@@ -189,22 +180,8 @@ impl Ctx {
                 .map(|c| c.clone())
                 .unwrap_or_default()
         };
-        if self.release.loader == LoaderKind::Grub {
-            return self
-                .grubenv()
-                .commit(boot, cmd)
-                .context("committing grubenv");
-        }
-        self.esp
-            .entries()
-            .commit(boot, |s, e| {
-                let how = if self.release.uki {
-                    EntryBoot::Uki
-                } else {
-                    EntryBoot::Linux { options: &cmd(s) }
-                };
-                render(s, e, &self.release.name, how)
-            })
-            .context("committing the loader entries")
+        self.loader
+            .commit(boot, cmd)
+            .with_context(|| format!("committing {}", self.loader.describe()))
     }
 }
