@@ -19,13 +19,31 @@ use std::time::Duration;
 /// The slots on this machine (kiln-updater).
 pub trait Device: Send + Sync + 'static {
     /// The running version and whether the booted slot is blessed.
-    fn running(&self) -> impl Future<Output = Result<(String, bool), String>> + Send;
+    fn running(&self) -> impl Future<Output = Result<(String, bool), DeviceError>> + Send;
     /// Download and verify the target's bundle into the inactive slot, without making it
     /// boot; any bundle but the target's version (and manifest digest, when pinned) is refused
     /// before the slot is touched.
-    fn stage(&self, target: &Target) -> impl Future<Output = Result<(), String>> + Send;
+    fn stage(&self, target: &Target) -> impl Future<Output = Result<(), DeviceError>> + Send;
     /// Make the staged slot boot next (with a try counter) and reboot.
-    fn flip_and_reboot(&self) -> impl Future<Output = Result<(), String>> + Send;
+    fn flip_and_reboot(&self) -> impl Future<Output = Result<(), DeviceError>> + Send;
+}
+
+/// Why the device could not do what the agent asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The updater could not be run at all.
+    #[error("{program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and failed: the command and the last line of its error output.
+    #[error("{command}: {message}")]
+    Failed { command: String, message: String },
+    /// Its status could not be read.
+    #[error("kiln-updater status --json: {0}")]
+    Status(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +53,7 @@ pub enum Error {
     #[error("agent state: {0}")]
     State(#[from] node::StateError),
     #[error("{0}")]
-    Device(String),
+    Device(#[from] DeviceError),
 }
 
 pub struct Agent<D: Device> {
@@ -141,7 +159,7 @@ impl<D: Device> Agent<D> {
         // redone (all idempotent) so what a lost connection interrupted completes.
         let mut acted = 0;
         if self.booted {
-            let (version, blessed) = self.device.running().await.map_err(Error::Device)?;
+            let (version, blessed) = self.device.running().await?;
             acted = self.apply(Event::Booted { version, blessed }).await?;
             // After the state it led to is committed: a crash before this tells the same boot
             // again, which each state takes as nothing new or redoes idempotently (a stage, a
@@ -184,7 +202,7 @@ impl<D: Device> Agent<D> {
 
     async fn check_blessed(&mut self) -> Result<(), Error> {
         if matches!(self.state, State::Verifying(_)) {
-            let (version, blessed) = self.device.running().await.map_err(Error::Device)?;
+            let (version, blessed) = self.device.running().await?;
             self.apply(Event::Booted { version, blessed }).await?;
         }
         Ok(())
@@ -210,7 +228,7 @@ impl<D: Device> Agent<D> {
         if !node::takes_targets(&self.state, &t) {
             return Ok(());
         }
-        let (running, _) = self.device.running().await.map_err(Error::Device)?;
+        let (running, _) = self.device.running().await?;
         if running == t.version {
             // Nothing to do for it but say so (even if its OSUpgrade is gone by now).
             return self.apply(Event::AlreadyRunning(t)).await.map(drop);
@@ -290,7 +308,7 @@ impl<D: Device> Agent<D> {
                 tracing::info!("staging {} from {}", t.version, t.bundle_url);
                 Some(match self.device.stage(&t).await {
                     Ok(()) => Event::Staged,
-                    Err(e) => Event::StageFailed(e),
+                    Err(e) => Event::StageFailed(e.to_string()),
                 })
             }
             Action::Cordon => {
@@ -318,7 +336,7 @@ impl<D: Device> Agent<D> {
                 tracing::info!("switching to the staged slot and rebooting");
                 match self.device.flip_and_reboot().await {
                     Ok(()) => None,
-                    Err(e) => Some(Event::FlipFailed(e)),
+                    Err(e) => Some(Event::FlipFailed(e.to_string())),
                 }
             }
             Action::Uncordon => {
@@ -333,7 +351,7 @@ impl<D: Device> Agent<D> {
     }
 
     async fn report(&self, phase: &Phase) -> Result<(), Error> {
-        let (running, _) = self.device.running().await.map_err(Error::Device)?;
+        let (running, _) = self.device.running().await?;
         let target = self.target().map(|t| t.version).unwrap_or_default();
         let pp = PatchParams::default();
         let nodes = self.nodes();

@@ -1,8 +1,9 @@
 //! [`Device`] on a Kiln node: the slots through `kiln-updater` (status, install --no-activate,
 //! activate --reboot).
 
-use crate::daemon::Device;
+use crate::daemon::{Device, DeviceError};
 use crate::node::Target;
+use kiln_updater::status::Status;
 use std::path::PathBuf;
 use tokio::process::Command;
 
@@ -10,37 +11,32 @@ pub struct Updater {
     pub bin: PathBuf,
 }
 
-async fn run(bin: &PathBuf, args: &[&str]) -> Result<String, String> {
+async fn run(bin: &PathBuf, args: &[&str]) -> Result<String, DeviceError> {
     let out = Command::new(bin)
         .args(args)
         .output()
         .await
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
+        .map_err(|source| DeviceError::Spawn {
+            program: bin.display().to_string(),
+            source,
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "{} {}: {}",
-            bin.display(),
-            args.join(" "),
-            err.lines().last().unwrap_or("failed").trim()
-        ));
+        return Err(DeviceError::Failed {
+            command: format!("{} {}", bin.display(), args.join(" ")),
+            message: err.lines().last().unwrap_or("failed").trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// (running version, blessed) from `kiln-updater status --json`.
-pub fn parse_status(json: &str) -> Result<(String, bool), String> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("kiln-updater status --json: {e}"))?;
-    let booted = v["booted"].as_str().ok_or("status: no booted slot")?;
-    let slot = v["slots"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["slot"] == booted))
-        .ok_or_else(|| format!("status: no slot {booted}"))?;
-    Ok((
-        slot["version"].as_str().unwrap_or("").to_string(),
-        slot["state"] == "good",
-    ))
+pub fn parse_status(json: &str) -> Result<(String, bool), DeviceError> {
+    let s: Status = serde_json::from_str(json).map_err(|e| DeviceError::Status(e.to_string()))?;
+    let slot = s
+        .booted_slot()
+        .ok_or_else(|| DeviceError::Status(format!("no slot {}", s.booted)))?;
+    Ok((slot.version.clone().unwrap_or_default(), slot.is_good()))
 }
 
 /// `kiln-updater` arguments that stage `t`: its version (and manifest digest, when the
@@ -56,15 +52,15 @@ pub fn stage_args(t: &Target) -> Vec<&str> {
 }
 
 impl Device for Updater {
-    async fn running(&self) -> Result<(String, bool), String> {
+    async fn running(&self) -> Result<(String, bool), DeviceError> {
         parse_status(&run(&self.bin, &["status", "--json"]).await?)
     }
 
-    async fn stage(&self, t: &Target) -> Result<(), String> {
+    async fn stage(&self, t: &Target) -> Result<(), DeviceError> {
         run(&self.bin, &stage_args(t)).await.map(drop)
     }
 
-    async fn flip_and_reboot(&self) -> Result<(), String> {
+    async fn flip_and_reboot(&self) -> Result<(), DeviceError> {
         run(&self.bin, &["activate", "--reboot"]).await.map(drop)
     }
 }
@@ -78,9 +74,9 @@ mod tests {
         let j = r#"{"booted":"b","next_boot":"b","slots":[
             {"slot":"a","version":"1.0.0","state":"good","tries_left":null},
             {"slot":"b","version":"2.0.0","state":"pending","tries_left":2}]}"#;
-        assert_eq!(parse_status(j), Ok(("2.0.0".into(), false)));
+        assert_eq!(parse_status(j).unwrap(), ("2.0.0".into(), false));
         let j = j.replace("\"pending\"", "\"good\"");
-        assert_eq!(parse_status(&j), Ok(("2.0.0".into(), true)));
+        assert_eq!(parse_status(&j).unwrap(), ("2.0.0".into(), true));
         assert!(parse_status("{}").is_err());
     }
 

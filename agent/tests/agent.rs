@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use kiln_agent::crd::DrainPolicy;
-use kiln_agent::daemon::{Agent, Device};
+use kiln_agent::daemon::{Agent, Device, DeviceError};
 use kiln_agent::drain;
 use kiln_agent::node::{Event, State, StateFile, Target};
 use kiln_agent::protocol::*;
@@ -34,17 +34,17 @@ impl FakeDevice {
 }
 
 impl Device for FakeDevice {
-    async fn running(&self) -> Result<(String, bool), String> {
+    async fn running(&self) -> Result<(String, bool), DeviceError> {
         Ok(self.running.lock().unwrap().clone())
     }
-    async fn stage(&self, t: &Target) -> Result<(), String> {
+    async fn stage(&self, t: &Target) -> Result<(), DeviceError> {
         self.calls
             .lock()
             .unwrap()
             .push(format!("stage {}", t.bundle_url));
         Ok(())
     }
-    async fn flip_and_reboot(&self) -> Result<(), String> {
+    async fn flip_and_reboot(&self) -> Result<(), DeviceError> {
         self.calls.lock().unwrap().push("flip".into());
         Ok(())
     }

@@ -13,3 +13,4 @@ pub use kiln_boot::image_len;
 pub mod install;
 pub mod seed;
 pub mod slot_index;
+pub mod status;

@@ -44,17 +44,7 @@ pub struct Staged {
     pub sequence: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LastInstall {
-    pub version: String,
-    pub result: String,
-    pub time: u64,
-    /// Compressed bytes downloaded, and bytes copied from the running slot instead.
-    #[serde(default)]
-    pub downloaded: u64,
-    #[serde(default)]
-    pub reused: u64,
-}
+pub use crate::status::LastInstall;
 
 fn path(dir: &Path) -> PathBuf {
     dir.join("state.json")

@@ -171,24 +171,7 @@ pub fn rollback() -> Result<Slot> {
 }
 
 /// `status --json`.
-#[derive(Debug, serde::Serialize)]
-pub struct Status {
-    pub booted: String,
-    pub next_boot: Option<String>,
-    pub slots: Vec<SlotStatus>,
-    pub installed_sequence: Option<u64>,
-    pub last_install: Option<LastInstall>,
-    pub rolled_back_from: Option<String>,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct SlotStatus {
-    pub slot: String,
-    pub version: Option<String>,
-    /// good, pending, bad or empty.
-    pub state: String,
-    pub tries_left: Option<u8>,
-}
+pub use crate::status::{SlotStatus, Status};
 
 pub fn status() -> Result<Status> {
     let ctx = Ctx::open()?;
