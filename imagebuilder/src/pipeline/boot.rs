@@ -10,9 +10,7 @@ use kiln_boot::loader::Loader;
 use kiln_boot::state::{BootState, Health, SlotEntry};
 use kiln_boot::systemd_boot;
 use kiln_boot::Slot;
-use kiln_initramfs::archive::Contents;
 use kiln_initramfs::config::InitConfig;
-use kiln_initramfs::modules::ModulesDep;
 use kiln_rootfs::mkfs::RootFormat;
 use std::fs;
 use std::path::Path;
@@ -120,14 +118,6 @@ fn build_initramfs(
             opts.init_bin.display()
         )));
     }
-    let dep_path = r.modules_dir.join("modules.dep");
-    let dep = fs::read_to_string(&dep_path)
-        .map_err(BuildError::io(format!("reading {}", dep_path.display())))?;
-    let spec_err = |message: String| crate::SpecError {
-        file: r.spec_path.display().to_string(),
-        field: "kernel.modules".into(),
-        message,
-    };
     let mut wanted = r.spec.kernel.modules.clone();
     if r.spec.rootfs.verity {
         wanted.push("dm-verity".into());
@@ -137,21 +127,10 @@ fn build_initramfs(
         wanted.push("softdog".into());
         module_params.insert("softdog".to_string(), format!("soft_margin={secs}"));
     }
-    let deps = ModulesDep::parse(&dep).map_err(|e| spec_err(e.to_string()))?;
-    let closure = deps.closure(&wanted).map_err(|e| spec_err(e.to_string()))?;
-    // Loaded only by a network boot (kiln pxe): the loop device for the root image in RAM.
-    // Kernels with loop built in have no module to add.
-    let pxe_only: Vec<String> = deps
-        .closure(&["loop".to_string()])
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| !closure.contains(m))
-        .collect();
-    let in_initrd = |m: &str| format!("/lib/modules/{}/{m}", r.kernel_version);
     let config = InitConfig {
         name: r.spec.name.clone(),
         version: r.spec.version.clone(),
-        modules: closure.iter().map(|m| in_initrd(m)).collect(),
+        modules: Vec::new(),
         root_fstype: format.fstype().to_string(),
         persist_label: "persist".into(),
         layout: r.spec.persist.clone(),
@@ -161,25 +140,30 @@ fn build_initramfs(
         watchdog_secs: r.spec.boot.watchdog_secs,
         esp_fsck: Some(ESP_FSCK.into()),
         grow_persist: r.spec.partitions.grow_persist,
-        pxe_modules: pxe_only.iter().map(|m| in_initrd(m)).collect(),
+        pxe_modules: Vec::new(),
         root_slot_bytes: Some(r.spec.partitions.root),
         verity: r.spec.rootfs.verity,
     };
-    let mut c = Contents::new(init, &config).map_err(BuildError::io("building the initramfs"))?;
-    for m in closure.iter().chain(&pxe_only) {
-        let p = r.modules_dir.join(m);
-        let data =
-            fs::read(&p).map_err(BuildError::io(format!("reading module {}", p.display())))?;
-        c.add_file(&in_initrd(m), data, 0o644);
-    }
     let fsck = crate::host_tool::find(&["/usr/sbin/fsck.fat", "/sbin/fsck.fat"], "dosfstools")?;
-    for (path, data, mode) in crate::host_tool::with_libs(&fsck, ESP_FSCK)? {
-        c.add_file(&path, data, mode);
-    }
-    let mut out = Vec::new();
-    c.write(&mut out, opts.epoch.min(u64::from(u32::MAX)) as u32)
-        .map_err(BuildError::io("writing the initramfs"))?;
-    Ok(out)
+    let extra = crate::host_tool::with_libs(&fsck, ESP_FSCK)?;
+    kiln_initramfs::build::build(kiln_initramfs::build::Inputs {
+        init,
+        config,
+        modules_dir: &r.modules_dir,
+        kernel_version: &r.kernel_version,
+        wanted: &wanted,
+        extra,
+        epoch: opts.epoch.min(u64::from(u32::MAX)) as u32,
+    })
+    .map_err(|e| match e {
+        kiln_initramfs::build::BuildError::Modules(e) => crate::SpecError {
+            file: r.spec_path.display().to_string(),
+            field: "kernel.modules".into(),
+            message: e.to_string(),
+        }
+        .into(),
+        kiln_initramfs::build::BuildError::Io { what, source } => BuildError::io(what)(source),
+    })
 }
 
 /// Whether an ESP of `size` bytes holds `need` bytes of boot files for each of two slots, plus
