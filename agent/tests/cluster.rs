@@ -15,6 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// `kubectl` arguments of a merge patch of Node `node`.
+fn merge_patch<'a>(node: &'a str, body: &'a str) -> [&'a str; 6] {
+    ["patch", "node", node, "--type=merge", "-p", body]
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -103,10 +108,7 @@ async fn one_node_s_credentials_change_only_that_node() {
 
     // Another node: refused by the policy (RBAC alone would allow it).
     refused(
-        c.kubectl_as(
-            &n1,
-            &["patch", "node", "n2", "--type=merge", "-p", &heartbeat],
-        ),
+        c.kubectl_as(&n1, &merge_patch("n2", &heartbeat)),
         "kiln agent kiln-agent:n1 may change only its own Node, not n2",
     );
     // (`kubectl cordon` exits 0 even when refused: the patch it sends, directly.)
@@ -114,27 +116,17 @@ async fn one_node_s_credentials_change_only_that_node() {
         json!({"metadata": {"annotations": {CORDONED: "true"}}, "spec": {"unschedulable": true}})
             .to_string();
     refused(
-        c.kubectl_as(&n1, &["patch", "node", "n2", "--type=merge", "-p", &cordon]),
+        c.kubectl_as(&n1, &merge_patch("n2", &cordon)),
         "may change only its own Node, not n2",
     );
     // Its own node: its heartbeat and the cordon, yes.
-    allowed(c.kubectl_as(
-        &n1,
-        &["patch", "node", "n1", "--type=merge", "-p", &heartbeat],
-    ));
-    allowed(c.kubectl_as(&n1, &["patch", "node", "n1", "--type=merge", "-p", &cordon]));
+    allowed(c.kubectl_as(&n1, &merge_patch("n1", &heartbeat)));
+    allowed(c.kubectl_as(&n1, &merge_patch("n1", &cordon)));
     // Its own target (the operator's annotation), labels, taints, other annotations: no.
     refused(
         c.kubectl_as(
             &n1,
-            &[
-                "patch",
-                "node",
-                "n1",
-                "--type=merge",
-                "-p",
-                &merge(json!({TARGET_VERSION: "9.9.9"})),
-            ],
+            &merge_patch("n1", &merge(json!({TARGET_VERSION: "9.9.9"}))),
         ),
         "may change only the annotations kiln.dev/version, kiln.dev/phase",
     );
@@ -216,30 +208,14 @@ async fn one_node_s_credentials_change_only_that_node() {
     let uncordon =
         json!({"metadata": {"annotations": {CORDONED: null}}, "spec": {"unschedulable": false}})
             .to_string();
-    allowed(c.kubectl_as(
-        &n1,
-        &["patch", "node", "n1", "--type=merge", "-p", &uncordon],
-    ));
+    allowed(c.kubectl_as(&n1, &merge_patch("n1", &uncordon)));
     c.must(&["cordon", "n1"]);
     refused(
-        c.kubectl_as(
-            &n1,
-            &["patch", "node", "n1", "--type=merge", "-p", &uncordon],
-        ),
+        c.kubectl_as(&n1, &merge_patch("n1", &uncordon)),
         "only with the kiln.dev/cordoned mark",
     );
     refused(
-        c.kubectl_as(
-            &n1,
-            &[
-                "patch",
-                "node",
-                "n1",
-                "--type=merge",
-                "-p",
-                &merge(json!({CORDONED: "true"})),
-            ],
-        ),
+        c.kubectl_as(&n1, &merge_patch("n1", &merge(json!({CORDONED: "true"})))),
         "only with the kiln.dev/cordoned mark",
     );
     c.must(&["uncordon", "n1"]);

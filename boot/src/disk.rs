@@ -145,9 +145,7 @@ mod tests {
 
     #[test]
     fn a_damaged_primary_table_is_read_from_the_backup() {
-        let d = tempfile::tempdir().unwrap();
-        let img = d.path().join("disk");
-        File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        let (_d, img) = sparse_file("disk", 16 << 20);
         let ok = std::process::Command::new("sgdisk")
             .args(["-n", "1:2048:+4M", "-c", "1:persist", "-t"])
             .arg(format!("1:{VAR_TYPE}"))
@@ -169,5 +167,13 @@ mod tests {
         let end = 16 << 20;
         f.write_all_at(&[0u8; 512], end - 512).unwrap();
         assert!(read_table(path).unwrap_err().contains("no GPT header"));
+    }
+
+    /// A sparse file of `len` bytes in a scratch directory.
+    fn sparse_file(name: &str, len: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(name);
+        File::create(&p).unwrap().set_len(len).unwrap();
+        (d, p)
     }
 }

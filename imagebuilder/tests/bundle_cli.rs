@@ -11,6 +11,7 @@ use kiln_updater::bundle::store::{ChunkStore, PACK};
 use kiln_updater::install::{write_payload, WriteOptions};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 /// `kiln keygen` into `dir/dev.{key,pub}` and a spec trusting that key at `dir/image.toml`;
 /// returns (secret key, spec).
@@ -40,6 +41,29 @@ fn extract_root(out: &std::path::Path, tree: &std::path::Path) {
         ],
     );
     assert!(ok, "{msg}");
+}
+
+/// `kiln bundle BUILD --key SECRET --out OUT [--sequence N] EXTRA…`.
+fn bundle_cmd(
+    out: &Path,
+    secret: &Path,
+    to: &Path,
+    sequence: Option<&str>,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "bundle".as_ref(),
+        out.as_os_str(),
+        "--key".as_ref(),
+        secret.as_os_str(),
+        "--out".as_ref(),
+        to.as_os_str(),
+    ];
+    if let Some(n) = sequence {
+        args.extend([std::ffi::OsStr::new("--sequence"), std::ffi::OsStr::new(n)]);
+    }
+    args.extend_from_slice(extra);
+    kiln(&args)
 }
 
 #[test]
@@ -73,18 +97,13 @@ fn keygen_build_with_keys_and_bundle() {
     // A bundle of that build verifies against the key, as a directory and as a .kbundle.
     let bundle = d.path().join("bundle");
     let kb = d.path().join("v1.kbundle");
-    let o = kiln(&[
-        "bundle".as_ref(),
-        out.as_os_str(),
-        "--key".as_ref(),
-        secret.as_os_str(),
-        "--out".as_ref(),
-        bundle.as_os_str(),
-        "--sequence".as_ref(),
-        "7".as_ref(),
-        "--kbundle".as_ref(),
-        kb.as_os_str(),
-    ]);
+    let o = bundle_cmd(
+        &out,
+        &secret,
+        &bundle,
+        Some("7"),
+        &["--kbundle".as_ref(), kb.as_os_str()],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let policy = Policy {
         compatible: "t-x86_64".into(),
@@ -138,17 +157,13 @@ fn keygen_build_with_keys_and_bundle() {
     // older updaters, and installs the same root.
     assert!(bundle.join(PACK).is_file() && !bundle.join("chunks").exists());
     let files = d.path().join("bundle-files");
-    let o = kiln(&[
-        "bundle".as_ref(),
-        out.as_os_str(),
-        "--key".as_ref(),
-        secret.as_os_str(),
-        "--out".as_ref(),
-        files.as_os_str(),
-        "--sequence".as_ref(),
-        "7".as_ref(),
-        "--chunk-files".as_ref(),
-    ]);
+    let o = bundle_cmd(
+        &out,
+        &secret,
+        &files,
+        Some("7"),
+        &["--chunk-files".as_ref()],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!files.join(PACK).exists() && files.join("chunks").is_dir());
     let want = imagebuilder::pipeline::sha256_file(&out.join("root.img")).unwrap();
@@ -192,16 +207,7 @@ fn keygen_build_with_keys_and_bundle() {
     }
 
     // The output directory is never overwritten.
-    let o = kiln(&[
-        "bundle".as_ref(),
-        out.as_os_str(),
-        "--key".as_ref(),
-        secret.as_os_str(),
-        "--out".as_ref(),
-        bundle.as_os_str(),
-        "--sequence".as_ref(),
-        "8".as_ref(),
-    ]);
+    let o = bundle_cmd(&out, &secret, &bundle, Some("8"), &[]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
 }
@@ -237,16 +243,8 @@ fn a_build_bakes_its_sequence_and_bundles_of_it_carry_it() {
 
     let bundle = |name: &str, extra: &[&str]| {
         let dir = d.path().join(name);
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "bundle".as_ref(),
-            out.as_os_str(),
-            "--key".as_ref(),
-            secret.as_os_str(),
-            "--out".as_ref(),
-            dir.as_os_str(),
-        ];
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
-        (kiln(&args), dir)
+        let extra: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsStr::new).collect();
+        (bundle_cmd(&out, &secret, &dir, None, &extra), dir)
     };
     let (o, dir) = bundle("carried", &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

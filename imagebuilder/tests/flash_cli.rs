@@ -81,25 +81,25 @@ fn check_partitions(lo: &LoopDev) {
     }
     let parts = lo.partitions();
     assert_eq!(parts.len(), 4, "partitions after the flash: {parts:?}");
-    let fat = Command::new("fsck.fat")
-        .arg("-n")
-        .arg(&parts[0])
-        .output()
-        .unwrap();
+    assert_clean("fsck.fat", "-n", &parts[0]);
+    assert_clean("e2fsck", "-fn", &parts[3]);
+}
+
+/// The flash failed, saying each of `said`, and left no partition table on `lo`.
+fn assert_refused_and_wiped(o: &std::process::Output, said: &[&str], lo: &LoopDev) {
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(said.iter().all(|s| err.contains(s)), "{err}");
+    assert_no_partition_table(lo);
+}
+
+/// Runs a read-only filesystem check on `dev` and asserts it finds nothing.
+fn assert_clean(checker: &str, flags: &str, dev: impl AsRef<std::ffi::OsStr>) {
+    let o = Command::new(checker).arg(flags).arg(dev).output().unwrap();
     assert!(
-        fat.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fat.stdout)
-    );
-    let e2 = Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(&parts[3])
-        .output()
-        .unwrap();
-    assert!(
-        e2.status.success(),
-        "{}",
-        String::from_utf8_lossy(&e2.stdout)
+        o.status.success(),
+        "{checker}: {}",
+        String::from_utf8_lossy(&o.stdout)
     );
 }
 
@@ -242,11 +242,7 @@ fn refuses_a_mounted_device_and_a_too_small_one() {
         "{err}"
     );
     // Untouched: the filesystem is still there.
-    let fsck = Command::new("e2fsck")
-        .args(["-fn", &busy.dev])
-        .status()
-        .unwrap();
-    assert!(fsck.success());
+    assert_clean("e2fsck", "-fn", &busy.dev);
 
     let o = flash(&[image.to_str().unwrap(), image.to_str().unwrap()]);
     assert!(!o.status.success());
@@ -286,13 +282,7 @@ fn an_image_failing_verification_leaves_no_partition_table() {
         "--sha256",
         &"0".repeat(64),
     ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("does not match") && err.contains("--sha256"),
-        "{err}"
-    );
-    assert_no_partition_table(&lo);
+    assert_refused_and_wiped(&o, &["does not match", "--sha256"], &lo);
 
     // A corrupted image next to its published checksum.
     let good_sum = sha256sum(&image);
@@ -303,13 +293,7 @@ fn an_image_failing_verification_leaves_no_partition_table() {
     std::fs::write(d.path().join("bad.raw.sha256"), good_sum).unwrap();
     assert!(flash(&[image.to_str().unwrap(), &lo.dev]).status.success());
     let o = flash(&[bad.to_str().unwrap(), &lo.dev]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("bad.raw.sha256") && err.contains("the device was wiped"),
-        "{err}"
-    );
-    assert_no_partition_table(&lo);
+    assert_refused_and_wiped(&o, &["bad.raw.sha256", "the device was wiped"], &lo);
 }
 
 #[test]
@@ -335,12 +319,15 @@ fn with_key_only_a_signed_checksum_is_trusted() {
 
     let lo = attach(&used_disk(d.path(), "disk", 2 << 30, &[]));
     let pubkey = keys.join("dev.pub");
-    let o = flash(&[
-        image.to_str().unwrap(),
-        &lo.dev,
-        "--key",
-        pubkey.to_str().unwrap(),
-    ]);
+    let flash_signed = || {
+        flash(&[
+            image.to_str().unwrap(),
+            &lo.dev,
+            "--key",
+            pubkey.to_str().unwrap(),
+        ])
+    };
+    let o = flash_signed();
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("disk.raw.sha256, signed by key"));
     assert!(same_bytes(&image, &lo.dev));
@@ -351,12 +338,7 @@ fn with_key_only_a_signed_checksum_is_trusted() {
         format!("{}  disk.raw\n", "0".repeat(64)),
     )
     .unwrap();
-    let o = flash(&[
-        image.to_str().unwrap(),
-        &lo.dev,
-        "--key",
-        pubkey.to_str().unwrap(),
-    ]);
+    let o = flash_signed();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -369,12 +351,7 @@ fn with_key_only_a_signed_checksum_is_trusted() {
     );
 
     std::fs::remove_file(format!("{}.sha256.sig", image.display())).unwrap();
-    let o = flash(&[
-        image.to_str().unwrap(),
-        &lo.dev,
-        "--key",
-        pubkey.to_str().unwrap(),
-    ]);
+    let o = flash_signed();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("disk.raw.sha256.sig is missing"));
 }

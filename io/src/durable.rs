@@ -55,11 +55,17 @@ fn tmp_path(path: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    /// A scratch directory holding `name` with `content`.
+    fn with_file(name: &str, content: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(name);
+        write_durable(&p, content).unwrap();
+        (d, p)
+    }
+
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("state.json");
-        write_durable(&p, b"one").unwrap();
+        let (d, p) = with_file("state.json", b"one");
         let mut seen = false;
         write_durable_then(&p, b"two", || {
             // Synced but not yet renamed: the old content is still the file's.
@@ -75,9 +81,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_leaves_the_old_file_and_no_temporary() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        write_durable(&p, b"old").unwrap();
+        let (d, p) = with_file("f", b"old");
         // The rename fails: a directory stands where the file would go.
         let dir_target = d.path().join("sub");
         fs::create_dir_all(dir_target.join("x")).unwrap();

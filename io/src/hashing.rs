@@ -4,12 +4,27 @@ use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 
 /// Which side of [`copy_hashed`] failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum CopyError {
-    #[error("reading: {0}")]
-    Read(#[source] io::Error),
-    #[error("writing: {0}")]
-    Write(#[source] io::Error),
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyError::Read(e) => write!(f, "reading: {e}"),
+            CopyError::Write(e) => write!(f, "writing: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CopyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CopyError::Read(e) | CopyError::Write(e) => Some(e),
+        }
+    }
 }
 
 /// Copies `r` to `w` in 1 MiB blocks; returns the bytes copied and their sha256 (hex).

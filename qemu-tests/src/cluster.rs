@@ -286,14 +286,7 @@ pub fn assert_upgraded(
         *kubelet.cordoned_seen.lock().unwrap(),
         "the Node was cordoned during the upgrade"
     );
-    let pods = k.must(&[
-        "get",
-        "pods",
-        "-n",
-        "app",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
+    let pods = k.pod_names("app");
     assert!(
         !pods.contains(evicted),
         "the pod {evicted} was evicted: {pods}"

@@ -166,14 +166,7 @@ fn a_kubectl_apply_upgrades_the_guest_node_and_a_substituted_bundle_is_refused()
     });
     let admin = Kubectl::new(&c.admin());
     assert_upgraded(&admin, NODE, "2.0.0", "web-guest", &kubelet, &mut con);
-    let pods = c.must(&[
-        "get",
-        "pods",
-        "-n",
-        "app",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
+    let pods = admin.pod_names("app");
     assert!(pods.contains("web-other"), "{pods}");
     let table = c.must(&["get", "osupgrades"]);
     eprintln!("{table}");

@@ -159,6 +159,18 @@ pub fn extract(
             remove_any(&dest)?;
         }
         let ctx = |what: &str| format!("{source_name}: {what} {}", raw.display());
+        // A symlink's or hard link's target, which it must have.
+        let link_target = |what: &str| {
+            header
+                .link_name()
+                .map_err(RootfsError::io(ctx("reading link target of")))?
+                .ok_or_else(|| {
+                    invalid(
+                        source_name,
+                        format!("{what} {} has no target", raw.display()),
+                    )
+                })
+        };
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let over = || RootfsError::ExtractCap {
@@ -187,29 +199,13 @@ pub fn extract(
                 stats.dirs += 1;
             }
             EntryType::Symlink => {
-                let target = header
-                    .link_name()
-                    .map_err(RootfsError::io(ctx("reading link target of")))?
-                    .ok_or_else(|| {
-                        invalid(
-                            source_name,
-                            format!("symlink {} has no target", raw.display()),
-                        )
-                    })?;
+                let target = link_target("symlink")?;
                 std::os::unix::fs::symlink(&target, &dest)
                     .map_err(RootfsError::io(ctx("creating symlink")))?;
                 stats.symlinks += 1;
             }
             EntryType::Link => {
-                let target = header
-                    .link_name()
-                    .map_err(RootfsError::io(ctx("reading link target of")))?
-                    .ok_or_else(|| {
-                        invalid(
-                            source_name,
-                            format!("hard link {} has no target", raw.display()),
-                        )
-                    })?;
+                let target = link_target("hard link")?;
                 let target_rel = normalise(&target).map_err(escape)?.ok_or_else(|| {
                     invalid(
                         source_name,

@@ -42,6 +42,18 @@ impl Kubectl {
     }
 
     /// `kubectl ARGS`; panics with kubectl's message when it fails.
+    /// The names of the pods in `namespace`, space-separated.
+    pub fn pod_names(&self, namespace: &str) -> String {
+        self.must(&[
+            "get",
+            "pods",
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+    }
+
     pub fn must(&self, args: &[&str]) -> String {
         let o = self.run(args, None);
         assert!(

@@ -10,11 +10,9 @@ pub struct Status {
     pub booted: String,
     pub next_boot: Option<String>,
     pub slots: Vec<SlotStatus>,
-    #[serde(default)]
+    // Missing options read as None (serde's default for Option).
     pub installed_sequence: Option<u64>,
-    #[serde(default)]
     pub last_install: Option<LastInstall>,
-    #[serde(default)]
     pub rolled_back_from: Option<String>,
 }
 

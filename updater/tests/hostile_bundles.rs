@@ -68,14 +68,7 @@ fn outcome(src: &dyn BundleSource, threshold: usize, limits: &Limits) -> String 
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(src, &v.manifest).unwrap();
     for (name, p) in v.manifest.payloads.named() {
-        let target = fs::File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(dir.path().join(name))
-            .unwrap();
-        target.set_len(1 << 20).unwrap();
+        let target = common::empty_target(&dir.path().join(name), 1 << 20);
         let base = 4096; // payloads go at an offset, as into a partition of a disk
         match write_payload(
             &store,
@@ -282,13 +275,7 @@ fn chunks_are_fetched_in_parallel_with_bounded_concurrency() {
         max: AtomicUsize::new(0),
     };
     for (parallel, at_least) in [(1, 1), (3, 2), (PARALLEL, 2)] {
-        let target = fs::File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(dir.path().join(format!("t{parallel}")))
-            .unwrap();
+        let target = common::empty_target(&dir.path().join(format!("t{parallel}")), 0);
         src.max.store(0, Ordering::SeqCst);
         let o = WriteOptions {
             parallel,
@@ -435,15 +422,7 @@ fn chunks_that_each_verify_in_the_wrong_order_fail_the_whole_digest() {
     assert!(src.is_packed());
     let good = &m.payloads.root;
     assert!(good.chunks.len() >= 3, "{} chunks", good.chunks.len());
-    let target = |n: &str| {
-        fs::File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(dir.path().join(n))
-            .unwrap()
-    };
+    let target = |n: &str| common::empty_target(&dir.path().join(n), 0);
     let o = kiln_updater::install::WriteOptions::default();
 
     // The first two chunks swapped (offsets re-tiled): every chunk digest still matches.

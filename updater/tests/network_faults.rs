@@ -299,13 +299,7 @@ fn each_fault_is_retried_and_the_install_verifies() {
     let store = ChunkStore::open(&src, &m).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (name, p) in m.payloads.named() {
-        let f = fs::File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(dir.path().join(name))
-            .unwrap();
+        let f = common::empty_target(&dir.path().join(name), 0);
         let stats = write_payload(&store, name, p, &f, 0, 1 << 20, &WriteOptions::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(stats.written, p.size);

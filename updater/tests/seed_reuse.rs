@@ -15,17 +15,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-fn empty_target(p: &Path, len: u64) -> fs::File {
-    let f = fs::File::options()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap();
-    f.set_len(len).unwrap();
-    f
-}
+use common::empty_target;
 
 /// Installs `payload` seeded from `seed` into a fresh 8 MiB target at `at`, then verifies it.
 fn install_verified(src: &ChunkStore<'_>, payload: &Payload, seed: &Seed<'_>, at: &Path) -> Stats {

@@ -78,13 +78,7 @@ impl HttpSource {
         let resp = self.agent.get(&url).call().map_err(|e| (true, io(&e)))?;
         let status = resp.status();
         if status == 404 {
-            return Err((
-                false,
-                SourceError::NotFound {
-                    name: name.into(),
-                    bundle: self.base.clone(),
-                },
-            ));
+            return Err((false, self.not_found(name)));
         }
         if !status.is_success() {
             return Err((status.is_server_error(), io(&format!("HTTP {status}"))));
@@ -103,6 +97,14 @@ impl HttpSource {
 }
 
 impl HttpSource {
+    /// A 404: the bundle has no such file (not retried).
+    fn not_found(&self, name: &str) -> SourceError {
+        SourceError::NotFound {
+            name: name.into(),
+            bundle: self.base.clone(),
+        }
+    }
+
     /// One range request; the error says whether trying again may help.
     fn range_once(
         &self,
@@ -124,13 +126,7 @@ impl HttpSource {
             .map_err(|e| (true, io(&e)))?;
         let status = resp.status();
         if status == 404 {
-            return Err((
-                false,
-                SourceError::NotFound {
-                    name: name.into(),
-                    bundle: self.base.clone(),
-                },
-            ));
+            return Err((false, self.not_found(name)));
         }
         // 206 with exactly the range asked for; a server that ignores ranges (200, the whole
         // file) is refused rather than read from the start.

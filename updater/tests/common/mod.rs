@@ -6,6 +6,20 @@ use kiln_updater::bundle::writer::{write_bundle_as, BootFiles, BundleInfo, Layou
 use std::fs;
 use std::path::Path;
 
+/// An empty target of `len` bytes at `p` (created or truncated), open for reading and writing.
+#[allow(dead_code)] // not every test crate writes into a target
+pub fn empty_target(p: &Path, len: u64) -> fs::File {
+    let f = fs::File::options()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    f.set_len(len).unwrap();
+    f
+}
+
 /// Incompressible, reproducible bytes.
 pub fn noise(len: usize, mut x: u64) -> Vec<u8> {
     (0..len)
