@@ -4,7 +4,7 @@
 //! (`init/verity.rs`), the updater uses it to tell the boot disk's slot from another disk's.
 
 use crate::image_len::{image_len, HEAD};
-use crate::verity::{Geometry, Superblock, BLOCK, SUPERBLOCK_LEN};
+use crate::verity::{read_tree, Geometry, Superblock, BLOCK};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -38,17 +38,7 @@ pub fn check_slot(dev: &File, root: &str, root_hash: &str) -> Result<Checked, St
     let len = image_len(&head)
         .filter(|l| l.is_multiple_of(BLOCK))
         .ok_or_else(|| format!("{root} holds no erofs or ext4 image of whole 4 KiB blocks"))?;
-    let mut sb = [0u8; SUPERBLOCK_LEN];
-    dev.read_exact_at(&mut sb, len)
-        .map_err(|x| format!("{root}: reading the verity superblock at {len}: {x}"))?;
-    let sb = Superblock::parse(&sb).map_err(|x| format!("{root} at {len}: {x}"))?;
-    if sb.data_blocks.checked_mul(BLOCK) != Some(len) {
-        return Err(format!(
-            "{root}: the verity superblock covers {} blocks, the filesystem is {len} bytes",
-            sb.data_blocks
-        ));
-    }
-    let geometry = Geometry::new(sb.data_blocks).map_err(|x| x.to_string())?;
+    let (sb, geometry) = read_tree(dev, 0, len).map_err(|x| format!("{root}: {x}"))?;
     let top_at = if geometry.levels.is_empty() {
         0
     } else {

@@ -177,6 +177,51 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Why no verity tree follows a filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("reading the verity superblock at {at}: {source}")]
+    Read {
+        at: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("at {at}: {source}")]
+    Superblock {
+        at: u64,
+        #[source]
+        source: VerityError,
+    },
+    #[error("the verity superblock covers {blocks} blocks, the filesystem is {len} bytes")]
+    Covers { blocks: u64, len: u64 },
+}
+
+/// The verity superblock right after a filesystem of `data_len` bytes at `base` of `dev`, and
+/// the tree geometry it declares — found the one way the builder's check, kiln-init, the
+/// updater's slot indexing and `kiln inspect` all look for it. The superblock must cover
+/// exactly the filesystem's whole 4 KiB blocks. Read-only; nothing in it is trusted beyond
+/// that (the root hash binds the salt and every tree block).
+pub fn read_tree(
+    dev: &std::fs::File,
+    base: u64,
+    data_len: u64,
+) -> Result<(Superblock, Geometry), TreeError> {
+    use std::os::unix::fs::FileExt;
+    let at = base + data_len;
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    dev.read_exact_at(&mut sb, at)
+        .map_err(|source| TreeError::Read { at, source })?;
+    let sb = Superblock::parse(&sb).map_err(|source| TreeError::Superblock { at, source })?;
+    if sb.data_blocks.checked_mul(BLOCK) != Some(data_len) {
+        return Err(TreeError::Covers {
+            blocks: sb.data_blocks,
+            len: data_len,
+        });
+    }
+    let g = Geometry::new(sb.data_blocks).map_err(|source| TreeError::Superblock { at, source })?;
+    Ok((sb, g))
+}
+
 /// The `verity` target's parameters for a slot holding data and tree (`dev` as `MAJOR:MINOR`
 /// for both), with `restart_on_corruption`: a corrupted block restarts the machine, so a
 /// pending slot falls back by boot counting and a damaged one never runs on.

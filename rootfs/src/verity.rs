@@ -120,17 +120,7 @@ pub fn check_tree(
     avail: u64,
 ) -> std::io::Result<Option<FoundTree>> {
     use std::os::unix::fs::FileExt;
-    let mut sb = [0u8; SUPERBLOCK_LEN];
-    if f.read_exact_at(&mut sb, base + data_len).is_err() {
-        return Ok(None);
-    }
-    let Ok(sb) = Superblock::parse(&sb) else {
-        return Ok(None);
-    };
-    if sb.data_blocks.checked_mul(BLOCK) != Some(data_len) {
-        return Ok(None);
-    }
-    let Ok(g) = Geometry::new(sb.data_blocks) else {
+    let Ok((sb, g)) = kiln_boot::verity::read_tree(f, base, data_len) else {
         return Ok(None);
     };
     if g.total_len() > avail {

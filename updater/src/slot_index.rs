@@ -34,16 +34,9 @@ pub fn index_slot(dev: &File) -> io::Result<Option<Payload>> {
 /// bundle's root payload holds the tree too, so the seed must cover it. Untrusted like the rest
 /// of the index: every chunk taken from the seed is verified.
 fn with_verity_tree(dev: &File, len: u64, size: u64) -> u64 {
-    use kiln_boot::verity::{Geometry, Superblock, BLOCK, SUPERBLOCK_LEN};
-    let mut sb = [0u8; SUPERBLOCK_LEN];
-    if !len.is_multiple_of(BLOCK) || dev.read_exact_at(&mut sb, len).is_err() {
-        return len;
-    }
-    Superblock::parse(&sb)
+    kiln_boot::verity::read_tree(dev, 0, len)
         .ok()
-        .filter(|s| s.data_blocks.checked_mul(BLOCK) == Some(len))
-        .and_then(|s| Geometry::new(s.data_blocks).ok())
-        .map(|g| g.total_len())
+        .map(|(_, g)| g.total_len())
         .filter(|&total| total <= size)
         .unwrap_or(len)
 }
