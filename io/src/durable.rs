@@ -41,7 +41,7 @@ pub fn write_durable_then(
 }
 
 /// Fsyncs a directory, making the renames and creations in it durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

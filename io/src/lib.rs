@@ -11,5 +11,5 @@ mod durable;
 mod hashing;
 
 pub use capped::{read_capped, CappedError};
-pub use durable::{sync_dir, write_durable, write_durable_then};
+pub use durable::{write_durable, write_durable_then};
 pub use hashing::{copy_hashed, sha256_hex, CopyError};
