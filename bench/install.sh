@@ -6,7 +6,8 @@
 # started and stopped by the benchmark). Medians of RUNS alternating runs; prints the ratio
 # kiln / pipe (goal <= 1.15x) and peak RSS (goal <= 16 MiB). Implementation:
 # xtask/src/install_bench.rs.
-#   bench/install.sh [RUNS [--updater BIN] [--parallel N]]
+#   bench/install.sh [RUNS [--updater BIN] [--parallel N] [--chunk-files] [--work DIR]]
+#   (--chunk-files: one file per chunk, the layout an updater from before chunks.pack reads)
 #   (RUNS default 3; run scripts/deps.sh and scripts/build-device first)
 set -euo pipefail
 cd "$(dirname "$0")/.."

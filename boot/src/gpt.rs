@@ -248,6 +248,11 @@ pub fn plan_grow(
     entries: &[u8],
     name: &str,
 ) -> Result<Option<Grown>, GptError> {
+    // Every LBA of the new table is a byte offset the reader checks too (found by the `gpt`
+    // fuzz target: a backup placed past 2^64 bytes made a table its own reader refused).
+    if disk_sectors.checked_mul(512).is_none() {
+        return Err(GptError::Unsupported("disk of 2^64 bytes or more"));
+    }
     let hdr = parse_header(lba1)?;
     let parts = parse_entries(&hdr, entries)?;
     let entry_sectors = (hdr.entries_len() as u64).div_ceil(512);

@@ -13,6 +13,7 @@ pub const TARGETS: &[&str] = &[
     "image_toml",
     "tar_layer",
     "http1_response",
+    "gpt",
 ];
 
 /// libFuzzer's coverage hooks without a sanitizer: all stable `-C` options.

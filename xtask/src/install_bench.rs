@@ -152,6 +152,24 @@ fn build_root(work: &Path) -> Result<(PathBuf, String, u64)> {
     ))
 }
 
+/// The bench's bundle again with one file per chunk, signed with the same key and sequence.
+fn files_bundle(build: &Path, out: &Path) -> Result<()> {
+    let tmp = out.with_extension("tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    imagebuilder::bundle::bundle(&imagebuilder::bundle::BundleArgs {
+        build,
+        keys: &[qemu_tests::fixtures::workspace().join("examples/default/keys/dev.key")],
+        out: &tmp,
+        sequence: 1,
+        expires_in: Duration::from_secs(30 * 86_400),
+        kbundle: None,
+        layout: imagebuilder::bundle::Layout::Files,
+    })
+    .with_context(|| format!("bundling {} with one file per chunk", build.display()))?;
+    fs::rename(&tmp, out)?;
+    Ok(())
+}
+
 struct Sample {
     wall: Duration,
     rss_kib: u64,
@@ -184,6 +202,7 @@ pub fn run(
     parallel: usize,
     updater: Option<PathBuf>,
     work: Option<PathBuf>,
+    chunk_files: bool,
 ) -> Result<()> {
     let updater = match updater {
         Some(u) => u,
@@ -233,7 +252,17 @@ pub fn run(
         }
     };
     let zsize = fs::metadata(srv.join("root.img.zst"))?.len();
-    let bundle_bytes: u64 = walk_size(&srv.join("bundle"))?;
+    let bundle = if chunk_files {
+        // Made on first use from the kept build, so a --work directory serves both layouts.
+        let files = srv.join("bundle-files");
+        if !files.exists() {
+            files_bundle(&work.join("build"), &files)?;
+        }
+        "bundle-files"
+    } else {
+        "bundle"
+    };
+    let bundle_bytes: u64 = walk_size(&srv.join(bundle))?;
     let server = Nginx::start(nginx, work, &srv)?;
     let base = format!("http://127.0.0.1:{}", server.port);
     let out = work.join("out.img");
@@ -248,7 +277,7 @@ pub fn run(
     );
     let key = qemu_tests::fixtures::workspace().join("examples/default/keys/dev.pub");
     let kiln = format!(
-        "{} extract {base}/bundle --key {} --compatible kiln-default-x86_64 --parallel {parallel} --out {} > /dev/null",
+        "{} extract {base}/{bundle} --key {} --compatible kiln-default-x86_64 --parallel {parallel} --out {} > /dev/null",
         t(&updater.display().to_string(), 0),
         key.display(),
         out.display()
@@ -283,9 +312,10 @@ pub fn run(
     clear();
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "install of a {:.1} MiB root from nginx on 127.0.0.1 (bundle {:.1} MiB in chunks, root.img.zst {:.1} MiB, zstd level 3); medians of {runs}",
+        "install of a {:.1} MiB root from nginx on 127.0.0.1 (bundle {:.1} MiB, {}, root.img.zst {:.1} MiB, zstd level 3); medians of {runs}",
         mib(size),
         mib(bundle_bytes),
+        if chunk_files { "one file per chunk" } else { "chunks.pack" },
         mib(zsize)
     );
     println!(

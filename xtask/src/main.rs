@@ -99,6 +99,10 @@ enum Cmd {
         /// Work directory, kept: the root is built there once and used again by later runs.
         #[arg(long)]
         work: Option<std::path::PathBuf>,
+        /// Serve the bundle with one file per chunk (`kiln bundle --chunk-files`), the layout
+        /// an updater from before the pack reads, instead of `chunks.pack`.
+        #[arg(long)]
+        chunk_files: bool,
     },
 }
 
@@ -169,7 +173,8 @@ fn main() -> Result<()> {
             parallel,
             updater,
             work,
-        } => install_bench::run(runs as usize, &nginx, parallel, updater, work),
+            chunk_files,
+        } => install_bench::run(runs as usize, &nginx, parallel, updater, work, chunk_files),
         Cmd::DeltaBench {
             runs,
             delay_ms,

@@ -112,6 +112,22 @@ fn grows_the_last_partition_and_moves_the_backup() {
 }
 
 #[test]
+fn a_disk_past_2_pow_64_bytes_is_refused_not_grown() {
+    let (h, entries) = small_disk_table();
+    let largest = u64::MAX / 512;
+    let g = plan_grow(largest, &h, &entries, "persist")
+        .unwrap()
+        .unwrap();
+    for header in [&g.primary_header, &g.backup_header] {
+        parse_entries(&parse_header(header).unwrap(), &g.entries).unwrap();
+    }
+    assert_eq!(
+        plan_grow(largest + 1, &h, &entries, "persist"),
+        Err(GptError::Unsupported("disk of 2^64 bytes or more"))
+    );
+}
+
+#[test]
 fn corrupt_tables_are_refused() {
     let (mut h, mut entries) = table();
     entries[200] ^= 1;
