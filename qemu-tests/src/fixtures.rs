@@ -147,6 +147,16 @@ pub fn dev_bundle(
     out: &Path,
     sequence: u64,
 ) -> kiln_updater::bundle::manifest::Manifest {
+    dev_bundle_as(build, out, sequence, Default::default())
+}
+
+/// [`dev_bundle`] with its chunks stored as `layout` says.
+pub fn dev_bundle_as(
+    build: &Path,
+    out: &Path,
+    sequence: u64,
+    layout: imagebuilder::bundle::Layout,
+) -> kiln_updater::bundle::manifest::Manifest {
     imagebuilder::bundle::bundle(&imagebuilder::bundle::BundleArgs {
         build,
         keys: &[workspace().join("examples/default/keys/dev.key")],
@@ -154,7 +164,7 @@ pub fn dev_bundle(
         sequence,
         expires_in: std::time::Duration::from_secs(30 * 86_400),
         kbundle: None,
-        layout: Default::default(),
+        layout,
     })
     .unwrap_or_else(|e| panic!("bundling {}: {e:#}", build.display()))
 }

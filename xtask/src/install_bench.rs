@@ -156,16 +156,7 @@ fn build_root(work: &Path) -> Result<(PathBuf, String, u64)> {
 fn files_bundle(build: &Path, out: &Path) -> Result<()> {
     let tmp = out.with_extension("tmp");
     let _ = fs::remove_dir_all(&tmp);
-    imagebuilder::bundle::bundle(&imagebuilder::bundle::BundleArgs {
-        build,
-        keys: &[qemu_tests::fixtures::workspace().join("examples/default/keys/dev.key")],
-        out: &tmp,
-        sequence: 1,
-        expires_in: Duration::from_secs(30 * 86_400),
-        kbundle: None,
-        layout: imagebuilder::bundle::Layout::Files,
-    })
-    .with_context(|| format!("bundling {} with one file per chunk", build.display()))?;
+    qemu_tests::fixtures::dev_bundle_as(build, &tmp, 1, imagebuilder::bundle::Layout::Files);
     fs::rename(&tmp, out)?;
     Ok(())
 }

@@ -100,7 +100,7 @@ enum Cmd {
         #[arg(long)]
         work: Option<std::path::PathBuf>,
         /// Serve the bundle with one file per chunk (`kiln bundle --chunk-files`), the layout
-        /// an updater from before the pack reads, instead of `chunks.pack`.
+        /// of bundles made before the pack, instead of `chunks.pack`.
         #[arg(long)]
         chunk_files: bool,
     },
